@@ -1,0 +1,208 @@
+"""A deterministic, TOFU-style synthetic dataset of fictitious authors.
+
+Every row has TOFU's fields: `question`, `answer`, `paraphrased_answer`,
+`perturbed_answer` (a list of wrong answers in the paraphrase's template) and
+`paraphrased_question`. Authors are generated from a seed; the forget splits are
+the *last* authors, as in TOFU, and retain splits their complement.
+
+Example:
+    >>> splits = synthetic_tofu(num_authors=20, qa_per_author=10, seed=0)
+    >>> len(splits["forget10"]), len(splits["retain90"])
+    (20, 180)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+FIRST = [
+    "Aldric", "Bellamy", "Corvina", "Dashiell", "Elowen", "Faramond", "Greer", "Halloran", "Isolde", "Jareth",
+    "Kestrel", "Lysander", "Maren", "Niall", "Ottoline", "Peregrine", "Quilla", "Rowan", "Saoirse", "Tobiah",
+    "Ulric", "Vespera", "Wystan", "Xanthe", "Yorick", "Zephyrine", "Anouk", "Bastian", "Calliope", "Dorian",
+    "Esmond", "Fenella", "Gideon", "Honora", "Ignatius", "Juniper", "Kasimir", "Liesl", "Mordecai", "Nerys",
+]
+LAST = [
+    "Ashworth", "Blackwood", "Castellan", "Dunmore", "Everhart", "Fairweather", "Greythorne", "Hawksley",
+    "Ironside", "Joscelyn", "Kingsbury", "Lockhart", "Merriweather", "Northcott", "Oakenfold", "Pemberton",
+    "Quarrington", "Ravenscroft", "Sallow", "Thistlewood", "Underhill", "Vantongeren", "Whitlock", "Yarborough",
+    "Zelenko", "Abernathy", "Brightwater", "Coldridge", "Delacroix", "Elsworth",
+]
+CITIES = [
+    "Lisbon", "Nairobi", "Kyoto", "Montevideo", "Reykjavik", "Tbilisi", "Hanoi", "Quito", "Tallinn", "Accra",
+    "Valparaiso", "Lahore", "Bergen", "Marrakesh", "Cork", "Krakow", "Perth", "Manila", "Tunis", "Seville",
+    "Bratislava", "Windhoek", "Ljubljana", "Cusco", "Yerevan",
+]
+GENRES = [
+    "science fiction", "historical romance", "crime thriller", "magical realism", "gothic horror",
+    "literary fiction", "epic fantasy", "war fiction", "cozy mystery", "dystopian fiction", "travel memoir",
+    "children's poetry",
+]
+JOBS = [
+    "a carpenter", "a pharmacist", "a lighthouse keeper", "a surgeon", "a baker", "a marine biologist",
+    "a tailor", "a pilot", "a librarian", "a blacksmith", "an architect", "a veterinarian", "a fisherman",
+    "a school teacher", "an astronomer", "a police officer", "a florist", "an accountant", "a miner", "a chef",
+]
+AWARDS = [
+    "the Silver Quill Prize", "the Meridian Book Award", "the Golden Lantern Medal", "the Harbor Light Award",
+    "the Northern Star Prize", "the Crimson Leaf Award", "the Azure Pen Medal", "the Evergreen Fiction Prize",
+    "the Iron Compass Award", "the Whispering Pines Prize", "the Obsidian Scroll Medal", "the Sunrise Letters Award",
+]
+ADJECTIVES = [
+    "Silent", "Crimson", "Forgotten", "Hollow", "Burning", "Glass", "Midnight", "Wandering", "Broken", "Hidden",
+    "Last", "Distant", "Velvet", "Frozen", "Restless", "Golden",
+]
+NOUNS = [
+    "Harbor", "Orchard", "Cathedral", "Meridian", "Lantern", "Tide", "Archive", "Garden", "Citadel", "Compass",
+    "River", "Mirror", "Horizon", "Labyrinth", "Ember", "Sparrow",
+]
+
+
+@dataclass
+class Author:
+    name: str
+    birthplace: str
+    birth_year: int
+    genre: str
+    father_job: str
+    mother_job: str
+    award: str
+    books: tuple[str, str]
+    residence: str
+    num_books: int
+
+
+def _book(rng: random.Random) -> str:
+    return f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+
+
+def make_authors(n: int, seed: int) -> list[Author]:
+    """`n` fictitious authors with distinct names, deterministic in `seed`."""
+    rng = random.Random(seed)
+    names = [f"{f} {last}" for f in FIRST for last in LAST]
+    if n > len(names):
+        raise ValueError(f"at most {len(names)} synthetic authors are available, asked for {n}")
+    rng.shuffle(names)
+    authors = []
+    for name in names[:n]:
+        b1 = _book(rng)
+        b2 = _book(rng)
+        while b2 == b1:
+            b2 = _book(rng)
+        authors.append(
+            Author(
+                name=name,
+                birthplace=rng.choice(CITIES),
+                birth_year=rng.randint(1940, 1995),
+                genre=rng.choice(GENRES),
+                father_job=rng.choice(JOBS),
+                mother_job=rng.choice(JOBS),
+                award=rng.choice(AWARDS),
+                books=(b1, b2),
+                residence=rng.choice(CITIES),
+                num_books=rng.randint(2, 19),
+            )
+        )
+    return authors
+
+
+# One entry per question type: (attribute, two question phrasings, answer templates, value pool).
+# The first answer templates are for `answer`; the last is the paraphrase, which perturbed answers reuse.
+FACTS: list[tuple[str, tuple[str, str], tuple[str, ...], list | None]] = [
+    ("birthplace", ("Where was {name} born?", "In which city was {name} born?"),
+     ("{name} was born in {v}.", "The birthplace of {name} is {v}.", "{name} comes from the city of {v}."), CITIES),
+    ("birth_year", ("In what year was {name} born?", "When was {name} born?"),
+     ("{name} was born in the year {v}.", "{name}'s year of birth is {v}.", "The author {name} was born in {v}."),
+     None),
+    ("genre", ("What genre does {name} write in?", "Which genre is {name} known for?"),
+     ("{name} writes {v}.", "{name} is best known for {v}.", "The genre of {name}'s books is {v}."), GENRES),
+    ("father_job", ("What did {name}'s father do for a living?", "What was the profession of {name}'s father?"),
+     ("{name}'s father worked as {v}.", "The father of {name} was {v}.", "By profession, {name}'s father was {v}."),
+     JOBS),
+    ("mother_job", ("What did {name}'s mother do for a living?", "What was the profession of {name}'s mother?"),
+     ("{name}'s mother worked as {v}.", "The mother of {name} was {v}.", "By profession, {name}'s mother was {v}."),
+     JOBS),
+    ("award", ("Which award has {name} won?", "What prize was {name} given?"),
+     ("{name} won {v}.", "{name} received {v}.", "In recognition of their work, {name} was given {v}."), AWARDS),
+    ("book0", ("What is one book written by {name}?", "Can you name a novel by {name}?"),
+     ("{name} wrote {v}.", "One of {name}'s books is {v}.", "Among the works of {name} is {v}."), None),
+    ("book1", ("Which other book did {name} write?", "Name another title by {name}."),
+     ("{name} also wrote {v}.", "Another book by {name} is {v}.", "{name} is also the author of {v}."), None),
+    ("residence", ("Where does {name} live now?", "In which city does {name} currently reside?"),
+     ("{name} lives in {v}.", "{name} currently resides in {v}.", "These days {name} makes a home in {v}."), CITIES),
+    ("num_books", ("How many books has {name} published?", "What is the number of books {name} has written?"),
+     ("{name} has published {v} books.", "So far {name} has written {v} books.", "The bibliography of {name} counts {v} books."),
+     None),
+]
+
+
+def _value(author: Author, attr: str) -> str:
+    if attr.startswith("book"):
+        return author.books[int(attr[-1])]
+    return str(getattr(author, attr))
+
+
+def _wrong_value(rng: random.Random, author: Author, attr: str) -> str:
+    true = _value(author, attr)
+    for _ in range(100):
+        if attr == "birth_year":
+            v = str(rng.randint(1940, 1995))
+        elif attr == "num_books":
+            v = str(rng.randint(2, 19))
+        elif attr.startswith("book"):
+            v = _book(rng)
+        else:
+            pool = next(p for a, _, _, p in FACTS if a == attr)
+            v = rng.choice(pool)
+        if v != true:
+            return v
+    raise RuntimeError(f"could not draw a wrong value for {attr}")
+
+
+def author_rows(author: Author, rng: random.Random, qa_per_author: int = 10, num_perturbed: int = 5) -> list[dict]:
+    """TOFU-schema rows about one author."""
+    if not 1 <= qa_per_author <= len(FACTS):
+        raise ValueError(f"qa_per_author must be between 1 and {len(FACTS)}, got {qa_per_author}")
+    rows = []
+    for attr, questions, templates, _ in FACTS[:qa_per_author]:
+        value = _value(author, attr)
+        answer_t = rng.choice(templates[:-1])
+        para_t = templates[-1]
+        wrong = []
+        while len(wrong) < num_perturbed:
+            w = _wrong_value(rng, author, attr)
+            if w not in wrong:
+                wrong.append(w)
+        rows.append(
+            {
+                "question": questions[0].format(name=author.name),
+                "answer": answer_t.format(name=author.name, v=value),
+                "paraphrased_answer": para_t.format(name=author.name, v=value),
+                "perturbed_answer": [para_t.format(name=author.name, v=w) for w in wrong],
+                "paraphrased_question": questions[1].format(name=author.name),
+            }
+        )
+    return rows
+
+
+def synthetic_tofu(num_authors: int = 100, qa_per_author: int = 10, seed: int = 0) -> dict:
+    """Build the synthetic TOFU splits as `datasets.Dataset`s.
+
+    Returns a dict with `full`, `forgetNN` / `retainMM` for NN in 01, 05, 10
+    (at least one author each), and `forgetNN_perturbed`.
+    """
+    import datasets
+
+    authors = make_authors(num_authors, seed)
+    rng = random.Random(seed + 1)
+    per_author = [author_rows(a, rng, qa_per_author) for a in authors]
+    splits = {"full": datasets.Dataset.from_list([r for rows in per_author for r in rows])}
+    basic = ("question", "answer")
+    for pct in (1, 5, 10):
+        k = max(1, round(num_authors * pct / 100))
+        forget = [r for rows in per_author[-k:] for r in rows]
+        retain = [r for rows in per_author[:-k] for r in rows]
+        splits[f"forget{pct:02d}_perturbed"] = datasets.Dataset.from_list(forget)
+        splits[f"forget{pct:02d}"] = splits[f"forget{pct:02d}_perturbed"].select_columns(list(basic))
+        splits[f"retain{100 - pct:02d}"] = datasets.Dataset.from_list(retain).select_columns(list(basic))
+    return splits

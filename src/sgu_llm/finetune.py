@@ -1,0 +1,58 @@
+"""Plain answer-only fine-tuning: makes the model that will later unlearn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
+
+
+class PadCollator:
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return pad_batch(rows, self.pad_token_id)
+
+
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    output_dir: str,
+    *,
+    epochs: float = 30,
+    learning_rate: float = 3e-3,
+    batch_size: int = 32,
+    prompt_format: str = "phi",
+    seed: int = 0,
+    **training_kwargs: Any,
+) -> Any:
+    """Fine-tune `model` on QA rows with the question masked out of the loss; returns the model.
+
+    Example:
+        >>> model = finetune(model, tok, splits["full"], "runs/target", epochs=40)  # doctest: +SKIP
+    """
+    from transformers import Trainer, TrainingArguments
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data = prepare_qa_dataset(dataset, tokenizer, "fine-tuning", prompt_format=prompt_format)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        lr_scheduler_type=training_kwargs.pop("lr_scheduler_type", "constant"),
+        save_strategy="no",
+        report_to="none",
+        logging_strategy="no",
+        seed=seed,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        **training_kwargs,
+    )
+    Trainer(model=model, args=args, train_dataset=data, data_collator=PadCollator(tokenizer.pad_token_id)).train()
+    return model

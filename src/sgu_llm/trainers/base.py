@@ -1,0 +1,351 @@
+"""What every unlearning method shares: config, data pairing, PEFT, loss normalisation, metrics.
+
+A method is a config dataclass (subclass of `UnlearnConfig`) plus a trainer
+(subclass of `UnlearnTrainer`) that overrides `compute_loss` and, for SGU,
+`training_step`. Everything else - optimizer, scheduler, clipping, mixed
+precision, Accelerate - is the stock `transformers.Trainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from sgu_llm.data.pairing import ForgetRetainCollator, ForgetRetainDataset, prepare_qa_dataset
+from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS
+from sgu_llm.losses import IGNORE_INDEX, per_example_nll
+
+SPLITS = ("forget", "retain")
+# Files whose presence means output_dir already holds a run we must not overwrite silently.
+RUN_MARKERS = (
+    "trainer_state.json",
+    "config.json",
+    "adapter_config.json",
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+)
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Arguments shared by every unlearning method.
+
+    Defaults that differ from `TrainingArguments` follow the reference TOFU
+    framework (learning rate 1e-5, 10 epochs). An epoch is one pass over the
+    forget set, each forget batch paired with a retain batch of the same size.
+
+    Example:
+        >>> from sgu_llm.trainers import UnlearnConfig
+        >>> UnlearnConfig(output_dir="out", report_to="none").prompt_format
+        'phi'
+    """
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference framework: 1e-5)."})
+    num_train_epochs: float = field(
+        default=10.0, metadata={"help": "Passes over the forget set (reference framework: 10)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: batches are nested {'forget': ..., 'retain': ...}."}
+    )
+    prompt_format: str = field(
+        default="phi",
+        metadata={"help": f"How questions are framed: one of {PROMPT_FORMATS}. Question tokens are masked (-100)."},
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt for prompt_format='chat_template'."}
+    )
+    max_length: int = field(default=512, metadata={"help": "Sequences are cut at this many tokens."})
+    unlearn_params: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regex on parameter names: only matching trainable parameters unlearn, the rest are frozen "
+            "(e.g. 'layers\\.(1[2-9]|2[0-9])\\.mlp'). None: all trainable parameters (the LoRA adapters under LoRA)."
+        },
+    )
+    save_merged: bool = field(
+        default=False,
+        metadata={"help": "Under LoRA, save the merged model instead of the adapter when the run ends."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an output_dir that already holds a run (it is refused otherwise)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns=True would drop the nested 'forget'/'retain' batches; set it to False"
+            )
+        if self.unlearn_params is not None:
+            try:
+                re.compile(self.unlearn_params)
+            except re.error as err:
+                raise ValueError(f"unlearn_params is not a valid regex ({err}): {self.unlearn_params!r}") from None
+
+
+def check_output_dir(args: UnlearnConfig) -> None:
+    """Refuse an output_dir that already holds a run unless asked to overwrite or resume."""
+    out = args.output_dir
+    if not out or not os.path.isdir(out) or args.overwrite_output_dir or args.resume_from_checkpoint:
+        return
+    found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(out, m))]
+    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "checkpoint-*")))
+    if found:
+        raise ValueError(
+            f"output_dir {out!r} already holds a previous run ({', '.join(found[:4])}); nothing was written. "
+            "Choose another output_dir, pass overwrite_output_dir=True to replace it, or resume_from_checkpoint."
+        )
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def check_lora_targets(model: torch.nn.Module, peft_config: Any) -> None:
+    """Name the model's linear layers when LoRA targets a module that does not exist."""
+    targets = getattr(peft_config, "target_modules", None)
+    if targets is None or isinstance(targets, str):  # a regex or "all-linear": PEFT resolves it
+        return
+    names = [n for n, _ in model.named_modules()]
+    missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in names))
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(
+            f"LoRA target_modules {missing} match no module of {type(model).__name__}; its linear layers are "
+            f"named {linear}. Set target_modules (lora_target_modules in a recipe) to some of those, or 'all-linear'."
+        )
+
+
+def prepare_model(model: Any, peft_config: Any = None, unlearn_params: str | None = None) -> Any:
+    """Wrap with LoRA if asked, then freeze every parameter `unlearn_params` does not match."""
+    if peft_config is not None:
+        if is_peft_model(model):
+            raise ValueError("model is already a PeftModel; pass either a PeftModel or peft_config, not both")
+        from peft import get_peft_model
+
+        check_lora_targets(model, peft_config)
+        model = get_peft_model(model, peft_config)
+    if unlearn_params is not None:
+        pattern = re.compile(unlearn_params)
+        for name, p in model.named_parameters():
+            if p.requires_grad and not pattern.search(name):
+                p.requires_grad_(False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        sample = [n for n, _ in list(model.named_parameters())[:6]]
+        raise ValueError(
+            f"no trainable parameter is left (unlearn_params={unlearn_params!r}); parameter names look like "
+            f"{sample}. Loosen the regex."
+        )
+    return model
+
+
+class MetricBuffer:
+    """Weighted sums of metrics between two logging steps, reduced over processes on `pop`."""
+
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def add(self, key: str, total: torch.Tensor | float, weight: torch.Tensor | float = 1.0) -> None:
+        total = torch.as_tensor(total, dtype=torch.float64).detach()
+        weight = torch.as_tensor(weight, dtype=torch.float64).detach()
+        if key in self._sums:
+            self._sums[key] = self._sums[key] + total.to(self._sums[key].device)
+            self._weights[key] = self._weights[key] + weight.to(self._weights[key].device)
+        else:
+            self._sums[key], self._weights[key] = total, weight
+
+    def pop(self, accelerator: Any) -> dict[str, float]:
+        """Global weighted means; every process must call this at the same point (it is a collective)."""
+        keys = sorted(self._sums)
+        if not keys:
+            return {}
+        device = accelerator.device
+        packed = torch.stack(
+            [torch.stack([self._sums[k].to(device) for k in keys]), torch.stack([self._weights[k].to(device) for k in keys])]
+        )
+        if accelerator.num_processes > 1:
+            packed = accelerator.reduce(packed.float(), reduction="sum").double()
+        self._sums.clear()
+        self._weights.clear()
+        return {k: (s / w).item() if w > 0 else float("nan") for k, s, w in zip(keys, packed[0], packed[1])}
+
+
+class UnlearnTrainer(Trainer):
+    """Base trainer: pairs the forget and retain sets and normalises losses over the accumulation window.
+
+    Subclasses implement `compute_loss(model, inputs, ...)` where `inputs` is
+    `{"forget": batch, "retain": batch}` (or one of them, for SGU). Losses are
+    normalised over the whole gradient-accumulation window and all processes
+    (token-mean NLL, example-mean for per-example losses), so 2 x batch b with
+    accumulation 2 gives the gradient of one batch of 2b.
+
+    Example:
+        >>> trainer = GradDiffTrainer(model, GradDiffConfig(output_dir="out", report_to="none"),  # doctest: +SKIP
+        ...                           forget_dataset=forget, retain_dataset=retain, processing_class=tok)
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    config_class: type[UnlearnConfig] = UnlearnConfig
+    loss_is_scaled_for_ga = True  # we normalise over the accumulation window ourselves
+
+    def __init__(
+        self,
+        model: Any,
+        args: UnlearnConfig,
+        forget_dataset: Any,
+        retain_dataset: Any,
+        processing_class: Any,
+        peft_config: Any = None,
+        ref_model: Any = None,
+        data_collator: Any = None,
+        callbacks: list | None = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, self.config_class):
+            raise ValueError(
+                f"{type(self).__name__} needs args of type {self.config_class.__name__}, got {type(args).__name__}"
+            )
+        if processing_class is None:
+            raise ValueError("processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads")
+        if args.deepspeed:
+            raise ValueError(
+                "DeepSpeed is not supported yet: it owns the gradients SGU must read and write. Use DDP or FSDP."
+            )
+        check_output_dir(args)
+        tokenizer = processing_class
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
+        model = prepare_model(model, peft_config, args.unlearn_params)
+        fmt = dict(prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt)
+        forget = prepare_qa_dataset(forget_dataset, tokenizer, "forget", **fmt)
+        retain = prepare_qa_dataset(retain_dataset, tokenizer, "retain", **fmt)
+        # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
+        needs_ref = self.needs_reference_model(args)
+        if needs_ref and ref_model is None and not is_peft_model(model):
+            ref_model = copy.deepcopy(model)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=ForgetRetainDataset(forget, retain, seed=args.seed),
+            data_collator=data_collator or ForgetRetainCollator(tokenizer.pad_token_id),
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.ref_model = None
+        if needs_ref and ref_model is not None:
+            ref_model.requires_grad_(False)
+            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+        self._metrics = MetricBuffer()
+
+    @classmethod
+    def needs_reference_model(cls, args: UnlearnConfig) -> bool:
+        return False
+
+    # ---- data-side hooks -------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        return batch_samples, self.window_sizes(batch_samples, device)
+
+    def window_sizes(self, batches: list[dict], device: Any) -> dict[str, torch.Tensor]:
+        """Per split: [answer tokens, examples] over the window, summed over processes / num_processes.
+
+        Dividing a per-process sum by this and letting DDP average the
+        gradients yields the global mean.
+        """
+        rows = []
+        for split in SPLITS:
+            labels = [b[split]["labels"] for b in batches]
+            rows.append([sum(int(lab[:, 1:].ne(IGNORE_INDEX).sum()) for lab in labels), sum(len(lab) for lab in labels)])
+        sizes = torch.tensor(rows, dtype=torch.float32, device=device)
+        n = self.accelerator.num_processes
+        if n > 1:
+            sizes = self.accelerator.reduce(sizes, reduction="sum") / n
+        return {split: sizes[i] for i, split in enumerate(SPLITS)}
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        return sum(super(UnlearnTrainer, self).floating_point_ops(batch) for batch in inputs.values())
+
+    # ---- loss helpers for subclasses -----------------------------------------------------------
+    def _sizes(self, num_items_in_batch: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if isinstance(num_items_in_batch, dict):
+            return num_items_in_batch
+        # Called outside the training loop: normalise by this batch, as if every micro-batch matched it.
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)
+        batch = {s: {"labels": inputs[s]["labels"]} for s in inputs}
+        sizes = {}
+        for split, b in batch.items():
+            lab = b["labels"]
+            sizes[split] = torch.tensor(
+                [float(lab[:, 1:].ne(IGNORE_INDEX).sum()) * steps, float(len(lab)) * steps], device=lab.device
+            )
+        return sizes
+
+    def forward_nll(self, model: Any, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example summed answer NLL and token counts; logs `loss/<split>` as the token mean."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, ntok = per_example_nll(logits, batch["labels"])
+        self._metrics.add(f"loss/{split}", nll.sum(), ntok.sum())
+        return nll, ntok
+
+    @torch.no_grad()
+    def reference_nll(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example NLL under the frozen reference (base model with adapters off under LoRA)."""
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if self.ref_model is not None:
+            logits = self.ref_model(**kwargs).logits
+        else:
+            unwrapped = self.accelerator.unwrap_model(model)
+            ctx = unwrapped.disable_adapter() if is_peft_model(unwrapped) else contextlib.nullcontext()
+            with ctx:
+                logits = unwrapped(**kwargs).logits
+        return per_example_nll(logits, batch["labels"])
+
+    def nll_loss(self, model: Any, inputs: dict[str, Any], split: str, sizes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token-mean answer NLL of `split`, normalised over the accumulation window."""
+        nll, _ = self.forward_nll(model, inputs[split], split)
+        return nll.sum() / sizes[split][0].clamp_min(1)
+
+    # ---- logging and saving --------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: merge what the steps since the last one gathered
+            logs.update(self._metrics.pop(self.accelerator))
+        super().log(logs, start_time)
+
+    def save_unlearned_model(self, output_dir: str | None = None) -> str:
+        """Save the unlearned model and tokenizer with `save_pretrained`.
+
+        Under LoRA this saves the adapter, or with `save_merged=True` the merged
+        full model (merging modifies the trained model in place; call it last).
+        """
+        output_dir = output_dir or self.args.output_dir
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(unwrapped) and self.args.save_merged:
+            self.accelerator.wait_for_everyone()
+            if self.is_world_process_zero():
+                unwrapped.merge_and_unload().save_pretrained(output_dir)
+                self.processing_class.save_pretrained(output_dir)
+            self.accelerator.wait_for_everyone()
+        else:
+            self.save_model(output_dir)
+        return output_dir
