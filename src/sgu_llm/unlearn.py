@@ -1,0 +1,255 @@
+"""`sgu-llm unlearn`: load a model and a forget/retain pair, unlearn with any registered method, save.
+
+Runs the same under `python -m sgu_llm.unlearn` and `accelerate launch -m sgu_llm.unlearn`:
+
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m sgu_llm.unlearn \\
+        --config recipes/llama-3.2-1b-instruct/sgu.yaml --output_dir runs/llama-sgu
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = ("tiny-llama",)
+
+
+@dataclass
+class ScriptArguments:
+    """What to unlearn: the method and the data."""
+
+    method: str = field(default="sgu", metadata={"help": "Unlearning method: sgu, gradascent, graddiff, npo, simnpo."})
+    dataset_name: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic' (built locally) or a Hub dataset in TOFU layout, e.g. 'locuslab/TOFU'."},
+    )
+    forget_split: str = field(default="forget10", metadata={"help": "Forget split (TOFU config name)."})
+    retain_split: str = field(default="retain90", metadata={"help": "Retain split (TOFU config name)."})
+    forget_file: str | None = field(
+        default=None, metadata={"help": "Local JSON/JSONL/Parquet forget set in TOFU schema; overrides forget_split."}
+    )
+    retain_file: str | None = field(
+        default=None, metadata={"help": "Local JSON/JSONL/Parquet retain set in TOFU schema; overrides retain_split."}
+    )
+    synthetic_num_authors: int = field(default=20, metadata={"help": "Authors in the synthetic benchmark."})
+    synthetic_qa_per_author: int = field(default=10, metadata={"help": "QA pairs per synthetic author (max 10)."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic benchmark."})
+    evaluate_before_after: bool = field(
+        default=True, metadata={"help": "Measure forget/retain answer NLL before and after unlearning."}
+    )
+
+
+@dataclass
+class ModelArguments:
+    """Which model to unlearn from, and LoRA."""
+
+    model_name_or_path: str = field(
+        default="builtin:tiny-llama",
+        metadata={
+            "help": "Hub id or local path of a causal LM, or 'builtin:tiny-llama': a tiny Llama built from config "
+            "and fine-tuned on the synthetic benchmark first (no download)."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to model_name_or_path."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
+    use_lora: bool = field(default=False, metadata={"help": "Unlearn LoRA adapters instead of full parameters."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Module names LoRA adapts (or 'all-linear')."},
+    )
+    builtin_hidden_size: int = field(default=64, metadata={"help": "Hidden size of a builtin model."})
+    builtin_finetune_epochs: float = field(
+        default=40, metadata={"help": "Epochs a builtin model is fine-tuned on the full synthetic set first."}
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path.startswith(BUILTIN_PREFIX):
+            name = self.model_name_or_path[len(BUILTIN_PREFIX) :]
+            if name not in BUILTIN_MODELS:
+                raise ValueError(f"unknown builtin model {name!r}; builtins: {list(BUILTIN_MODELS)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def peft_config(self) -> Any:
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        targets: Any = self.lora_target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+
+
+def _dataclasses_for(method: str) -> tuple[type, ...]:
+    from sgu_llm.trainers import get_method
+
+    return (ScriptArguments, ModelArguments, get_method(method)[0])
+
+
+def recipe_keys(method: str) -> set[str]:
+    return {f.name for cls in _dataclasses_for(method) for f in fields(cls) if f.init}
+
+
+def load_recipe(path: str) -> dict[str, Any]:
+    """Read a YAML recipe and reject keys that are no field of the method's dataclasses."""
+    import yaml
+
+    if not os.path.exists(path):
+        raise ValueError(f"recipe {path!r} does not exist")
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"recipe {path!r} must be a YAML mapping of config fields to values")
+    allowed = recipe_keys(str(cfg.get("method", "sgu")))
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        hints = [f"{k} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else k for k in unknown]
+        raise ValueError(f"recipe {path!r} has unknown keys: {', '.join(hints)}. Every key must be a config field.")
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any]:
+    """Parse `--config RECIPE.yaml` plus flag overrides into (script, model, method config)."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(argv)
+    cfg = load_recipe(known.config) if known.config else {}
+    method = known.method or cfg.get("method", "sgu")
+    parser = HfArgumentParser(_dataclasses_for(method))
+    parser.add_argument("--config", default=None, help="YAML recipe whose keys are the fields below.")
+    parser.set_defaults(**cfg)
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if rest:
+        raise ValueError(f"unrecognised arguments: {rest}; see --help")
+    script, model, config = parsed[:3]  # parsed[3] is the namespace holding --config
+    script.method = method
+    return script, model, config
+
+
+def build_builtin(name: str, model_args: ModelArguments, script: ScriptArguments, seed: int) -> tuple[Any, Any]:
+    """A tiny model built from config and fine-tuned on the full synthetic set, with its own tokenizer."""
+    import tempfile
+
+    from sgu_llm.data.prompts import build_prompt
+    from sgu_llm.data.synthetic import synthetic_tofu
+    from sgu_llm.finetune import finetune
+    from sgu_llm.models import tiny_llama, train_tokenizer
+
+    splits = synthetic_tofu(script.synthetic_num_authors, script.synthetic_qa_per_author, script.synthetic_seed)
+    texts = [build_prompt(r["question"]) + r["answer"] for r in splits["full"]]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    model = tiny_llama(tokenizer, hidden_size=model_args.builtin_hidden_size, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        finetune(model, tokenizer, splits["full"], tmp, epochs=model_args.builtin_finetune_epochs, seed=seed)
+    return model, tokenizer
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, script: ScriptArguments, seed: int) -> tuple[Any, Any]:
+    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
+        return build_builtin(model_args.model_name_or_path[len(BUILTIN_PREFIX) :], model_args, script, seed)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, dtype=dtype, trust_remote_code=model_args.trust_remote_code
+    )
+    return model, tokenizer
+
+
+def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dict[str, Any]:
+    """Unlearn and save; returns (and writes to output_dir/unlearn_summary.json) a summary."""
+    from sgu_llm.data.loading import load_split
+    from sgu_llm.evaluation import answer_nll
+    from sgu_llm.trainers import get_method
+    from sgu_llm.trainers.base import check_output_dir
+
+    check_output_dir(config)  # before any expensive work
+    _, trainer_cls = get_method(script.method)
+    syn = dict(
+        synthetic_num_authors=script.synthetic_num_authors,
+        synthetic_qa_per_author=script.synthetic_qa_per_author,
+        synthetic_seed=script.synthetic_seed,
+    )
+    forget = load_split(script.dataset_name, script.forget_split, data_file=script.forget_file, **syn)
+    retain = load_split(script.dataset_name, script.retain_split, data_file=script.retain_file, **syn)
+    model, tokenizer = load_model_and_tokenizer(model_args, script, config.seed)
+    trainer = trainer_cls(
+        model, config, forget_dataset=forget, retain_dataset=retain, processing_class=tokenizer,
+        peft_config=model_args.peft_config(),
+    )
+    data = trainer.train_dataset
+
+    def measure() -> dict[str, float]:
+        if not script.evaluate_before_after:
+            return {}
+        m = trainer.accelerator.unwrap_model(trainer.model)
+        pad = tokenizer.pad_token_id
+        return {
+            "forget_nll": answer_nll(m, data.forget, pad).mean().item(),
+            "retain_nll": answer_nll(m, data.retain, pad).mean().item(),
+        }
+
+    before = measure()
+    result = trainer.train()
+    after = measure()
+    out_dir = trainer.save_unlearned_model()
+    summary = {
+        "method": script.method,
+        "model": model_args.model_name_or_path,
+        "lora": model_args.use_lora,
+        "before": before,
+        "after": after,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "global_steps": trainer.state.global_step,
+        "output_dir": out_dir,
+    }
+    if trainer.is_world_process_zero():
+        with open(os.path.join(out_dir, "unlearn_summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=2)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        script, model_args, config = parse_args(argv)
+    except ValueError as err:
+        print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
+        return 2
+    summary = run(script, model_args, config)
+    b, a = summary["before"], summary["after"]
+    if b and a:
+        print(
+            f"[{script.method}] forget NLL {b['forget_nll']:.3f} -> {a['forget_nll']:.3f} | "
+            f"retain NLL {b['retain_nll']:.3f} -> {a['retain_nll']:.3f} | saved to {summary['output_dir']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
