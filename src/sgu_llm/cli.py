@@ -1,7 +1,7 @@
 """The `sgu-llm` command.
 
-    sgu-llm unlearn --config recipes/tiny-llama/sgu.yaml --output_dir runs/tiny-sgu
-    sgu-llm methods
+sgu-llm unlearn --config recipes/tiny-llama/sgu.yaml --output_dir runs/tiny-sgu
+sgu-llm methods
 """
 
 from __future__ import annotations

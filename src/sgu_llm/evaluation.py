@@ -23,7 +23,9 @@ def answer_nll(model: Any, dataset: Any, pad_token_id: int, batch_size: int = 32
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(dataset), batch_size):
-        batch = pad_batch([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_token_id)
+        batch = pad_batch(
+            [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_token_id
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, ntok = per_example_nll(logits, batch["labels"])

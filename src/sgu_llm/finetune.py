@@ -54,5 +54,7 @@ def finetune(
         disable_tqdm=True,
         **training_kwargs,
     )
-    Trainer(model=model, args=args, train_dataset=data, data_collator=PadCollator(tokenizer.pad_token_id)).train()
+    Trainer(
+        model=model, args=args, train_dataset=data, data_collator=PadCollator(tokenizer.pad_token_id)
+    ).train()
     return model

@@ -34,7 +34,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
-def tiny_llama(tokenizer: Any, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Any:
+def tiny_llama(
+    tokenizer: Any, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+) -> Any:
     """A randomly initialised Llama sized for CPU tests (tied embeddings).
 
     Example:

@@ -24,21 +24,29 @@ BUILTIN_MODELS = ("tiny-llama",)
 class ScriptArguments:
     """What to unlearn: the method and the data."""
 
-    method: str = field(default="sgu", metadata={"help": "Unlearning method: sgu, gradascent, graddiff, npo, simnpo."})
+    method: str = field(
+        default="sgu", metadata={"help": "Unlearning method: sgu, gradascent, graddiff, npo, simnpo."}
+    )
     dataset_name: str = field(
         default="synthetic",
-        metadata={"help": "'synthetic' (built locally) or a Hub dataset in TOFU layout, e.g. 'locuslab/TOFU'."},
+        metadata={
+            "help": "'synthetic' (built locally) or a Hub dataset in TOFU layout, e.g. 'locuslab/TOFU'."
+        },
     )
     forget_split: str = field(default="forget10", metadata={"help": "Forget split (TOFU config name)."})
     retain_split: str = field(default="retain90", metadata={"help": "Retain split (TOFU config name)."})
     forget_file: str | None = field(
-        default=None, metadata={"help": "Local JSON/JSONL/Parquet forget set in TOFU schema; overrides forget_split."}
+        default=None,
+        metadata={"help": "Local JSON/JSONL/Parquet forget set in TOFU schema; overrides forget_split."},
     )
     retain_file: str | None = field(
-        default=None, metadata={"help": "Local JSON/JSONL/Parquet retain set in TOFU schema; overrides retain_split."}
+        default=None,
+        metadata={"help": "Local JSON/JSONL/Parquet retain set in TOFU schema; overrides retain_split."},
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "Authors in the synthetic benchmark."})
-    synthetic_qa_per_author: int = field(default=10, metadata={"help": "QA pairs per synthetic author (max 10)."})
+    synthetic_qa_per_author: int = field(
+        default=10, metadata={"help": "QA pairs per synthetic author (max 10)."}
+    )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic benchmark."})
     evaluate_before_after: bool = field(
         default=True, metadata={"help": "Measure forget/retain answer NLL before and after unlearning."}
@@ -56,10 +64,16 @@ class ModelArguments:
             "and fine-tuned on the synthetic benchmark first (no download)."
         },
     )
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to model_name_or_path."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Defaults to model_name_or_path."}
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
-    use_lora: bool = field(default=False, metadata={"help": "Unlearn LoRA adapters instead of full parameters."})
+    use_lora: bool = field(
+        default=False, metadata={"help": "Unlearn LoRA adapters instead of full parameters."}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -120,8 +134,13 @@ def load_recipe(path: str) -> dict[str, Any]:
     allowed = recipe_keys(str(cfg.get("method", "sgu")))
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        hints = [f"{k} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else k for k in unknown]
-        raise ValueError(f"recipe {path!r} has unknown keys: {', '.join(hints)}. Every key must be a config field.")
+        hints = [
+            f"{k} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else k
+            for k in unknown
+        ]
+        raise ValueError(
+            f"recipe {path!r} has unknown keys: {', '.join(hints)}. Every key must be a config field."
+        )
     return cfg
 
 
@@ -147,7 +166,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any]:
     return script, model, config
 
 
-def build_builtin(name: str, model_args: ModelArguments, script: ScriptArguments, seed: int) -> tuple[Any, Any]:
+def build_builtin(
+    name: str, model_args: ModelArguments, script: ScriptArguments, seed: int
+) -> tuple[Any, Any]:
     """A tiny model built from config and fine-tuned on the full synthetic set, with its own tokenizer."""
     import tempfile
 
@@ -156,7 +177,9 @@ def build_builtin(name: str, model_args: ModelArguments, script: ScriptArguments
     from sgu_llm.finetune import finetune
     from sgu_llm.models import tiny_llama, train_tokenizer
 
-    splits = synthetic_tofu(script.synthetic_num_authors, script.synthetic_qa_per_author, script.synthetic_seed)
+    splits = synthetic_tofu(
+        script.synthetic_num_authors, script.synthetic_qa_per_author, script.synthetic_seed
+    )
     texts = [build_prompt(r["question"]) + r["answer"] for r in splits["full"]]
     tokenizer = train_tokenizer(texts, vocab_size=400)
     model = tiny_llama(tokenizer, hidden_size=model_args.builtin_hidden_size, seed=seed)
@@ -165,7 +188,9 @@ def build_builtin(name: str, model_args: ModelArguments, script: ScriptArguments
     return model, tokenizer
 
 
-def load_model_and_tokenizer(model_args: ModelArguments, script: ScriptArguments, seed: int) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    model_args: ModelArguments, script: ScriptArguments, seed: int
+) -> tuple[Any, Any]:
     if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
         return build_builtin(model_args.model_name_or_path[len(BUILTIN_PREFIX) :], model_args, script, seed)
     import torch
@@ -200,7 +225,11 @@ def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dic
     retain = load_split(script.dataset_name, script.retain_split, data_file=script.retain_file, **syn)
     model, tokenizer = load_model_and_tokenizer(model_args, script, config.seed)
     trainer = trainer_cls(
-        model, config, forget_dataset=forget, retain_dataset=retain, processing_class=tokenizer,
+        model,
+        config,
+        forget_dataset=forget,
+        retain_dataset=retain,
+        processing_class=tokenizer,
         peft_config=model_args.peft_config(),
     )
     data = trainer.train_dataset
@@ -241,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
         return 2
-    summary = run(script, model_args, config)
+    try:
+        summary = run(script, model_args, config)
+    except ValueError as err:  # user errors: say what and how to fix, without a traceback
+        if os.environ.get("SGU_LLM_DEBUG"):
+            raise
+        print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
+        return 2
     b, a = summary["before"], summary["after"]
     if b and a:
         print(

@@ -48,7 +48,9 @@ def prepare_qa_dataset(
             tokenized = tokenized.map(lambda row: {"attention_mask": [1] * len(row["input_ids"])})
     elif set(QA_COLUMNS) <= cols:
         tokenized = dataset.map(
-            lambda row: tokenize_qa(tokenizer, row["question"], row["answer"], prompt_format, max_length, system_prompt),
+            lambda row: tokenize_qa(
+                tokenizer, row["question"], row["answer"], prompt_format, max_length, system_prompt
+            ),
             remove_columns=dataset.column_names,
             desc=f"tokenizing {name} set",
         )
@@ -117,4 +119,6 @@ class ForgetRetainCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
-        return {split: pad_batch([it[split] for it in items], self.pad_token_id) for split in ("forget", "retain")}
+        return {
+            split: pad_batch([it[split] for it in items], self.pad_token_id) for split in ("forget", "retain")
+        }

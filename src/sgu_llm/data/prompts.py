@@ -10,7 +10,9 @@ PROMPT_FORMATS = ("phi", "llama2", "chat_template")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
-def build_prompt(question: str, tokenizer: Any = None, prompt_format: str = "phi", system_prompt: str | None = None) -> str:
+def build_prompt(
+    question: str, tokenizer: Any = None, prompt_format: str = "phi", system_prompt: str | None = None
+) -> str:
     """The text before the answer, in one of `PROMPT_FORMATS`.
 
     - `phi`: "Question: {q}\\nAnswer: " (Phi-1.5 in TOFU);

@@ -38,7 +38,9 @@ class SelectiveFunction:
 _REGISTRY: dict[str, SelectiveFunction] = {}
 
 
-def register_selective_function(name: str, *, thresholds: tuple[str, ...] = ()) -> Callable[[SelectFn], SelectFn]:
+def register_selective_function(
+    name: str, *, thresholds: tuple[str, ...] = ()
+) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(g_r, g_f, tau_d, tau_m, *, maintain_scale, reverse_scale) -> (update, actions)`.
 
     Args:
@@ -120,7 +122,9 @@ def sgu_select(
         # -diff > tau_m  <=>  |g_f| - |g_r| > tau_m; conflicts are already in `maintain`.
         reverse = ~maintain & (-diff > tau_m)
         update = torch.where(reverse, g_f.to(update.dtype) * -reverse_scale, update)
-        actions = torch.where(reverse, torch.tensor(int(Action.REVERSE), dtype=torch.int8, device=g_r.device), actions)
+        actions = torch.where(
+            reverse, torch.tensor(int(Action.REVERSE), dtype=torch.int8, device=g_r.device), actions
+        )
     return update, actions
 
 

@@ -58,7 +58,9 @@ def population_sample(
     """
     g_r, g_f = g_r.reshape(-1), g_f.reshape(-1)
     if num_samples is not None:
-        idx = torch.randint(g_r.numel(), (num_samples,), generator=_generator(g_r.device, seed), device=g_r.device)
+        idx = torch.randint(
+            g_r.numel(), (num_samples,), generator=_generator(g_r.device, seed), device=g_r.device
+        )
         g_r, g_f = g_r[idx], g_f[idx]
     diff = _magnitude_diff(g_r, g_f)
     if population == "same_sign":
@@ -127,13 +129,18 @@ def magnitude_thresholds(
 
     total = sum(g.numel() for g in grads_r)
     if total <= max_exact:
-        values = torch.cat([population_sample(r, f, population, None, seed) for r, f in zip(grads_r, grads_f)])
+        values = torch.cat(
+            [population_sample(r, f, population, None, seed) for r, f in zip(grads_r, grads_f)]
+        )
     else:
         # Split the sample across tensors in proportion to their sizes (multinomial counts).
         device = grads_r[0].device
         sizes = torch.tensor([g.numel() for g in grads_r], dtype=torch.float64)
         counts = torch.multinomial(
-            sizes / sizes.sum(), sample_size, replacement=True, generator=_generator(torch.device("cpu"), seed)
+            sizes / sizes.sum(),
+            sample_size,
+            replacement=True,
+            generator=_generator(torch.device("cpu"), seed),
         )
         counts = torch.bincount(counts, minlength=n).tolist()
         values = torch.cat(

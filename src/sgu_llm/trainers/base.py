@@ -49,16 +49,21 @@ class UnlearnConfig(TrainingArguments):
         'phi'
     """
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference framework: 1e-5)."})
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "Peak learning rate (reference framework: 1e-5)."}
+    )
     num_train_epochs: float = field(
         default=10.0, metadata={"help": "Passes over the forget set (reference framework: 10)."}
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: batches are nested {'forget': ..., 'retain': ...}."}
+        default=False,
+        metadata={"help": "Must stay False: batches are nested {'forget': ..., 'retain': ...}."},
     )
     prompt_format: str = field(
         default="phi",
-        metadata={"help": f"How questions are framed: one of {PROMPT_FORMATS}. Question tokens are masked (-100)."},
+        metadata={
+            "help": f"How questions are framed: one of {PROMPT_FORMATS}. Question tokens are masked (-100)."
+        },
     )
     system_prompt: str = field(
         default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt for prompt_format='chat_template'."}
@@ -77,7 +82,9 @@ class UnlearnConfig(TrainingArguments):
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into an output_dir that already holds a run (it is refused otherwise)."},
+        metadata={
+            "help": "Allow writing into an output_dir that already holds a run (it is refused otherwise)."
+        },
     )
 
     def __post_init__(self):
@@ -94,7 +101,9 @@ class UnlearnConfig(TrainingArguments):
             try:
                 re.compile(self.unlearn_params)
             except re.error as err:
-                raise ValueError(f"unlearn_params is not a valid regex ({err}): {self.unlearn_params!r}") from None
+                raise ValueError(
+                    f"unlearn_params is not a valid regex ({err}): {self.unlearn_params!r}"
+                ) from None
 
 
 def check_output_dir(args: UnlearnConfig) -> None:
@@ -127,7 +136,9 @@ def check_lora_targets(model: torch.nn.Module, peft_config: Any) -> None:
     names = [n for n, _ in model.named_modules()]
     missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in names))
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
         raise ValueError(
             f"LoRA target_modules {missing} match no module of {type(model).__name__}; its linear layers are "
             f"named {linear}. Set target_modules (lora_target_modules in a recipe) to some of those, or 'all-linear'."
@@ -181,7 +192,10 @@ class MetricBuffer:
             return {}
         device = accelerator.device
         packed = torch.stack(
-            [torch.stack([self._sums[k].to(device) for k in keys]), torch.stack([self._weights[k].to(device) for k in keys])]
+            [
+                torch.stack([self._sums[k].to(device) for k in keys]),
+                torch.stack([self._weights[k].to(device) for k in keys]),
+            ]
         )
         if accelerator.num_processes > 1:
             packed = accelerator.reduce(packed.float(), reduction="sum").double()
@@ -226,7 +240,9 @@ class UnlearnTrainer(Trainer):
                 f"{type(self).__name__} needs args of type {self.config_class.__name__}, got {type(args).__name__}"
             )
         if processing_class is None:
-            raise ValueError("processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads")
+            raise ValueError(
+                "processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads"
+            )
         if args.deepspeed:
             raise ValueError(
                 "DeepSpeed is not supported yet: it owns the gradients SGU must read and write. Use DDP or FSDP."
@@ -236,7 +252,9 @@ class UnlearnTrainer(Trainer):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
         model = prepare_model(model, peft_config, args.unlearn_params)
-        fmt = dict(prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt)
+        fmt = dict(
+            prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt
+        )
         forget = prepare_qa_dataset(forget_dataset, tokenizer, "forget", **fmt)
         retain = prepare_qa_dataset(retain_dataset, tokenizer, "retain", **fmt)
         # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
@@ -276,7 +294,12 @@ class UnlearnTrainer(Trainer):
         rows = []
         for split in SPLITS:
             labels = [b[split]["labels"] for b in batches]
-            rows.append([sum(int(lab[:, 1:].ne(IGNORE_INDEX).sum()) for lab in labels), sum(len(lab) for lab in labels)])
+            rows.append(
+                [
+                    sum(int(lab[:, 1:].ne(IGNORE_INDEX).sum()) for lab in labels),
+                    sum(len(lab) for lab in labels),
+                ]
+            )
         sizes = torch.tensor(rows, dtype=torch.float32, device=device)
         n = self.accelerator.num_processes
         if n > 1:
@@ -301,7 +324,9 @@ class UnlearnTrainer(Trainer):
             )
         return sizes
 
-    def forward_nll(self, model: Any, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_nll(
+        self, model: Any, batch: dict[str, torch.Tensor], split: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example summed answer NLL and token counts; logs `loss/<split>` as the token mean."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, ntok = per_example_nll(logits, batch["labels"])
@@ -321,7 +346,9 @@ class UnlearnTrainer(Trainer):
                 logits = unwrapped(**kwargs).logits
         return per_example_nll(logits, batch["labels"])
 
-    def nll_loss(self, model: Any, inputs: dict[str, Any], split: str, sizes: dict[str, torch.Tensor]) -> torch.Tensor:
+    def nll_loss(
+        self, model: Any, inputs: dict[str, Any], split: str, sizes: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Token-mean answer NLL of `split`, normalised over the accumulation window."""
         nll, _ = self.forward_nll(model, inputs[split], split)
         return nll.sum() / sizes[split][0].clamp_min(1)

@@ -51,10 +51,12 @@ class SGUConfig(UnlearnConfig):
         },
     )
     q_d: float = field(
-        default=0.9, metadata={"help": "Quantile of |g_r| - |g_f| used as tau_d (maintain threshold), in (0, 1)."}
+        default=0.9,
+        metadata={"help": "Quantile of |g_r| - |g_f| used as tau_d (maintain threshold), in (0, 1)."},
     )
     q_m: float = field(
-        default=0.9, metadata={"help": "Quantile of |g_f| - |g_r| used as tau_m (reverse threshold), in (0, 1)."}
+        default=0.9,
+        metadata={"help": "Quantile of |g_f| - |g_r| used as tau_m (reverse threshold), in (0, 1)."},
     )
     tau_d: float | None = field(
         default=None, metadata={"help": "Fixed absolute tau_d; replaces the q_d quantile when set."}
@@ -64,7 +66,9 @@ class SGUConfig(UnlearnConfig):
     )
     threshold_scope: str = field(
         default="tensor",
-        metadata={"help": f"Quantiles per parameter tensor or over all unlearned parameters: {THRESHOLD_SCOPES}."},
+        metadata={
+            "help": f"Quantiles per parameter tensor or over all unlearned parameters: {THRESHOLD_SCOPES}."
+        },
     )
     threshold_population: str = field(
         default="same_sign",
@@ -73,8 +77,12 @@ class SGUConfig(UnlearnConfig):
             f"apply) or 'all'. One of {THRESHOLD_POPULATIONS}."
         },
     )
-    maintain_scale: float = field(default=1.0, metadata={"help": "The maintain action applies maintain_scale * g_r."})
-    reverse_scale: float = field(default=1.0, metadata={"help": "The reverse action applies -reverse_scale * g_f."})
+    maintain_scale: float = field(
+        default=1.0, metadata={"help": "The maintain action applies maintain_scale * g_r."}
+    )
+    reverse_scale: float = field(
+        default=1.0, metadata={"help": "The reverse action applies -reverse_scale * g_f."}
+    )
     forget_loss: str = field(
         default="nll",
         metadata={
@@ -96,7 +104,9 @@ class SGUConfig(UnlearnConfig):
     )
     log_tensor_actions: bool = field(
         default=False,
-        metadata={"help": "Append per-parameter-tensor action fractions to output_dir/sgu_actions.jsonl at each log."},
+        metadata={
+            "help": "Append per-parameter-tensor action fractions to output_dir/sgu_actions.jsonl at each log."
+        },
     )
 
     def __post_init__(self):
@@ -107,7 +117,9 @@ class SGUConfig(UnlearnConfig):
             if not 0.0 < q < 1.0:
                 raise ValueError(f"{name} must lie strictly between 0 and 1, got {q}")
         if self.threshold_scope not in THRESHOLD_SCOPES:
-            raise ValueError(f"threshold_scope must be one of {THRESHOLD_SCOPES}, got {self.threshold_scope!r}")
+            raise ValueError(
+                f"threshold_scope must be one of {THRESHOLD_SCOPES}, got {self.threshold_scope!r}"
+            )
         if self.threshold_population not in THRESHOLD_POPULATIONS:
             raise ValueError(
                 f"threshold_population must be one of {THRESHOLD_POPULATIONS}, got {self.threshold_population!r}"
@@ -117,7 +129,9 @@ class SGUConfig(UnlearnConfig):
         if self.npo_beta <= 0:
             raise ValueError(f"npo_beta must be positive, got {self.npo_beta}")
         if self.maintain_scale < 0 or self.reverse_scale < 0:
-            raise ValueError("maintain_scale and reverse_scale must be >= 0 (the sign of each action is fixed)")
+            raise ValueError(
+                "maintain_scale and reverse_scale must be >= 0 (the sign of each action is fixed)"
+            )
         if self.quantile_sample_size < 1 or self.max_exact_quantile < 1:
             raise ValueError("quantile_sample_size and max_exact_quantile must be positive")
 
@@ -241,7 +255,9 @@ class SGUTrainer(UnlearnTrainer):
         record = {
             "step": self.state.global_step,
             "tensors": {
-                name: dict(zip(ACTION_NAMES, f)) for (name, _), f, c in zip(self._params(), fracs, counts) if c.sum()
+                name: dict(zip(ACTION_NAMES, f))
+                for (name, _), f, c in zip(self._params(), fracs, counts)
+                if c.sum()
             },
         }
         os.makedirs(self.args.output_dir, exist_ok=True)

@@ -1,0 +1,153 @@
+"""The selection rules, pinned on hand-computed cases."""
+
+import pytest
+import torch
+
+from sgu_llm.selection import (
+    Action,
+    SelectionSettings,
+    get_selective_function,
+    list_selective_functions,
+    pcgrad,
+    register_selective_function,
+    select_gradients,
+    sgu_select,
+    sign_conflict,
+)
+
+M, P, R = int(Action.MAINTAIN), int(Action.PRUNE), int(Action.REVERSE)
+
+
+def test_action_codes():
+    assert (Action.PRUNE, Action.MAINTAIN, Action.REVERSE) == (0, 1, 2)
+
+
+def test_seed_rule_hand_computed():
+    #            conflict  r dom.  tie(=tau_d)  f dom.   f dom. tie(=tau_m)  same, small diff
+    g_r = torch.tensor([2.0, 3.0, 2.0, 1.0, 1.0, 1.5])
+    g_f = torch.tensor([-0.5, 1.0, 1.0, 4.0, 3.0, 1.0])
+    update, actions = sgu_select(g_r, g_f, tau_d=1.0)
+    assert actions.dtype == torch.int8
+    assert actions.tolist() == [M, M, P, P, P, P]
+    assert update.tolist() == [2.0, 3.0, 0.0, 0.0, 0.0, 0.0]
+
+    update, actions = sgu_select(g_r, g_f, tau_d=1.0, tau_m=2.0)
+    # |g_f| - |g_r| = 3 > 2 reverses; = 2 (a tie) does not: both comparisons are strict.
+    assert actions.tolist() == [M, M, P, R, P, P]
+    assert update.tolist() == [2.0, 3.0, 0.0, -4.0, 0.0, 0.0]
+
+
+def test_negative_gradients_and_sign_agreement():
+    g_r = torch.tensor([-3.0, -1.0, -1.0])
+    g_f = torch.tensor([-1.0, -4.0, 2.0])
+    update, actions = sgu_select(g_r, g_f, tau_d=1.0, tau_m=2.0)
+    # both negative and |g_r| dominates -> maintain; both negative and |g_f| dominates -> reverse (+4); conflict.
+    assert actions.tolist() == [M, R, M]
+    assert update.tolist() == [-3.0, 4.0, -1.0]
+
+
+def test_zeros_count_as_same_sign():
+    # g_r * g_f = 0 >= 0: the magnitude tests decide.
+    g_r = torch.tensor([0.0, 0.0, 2.0, 0.0])
+    g_f = torch.tensor([0.0, 3.0, 0.0, -0.5])
+    update, actions = sgu_select(g_r, g_f, tau_d=0.0, tau_m=0.0)
+    # (0,0): diff 0 is not > 0 -> prune (not reverse either); (0,3): reverse -> -3; (2,0): maintain; (0,-0.5): reverse.
+    assert actions.tolist() == [P, R, M, R]
+    assert update.tolist() == [0.0, -3.0, 2.0, 0.5]
+    # With a negative tau_d, a (0, 0) coordinate is "maintained" with a zero update.
+    update, actions = sgu_select(torch.zeros(2), torch.zeros(2), tau_d=-1.0)
+    assert actions.tolist() == [M, M] and update.tolist() == [0.0, 0.0]
+
+
+def test_conflict_does_not_underflow():
+    # The product of these is 0 in float32, but the signs do conflict.
+    g_r = torch.tensor([1e-30])
+    g_f = torch.tensor([-1e-30])
+    assert (g_r * g_f).item() == 0.0
+    _, actions = sgu_select(g_r, g_f, tau_d=10.0)
+    assert actions.tolist() == [M]
+
+
+def test_scales_apply_per_action():
+    g_r = torch.tensor([1.0, 1.0])
+    g_f = torch.tensor([-1.0, 5.0])
+    update, _ = sgu_select(g_r, g_f, tau_d=1.0, tau_m=1.0, maintain_scale=0.5, reverse_scale=2.0)
+    assert update.tolist() == [0.5, -10.0]
+
+
+def test_tensor_thresholds_broadcast_and_bf16():
+    g_r = torch.tensor([3.0, 1.0], dtype=torch.bfloat16)
+    g_f = torch.tensor([1.0, 1.0], dtype=torch.bfloat16)
+    update, actions = sgu_select(g_r, g_f, tau_d=torch.tensor(1.0))
+    assert update.dtype == torch.bfloat16
+    assert actions.tolist() == [M, P]
+
+
+def test_sign_conflict_rule():
+    g_r = torch.tensor([1.0, 1.0, -2.0, 0.0])
+    g_f = torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    update, actions = sign_conflict(g_r, g_f)
+    assert actions.tolist() == [M, P, M, P]
+    assert update.tolist() == [1.0, 0.0, -2.0, 0.0]
+
+
+def test_pcgrad_projects_only_when_agreeing():
+    g_r = torch.tensor([1.0, 1.0])
+    g_f = torch.tensor([1.0, 0.0])
+    update, actions = pcgrad(g_r, g_f)
+    assert torch.allclose(update, torch.tensor([0.0, 1.0]))
+    assert torch.dot(update, g_f).abs() < 1e-6  # no first-order change of the forget loss
+    assert (actions == M).all()
+    # Conflicting directions keep g_r untouched.
+    update, _ = pcgrad(g_r, torch.tensor([-1.0, 0.0]))
+    assert torch.equal(update, g_r)
+    # A zero forget gradient leaves g_r unchanged (no division by zero).
+    update, _ = pcgrad(g_r, torch.zeros(2))
+    assert torch.equal(update, g_r)
+
+
+def test_registry_contents_and_errors():
+    assert {"sgu", "sgu_reverse", "sign_conflict", "pcgrad"} <= set(list_selective_functions())
+    assert get_selective_function("SGU").uses_tau_d and not get_selective_function("sgu").uses_tau_m
+    assert get_selective_function("sgu_reverse").uses_tau_m
+    with pytest.raises(ValueError, match="unknown selective function 'nope'.*registered"):
+        get_selective_function("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_selective_function("sgu")(lambda *a, **k: None)
+
+
+def test_user_registration_is_one_decorator():
+    @register_selective_function("test_half_retain")
+    def half(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
+        return 0.5 * g_r, torch.full_like(g_r, M, dtype=torch.int8)
+
+    updates, stats = select_gradients(
+        [torch.ones(4)], [torch.ones(4)], SelectionSettings(function="test_half_retain")
+    )
+    assert updates[0].tolist() == [0.5] * 4
+    assert stats.summary()["sgu/maintain_frac"] == 1.0
+
+
+def test_select_gradients_statistics():
+    g_r = [torch.tensor([1.0, 3.0, 1.0, 1.0]), torch.tensor([[2.0, -1.0]])]
+    g_f = [torch.tensor([-1.0, 1.0, 1.0, 4.0]), torch.tensor([[2.0, 1.0]])]
+    updates, stats = select_gradients(
+        g_r, g_f, SelectionSettings(function="sgu_reverse", tau_d=1.0, tau_m=2.0)
+    )
+    assert [u.shape for u in updates] == [torch.Size([4]), torch.Size([1, 2])]
+    assert stats.counts.tolist() == [[1, 2, 1], [1, 1, 0]]
+    s = stats.summary()
+    assert s["sgu/maintain_frac"] == pytest.approx(3 / 6)
+    assert s["sgu/reverse_frac"] == pytest.approx(1 / 6)
+    assert s["sgu/conflict_frac"] == pytest.approx(2 / 6)
+    r, f = torch.cat([g.flatten() for g in g_r]), torch.cat([g.flatten() for g in g_f])
+    assert s["sgu/grad_cosine"] == pytest.approx((r @ f / r.norm() / f.norm()).item(), rel=1e-5)
+    assert s["sgu/tau_d"] == 1.0 and s["sgu/tau_m"] == 2.0
+
+
+def test_fixed_threshold_overrides_quantile():
+    g_r, g_f = [torch.tensor([5.0, 2.0, 1.5])], [torch.tensor([1.0, 1.0, 1.0])]
+    _, quantile_stats = select_gradients(g_r, g_f, SelectionSettings(q_d=0.5))
+    assert quantile_stats.tau_d.item() == pytest.approx(1.0)  # median of [4, 1, 0.5]
+    _, fixed = select_gradients(g_r, g_f, SelectionSettings(tau_d=0.25))
+    assert fixed.counts.tolist() == [[0, 3, 0]]

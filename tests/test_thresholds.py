@@ -1,0 +1,64 @@
+"""Adaptive thresholds: exact below torch.quantile's limit, sampled (with measured error) above it."""
+
+import pytest
+import torch
+
+from sgu_llm.selection import MAX_EXACT_QUANTILE, magnitude_thresholds, same_sign
+
+
+def test_same_sign_population_exact():
+    g_r = torch.tensor([1.0, 2.0, 3.0, -4.0, 5.0])
+    g_f = torch.tensor([0.5, 0.5, 0.5, 1.0, -1.0])  # last two conflict
+    tau_d, tau_m = magnitude_thresholds([g_r], [g_f], q_d=0.5, q_m=0.5, population="same_sign")
+    # same-sign diffs: [0.5, 1.5, 2.5] -> median 1.5; reversed diffs [-0.5, -1.5, -2.5] -> median -1.5
+    assert tau_d == [pytest.approx(1.5)] and tau_m == [pytest.approx(-1.5)]
+    tau_d, _ = magnitude_thresholds([g_r], [g_f], q_d=0.5, q_m=None, population="all")
+    # all diffs: [0.5, 1.5, 2.5, -3 (=4-1... |−4|−|1| = 3), 4] -> sorted [0.5, 1.5, 2.5, 3, 4]
+    assert tau_d == [pytest.approx(2.5)]
+
+
+def test_matches_torch_quantile_per_tensor_and_global():
+    torch.manual_seed(0)
+    g_r = [torch.randn(300), torch.randn(20, 10) * 3]
+    g_f = [torch.randn(300), torch.randn(20, 10)]
+    tau_d, tau_m = magnitude_thresholds(g_r, g_f, q_d=0.9, q_m=0.8, scope="tensor", population="all")
+    for r, f, d, m in zip(g_r, g_f, tau_d, tau_m):
+        diff = r.abs().flatten() - f.abs().flatten()
+        assert d == pytest.approx(torch.quantile(diff, 0.9).item(), rel=1e-5)
+        assert m == pytest.approx(torch.quantile(-diff, 0.8).item(), rel=1e-5)
+    tau_d, _ = magnitude_thresholds(g_r, g_f, q_d=0.9, q_m=None, scope="global", population="all")
+    diff = torch.cat([(r.abs() - f.abs()).flatten() for r, f in zip(g_r, g_f)])
+    assert tau_d == [pytest.approx(torch.quantile(diff, 0.9).item(), rel=1e-5)] * 2
+
+
+def test_empty_population_gives_infinite_threshold():
+    tau_d, _ = magnitude_thresholds([torch.tensor([1.0])], [torch.tensor([-1.0])], q_d=0.5, q_m=None)
+    assert tau_d == [float("inf")]
+
+
+def test_bad_scope_and_population():
+    with pytest.raises(ValueError, match="threshold_scope"):
+        magnitude_thresholds([torch.ones(2)], [torch.ones(2)], 0.5, None, scope="layer")
+    with pytest.raises(ValueError, match="threshold_population"):
+        magnitude_thresholds([torch.ones(2)], [torch.ones(2)], 0.5, None, population="some")
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_beyond_torch_quantile_limit(scope):
+    """2**25 elements (twice torch.quantile's limit): the sampled threshold's rank error is tiny."""
+    n = 2**25
+    assert n > MAX_EXACT_QUANTILE
+    gen = torch.Generator().manual_seed(0)
+    g_r = torch.randn(n, generator=gen)
+    g_f = torch.randn(n, generator=gen)
+    (tau_d,), (tau_m,) = magnitude_thresholds([g_r], [g_f], q_d=0.9, q_m=0.7, scope=scope, seed=3)
+    mask = same_sign(g_r, g_f)
+    diff = (g_r.abs() - g_f.abs())[mask]
+    rank_d = (diff <= tau_d).double().mean().item()
+    rank_m = ((-diff) <= tau_m).double().mean().item()
+    # Sample quantile rank error: sd = sqrt(q(1-q)/m) ~ 4e-4 here (m ~ 2**19 same-sign samples).
+    assert abs(rank_d - 0.9) < 2e-3
+    assert abs(rank_m - 0.7) < 2e-3
+    # Deterministic in the seed, so every data-parallel rank computes the same value.
+    again, _ = magnitude_thresholds([g_r], [g_f], q_d=0.9, q_m=None, scope=scope, seed=3)
+    assert again == [tau_d]

@@ -1,0 +1,249 @@
+"""SGUTrainer and the baselines on a tiny fine-tuned Llama: behaviour, not just that code runs."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from sgu_llm.trainers import (
+    GradAscentConfig,
+    GradAscentTrainer,
+    GradDiffConfig,
+    GradDiffTrainer,
+    NPOConfig,
+    NPOTrainer,
+    SGUConfig,
+    SGUTrainer,
+    SimNPOConfig,
+    SimNPOTrainer,
+)
+
+
+def test_sgu_raises_forget_loss_and_keeps_retain(model, tokenizer, small_sets, make_config, nll):
+    forget, retain = small_sets
+    f0, r0 = nll(model, forget, tokenizer), nll(model, retain, tokenizer)
+    trainer = SGUTrainer(model, make_config(SGUConfig), forget, retain, processing_class=tokenizer)
+    trainer.train()
+    f1, r1 = nll(model, forget, tokenizer), nll(model, retain, tokenizer)
+    assert f0 < 0.1 and r0 < 0.1  # the fixture memorised everything
+    assert f1 > f0 + 0.5, (f0, f1)  # forgets
+    assert r1 < r0 + 0.1, (r0, r1)  # retain stays near where it was
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    keys = {
+        "loss/forget",
+        "loss/retain",
+        "sgu/maintain_frac",
+        "sgu/prune_frac",
+        "sgu/reverse_frac",
+        "sgu/conflict_frac",
+        "sgu/tau_d",
+        "sgu/grad_cosine",
+    }
+    assert keys <= set(logs[0])
+    for h in logs:
+        assert h["sgu/maintain_frac"] + h["sgu/prune_frac"] + h["sgu/reverse_frac"] == pytest.approx(1.0)
+        assert h["sgu/reverse_frac"] == 0.0  # the seed rule has no reverse branch
+        assert h["sgu/maintain_frac"] >= h["sgu/conflict_frac"]  # every conflict is maintained
+
+
+def test_sgu_reverse_logs_reverse_fraction(model, tokenizer, small_sets, make_config, nll):
+    forget, retain = small_sets
+    cfg = make_config(SGUConfig, selective_function="sgu_reverse", num_train_epochs=1, q_m=0.8)
+    trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    # Over same-sign coordinates, 20 % exceed the q_m = 0.8 quantile, unless the maintain test took them.
+    assert all(0.0 < h["sgu/reverse_frac"] < 0.2 for h in logs)
+    assert all("sgu/tau_m" in h for h in logs)
+
+
+def test_sgu_npo_forget_loss_uses_reference(model, tokenizer, small_sets, make_config, nll):
+    forget, retain = small_sets
+    cfg = make_config(SGUConfig, selective_function="sgu_reverse", forget_loss="npo", num_train_epochs=2)
+    trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
+    assert trainer.ref_model is not None  # full parameters: a frozen copy
+    ref_before = [p.clone() for p in trainer.ref_model.parameters()]
+    f0 = nll(model, forget, tokenizer)
+    trainer.train()
+    assert nll(model, forget, tokenizer) > f0 + 0.2
+    assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
+
+
+def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, make_config, nll):
+    forget, retain = small_sets
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    f0 = nll(model, forget, tokenizer)
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"
+    )
+    trainer = SGUTrainer(
+        model,
+        make_config(SGUConfig, learning_rate=5e-3),
+        forget,
+        retain,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    trainer.train()
+    peft_model = trainer.model
+    assert nll(peft_model, forget, tokenizer) > f0 + 0.3
+    after = peft_model.get_base_model().state_dict()
+    for name, value in base.items():
+        key = next(k for k in after if k.replace(".base_layer", "") == name)
+        assert torch.equal(after[key], value), name
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapters did move
+
+
+def test_param_filter_freezes_the_rest(model, tokenizer, small_sets, make_config):
+    forget, retain = small_sets
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = make_config(SGUConfig, unlearn_params=r"layers\.1\.mlp", num_train_epochs=1)
+    SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer).train()
+    for name, value in model.state_dict().items():
+        changed = not torch.equal(value, before[name])
+        assert changed == ("layers.1.mlp" in name), name
+
+
+def _first_update(model, tokenizer, forget, retain, make_config, **overrides):
+    """The parameter change of one SGD step with lr 1: minus the selected update."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = make_config(
+        SGUConfig,
+        optim="sgd",
+        learning_rate=1.0,
+        max_steps=1,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        **overrides,
+    )
+    SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer).train()
+    return torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
+
+
+def test_gradient_accumulation_matches_one_big_batch(model, tokenizer, splits, make_config, finetuned_state):
+    """2 micro-batches of 4 with accumulation 2 select the same update as one batch of 8.
+
+    Losses are normalised by the answer tokens of the whole window, so the accumulated g_f and
+    g_r equal the big batch's up to float32 summation order (~1e-7 relative). Documented
+    tolerance: at most 1e-4 of coordinates may switch action at a threshold tie, and the
+    updates agree to 1e-5 absolute everywhere else.
+    """
+    forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
+    big = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=8)
+    model.load_state_dict(finetuned_state)
+    acc = _first_update(
+        model,
+        tokenizer,
+        forget,
+        retain,
+        make_config,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
+    assert big.abs().sum() > 0
+    differ = (big - acc).abs() > 1e-5
+    assert differ.float().mean() <= 1e-4, differ.sum()
+
+
+def test_gradient_accumulation_differs_from_a_different_batch(
+    model, tokenizer, splits, make_config, finetuned_state
+):
+    """Control for the test above: the comparison can fail."""
+    forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
+    big = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=8)
+    model.load_state_dict(finetuned_state)
+    half = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=4)
+    assert ((big - half).abs() > 1e-5).float().mean() > 0.01
+
+
+def test_bf16_autocast_runs_on_cpu(model, tokenizer, small_sets, make_config):
+    forget, retain = small_sets
+    seen = []
+    handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    cfg = make_config(SGUConfig, bf16=True, use_cpu=True, num_train_epochs=1)
+    trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
+    trainer.train()
+    handle.remove()
+    assert torch.bfloat16 in seen
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(h["loss/forget"])) for h in logs)
+    assert trainer.selection_skipped_steps == 0
+
+
+def test_tensor_action_log(model, tokenizer, small_sets, make_config, tmp_path):
+    forget, retain = small_sets
+    cfg = make_config(SGUConfig, log_tensor_actions=True, num_train_epochs=1, logging_steps=2)
+    trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
+    trainer.train()
+    lines = (tmp_path / "out" / "sgu_actions.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert len(records) == len([h for h in trainer.state.log_history if "loss" in h])
+    rec = records[0]
+    assert "model.layers.0.self_attn.q_proj.weight" in rec["tensors"]
+    for fr in rec["tensors"].values():
+        assert set(fr) == {"prune", "maintain", "reverse"}
+        assert sum(fr.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "config_cls,trainer_cls",
+    [
+        (GradAscentConfig, GradAscentTrainer),
+        (GradDiffConfig, GradDiffTrainer),
+        (NPOConfig, NPOTrainer),
+        (SimNPOConfig, SimNPOTrainer),
+    ],
+)
+def test_baselines_raise_forget_loss(config_cls, trainer_cls, model, tokenizer, small_sets, make_config, nll):
+    forget, retain = small_sets
+    f0 = nll(model, forget, tokenizer)
+    trainer = trainer_cls(
+        model, make_config(config_cls, num_train_epochs=5), forget, retain, processing_class=tokenizer
+    )
+    trainer.train()
+    assert nll(model, forget, tokenizer) > f0 + 0.2
+    assert "loss/forget" in trainer.state.log_history[0]
+
+
+def test_npo_under_lora_uses_disabled_adapters_as_reference(model, tokenizer, small_sets, make_config):
+    forget, retain = small_sets
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = NPOTrainer(
+        model,
+        make_config(NPOConfig, num_train_epochs=1, learning_rate=5e-3),
+        forget,
+        retain,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    assert trainer.ref_model is None  # no deep copy
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])["forget"]
+    trainer.train()
+    ref_nll, _ = trainer.reference_nll(trainer.model, batch)
+    with trainer.model.disable_adapter(), torch.no_grad():
+        from sgu_llm.losses import per_example_nll
+
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected, _ = per_example_nll(logits, batch["labels"])
+    assert torch.allclose(ref_nll, expected)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        trained, _ = per_example_nll(logits, batch["labels"])
+    assert not torch.allclose(ref_nll, trained)  # adapters changed the policy, not the reference
+
+
+def test_save_adapter_and_merged(model, tokenizer, small_sets, make_config, tmp_path):
+    forget, retain = small_sets
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    cfg = make_config(SGUConfig, num_train_epochs=1)
+    trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer, peft_config=lora)
+    trainer.train()
+    out = trainer.save_unlearned_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_config.json").exists() and out.endswith("adapter")
+    trainer.args.save_merged = True
+    trainer.save_unlearned_model(str(tmp_path / "merged"))
+    assert (tmp_path / "merged" / "config.json").exists()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
