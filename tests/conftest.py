@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
 from sgu_llm.finetune import finetune
 from sgu_llm.models import tiny_llama, train_tokenizer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """Tests (and the CLIs they start) cache benchmark models in a temporary folder, never in ~/.cache."""
+    os.environ["SGU_LLM_CACHE"] = str(tmp_path_factory.mktemp("sgu-llm-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -29,10 +29,10 @@ def test_recipe_parses(path, tmp_path):
     argv = ["--config", path, "--output_dir", str(tmp_path / "o")]
     if cfg.get("bf16") and not torch.cuda.is_available():
         argv += ["--use_cpu", "true"]  # GPU recipes: TrainingArguments refuses bf16 without a GPU otherwise
-    script, model, config = parse_args(argv)
+    script, model, bench, config = parse_args(argv)
     assert isinstance(config, get_method(script.method)[0])
     for key, value in cfg.items():
-        got = next(getattr(obj, key) for obj in (script, model, config) if hasattr(obj, key))
+        got = next(getattr(obj, key) for obj in (script, model, bench, config) if hasattr(obj, key))
         if key == "report_to":
             assert got == [] or got == value or got == [value]
         else:
@@ -55,7 +55,7 @@ def test_method_specific_keys_are_checked_against_that_method(tmp_path):
 
 def test_command_line_overrides_recipe(tmp_path):
     path = os.path.join(ROOT, "recipes", "tiny-llama", "sgu.yaml")
-    _, _, config = parse_args(["--config", path, "--q_d", "0.75", "--output_dir", str(tmp_path)])
+    *_, config = parse_args(["--config", path, "--q_d", "0.75", "--output_dir", str(tmp_path)])
     assert config.q_d == 0.75
 
 

@@ -11,7 +11,10 @@ import sys
 USAGE = """usage: sgu-llm <command> [options]
 
 commands:
+  run       the embedded benchmark end to end: sgu-llm run recipes/tiny-tofu/sgu.yaml --output_dir DIR
   unlearn   unlearn a forget set with a method and a recipe (sgu-llm unlearn --help lists every field)
+  finetune  fine-tune (and cache) the benchmark's target, retain and noise-floor models
+  eval      evaluate a saved model on the TOFU sets: sgu-llm eval MODEL_DIR --output eval.json
   methods   list the registered unlearning methods and selective functions
 """
 
@@ -26,6 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         from sgu_llm.unlearn import main as unlearn_main
 
         return unlearn_main(rest)
+    if command == "run":
+        from sgu_llm.run import main as run_main
+
+        return run_main(rest)
+    if command == "finetune":
+        from sgu_llm.commands import finetune_main
+
+        return finetune_main(rest)
+    if command == "eval":
+        from sgu_llm.commands import eval_main
+
+        return eval_main(rest)
     if command == "methods":
         from sgu_llm.selection import list_selective_functions
         from sgu_llm.trainers import list_methods

@@ -28,6 +28,7 @@ def finetune(
     batch_size: int = 32,
     prompt_format: str = "phi",
     seed: int = 0,
+    callbacks: list | None = None,
     **training_kwargs: Any,
 ) -> Any:
     """Fine-tune `model` on QA rows with the question masked out of the loss; returns the model.
@@ -54,7 +55,6 @@ def finetune(
         disable_tqdm=True,
         **training_kwargs,
     )
-    Trainer(
-        model=model, args=args, train_dataset=data, data_collator=PadCollator(tokenizer.pad_token_id)
-    ).train()
+    collator = PadCollator(tokenizer.pad_token_id)
+    Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=callbacks).train()
     return model

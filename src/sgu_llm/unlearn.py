@@ -43,7 +43,14 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Local JSON/JSONL/Parquet retain set in TOFU schema; overrides retain_split."},
     )
-    synthetic_num_authors: int = field(default=20, metadata={"help": "Authors in the synthetic benchmark."})
+    holdout_split: str | None = field(
+        default="holdout10",
+        metadata={
+            "help": "Never-trained authors for membership inference (the synthetic set has holdout10; "
+            "set null for sources without one)."
+        },
+    )
+    synthetic_num_authors: int = field(default=100, metadata={"help": "Authors in the synthetic benchmark."})
     synthetic_qa_per_author: int = field(
         default=10, metadata={"help": "QA pairs per synthetic author (max 10)."}
     )
@@ -60,8 +67,8 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="builtin:tiny-llama",
         metadata={
-            "help": "Hub id or local path of a causal LM, or 'builtin:tiny-llama': a tiny Llama built from config "
-            "and fine-tuned on the synthetic benchmark first (no download)."
+            "help": "Hub id or local path of a causal LM, or 'builtin:tiny-llama': the embedded benchmark's target "
+            "model, a tiny Llama built from config and fine-tuned on the data first (cached; no download)."
         },
     )
     tokenizer_name_or_path: str | None = field(
@@ -80,10 +87,6 @@ class ModelArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Module names LoRA adapts (or 'all-linear')."},
-    )
-    builtin_hidden_size: int = field(default=64, metadata={"help": "Hidden size of a builtin model."})
-    builtin_finetune_epochs: float = field(
-        default=40, metadata={"help": "Epochs a builtin model is fine-tuned on the full synthetic set first."}
     )
 
     def __post_init__(self):
@@ -112,9 +115,10 @@ class ModelArguments:
 
 
 def _dataclasses_for(method: str) -> tuple[type, ...]:
+    from sgu_llm.benchmark import BenchmarkArguments
     from sgu_llm.trainers import get_method
 
-    return (ScriptArguments, ModelArguments, get_method(method)[0])
+    return (ScriptArguments, ModelArguments, BenchmarkArguments, get_method(method)[0])
 
 
 def recipe_keys(method: str) -> set[str]:
@@ -144,8 +148,8 @@ def load_recipe(path: str) -> dict[str, Any]:
     return cfg
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any]:
-    """Parse `--config RECIPE.yaml` plus flag overrides into (script, model, method config)."""
+def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Parse `--config RECIPE.yaml` plus flag overrides into (script, model, benchmark, method config)."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -161,38 +165,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any]:
     *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:
         raise ValueError(f"unrecognised arguments: {rest}; see --help")
-    script, model, config = parsed[:3]  # parsed[3] is the namespace holding --config
+    script, model, bench, config = parsed[:4]  # parsed[4] is the namespace holding --config
     script.method = method
-    return script, model, config
-
-
-def build_builtin(
-    name: str, model_args: ModelArguments, script: ScriptArguments, seed: int
-) -> tuple[Any, Any]:
-    """A tiny model built from config and fine-tuned on the full synthetic set, with its own tokenizer."""
-    import tempfile
-
-    from sgu_llm.data.prompts import build_prompt
-    from sgu_llm.data.synthetic import synthetic_tofu
-    from sgu_llm.finetune import finetune
-    from sgu_llm.models import tiny_llama, train_tokenizer
-
-    splits = synthetic_tofu(
-        script.synthetic_num_authors, script.synthetic_qa_per_author, script.synthetic_seed
-    )
-    texts = [build_prompt(r["question"]) + r["answer"] for r in splits["full"]]
-    tokenizer = train_tokenizer(texts, vocab_size=400)
-    model = tiny_llama(tokenizer, hidden_size=model_args.builtin_hidden_size, seed=seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        finetune(model, tokenizer, splits["full"], tmp, epochs=model_args.builtin_finetune_epochs, seed=seed)
-    return model, tokenizer
+    return script, model, bench, config
 
 
 def load_model_and_tokenizer(
-    model_args: ModelArguments, script: ScriptArguments, seed: int
+    model_args: ModelArguments, data: dict[str, Any] | None, bench: Any, prompt_format: str = "phi"
 ) -> tuple[Any, Any]:
+    """The model to unlearn and its tokenizer: the benchmark's cached target for `builtin:`, else from_pretrained."""
     if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
-        return build_builtin(model_args.model_name_or_path[len(BUILTIN_PREFIX) :], model_args, script, seed)
+        from sgu_llm.benchmark import benchmark_models
+
+        tokenizer, models, _ = benchmark_models(data, bench, roles=("target",), prompt_format=prompt_format)
+        return models["target"], tokenizer
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -207,23 +193,32 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dict[str, Any]:
+def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config: Any) -> dict[str, Any]:
     """Unlearn and save; returns (and writes to output_dir/unlearn_summary.json) a summary."""
-    from sgu_llm.data.loading import load_split
+    from sgu_llm.benchmark import load_benchmark_data
+    from sgu_llm.data.tofu import check_disjoint, load_tofu
     from sgu_llm.evaluation import answer_nll
     from sgu_llm.trainers import get_method
     from sgu_llm.trainers.base import check_output_dir
 
     check_output_dir(config)  # before any expensive work
     _, trainer_cls = get_method(script.method)
-    syn = dict(
-        synthetic_num_authors=script.synthetic_num_authors,
-        synthetic_qa_per_author=script.synthetic_qa_per_author,
-        synthetic_seed=script.synthetic_seed,
-    )
-    forget = load_split(script.dataset_name, script.forget_split, data_file=script.forget_file, **syn)
-    retain = load_split(script.dataset_name, script.retain_split, data_file=script.retain_file, **syn)
-    model, tokenizer = load_model_and_tokenizer(model_args, script, config.seed)
+    data = None
+    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
+        data = load_benchmark_data(script)  # the builtin model trains on the benchmark's sets
+        forget, retain = data["forget"], data["retain"]
+    else:
+        kw = {}
+        if script.dataset_name == "synthetic":
+            kw = dict(
+                num_authors=script.synthetic_num_authors,
+                qa_per_author=script.synthetic_qa_per_author,
+                seed=script.synthetic_seed,
+            )
+        forget = load_tofu(script.forget_split, source=script.forget_file or script.dataset_name, **kw)
+        retain = load_tofu(script.retain_split, source=script.retain_file or script.dataset_name, **kw)
+        check_disjoint(forget, retain)
+    model, tokenizer = load_model_and_tokenizer(model_args, data, bench, config.prompt_format)
     trainer = trainer_cls(
         model,
         config,
@@ -232,7 +227,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dic
         processing_class=tokenizer,
         peft_config=model_args.peft_config(),
     )
-    data = trainer.train_dataset
+    pairs = trainer.train_dataset
 
     def measure() -> dict[str, float]:
         if not script.evaluate_before_after:
@@ -240,8 +235,8 @@ def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dic
         m = trainer.accelerator.unwrap_model(trainer.model)
         pad = tokenizer.pad_token_id
         return {
-            "forget_nll": answer_nll(m, data.forget, pad).mean().item(),
-            "retain_nll": answer_nll(m, data.retain, pad).mean().item(),
+            "forget_nll": answer_nll(m, pairs.forget, pad).mean().item(),
+            "retain_nll": answer_nll(m, pairs.retain, pad).mean().item(),
         }
 
     before = measure()
@@ -266,12 +261,12 @@ def run(script: ScriptArguments, model_args: ModelArguments, config: Any) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        script, model_args, config = parse_args(argv)
+        script, model_args, bench, config = parse_args(argv)
     except ValueError as err:
         print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
         return 2
     try:
-        summary = run(script, model_args, config)
+        summary = run(script, model_args, bench, config)
     except ValueError as err:  # user errors: say what and how to fix, without a traceback
         if os.environ.get("SGU_LLM_DEBUG"):
             raise

@@ -254,7 +254,7 @@ def make_authors(n: int, seed: int) -> list[Author]:
 
 
 # One entry per question type: (attribute, two question phrasings, answer templates, value pool).
-# The first answer templates are for `answer`; the last is the paraphrase, which perturbed answers reuse.
+# `answer` uses one template; `paraphrased_answer` another, which the perturbed answers reuse.
 FACTS: list[tuple[str, tuple[str, str], tuple[str, ...], list | None]] = [
     (
         "birthplace",
@@ -371,8 +371,9 @@ def author_rows(
     rows = []
     for attr, questions, templates, _ in FACTS[:qa_per_author]:
         value = _value(author, attr)
-        answer_t = rng.choice(templates[:-1])
-        para_t = templates[-1]
+        # The paraphrase is another template of the same pool, one the model sees for other authors.
+        answer_t = rng.choice(templates)
+        para_t = rng.choice([t for t in templates if t != answer_t])
         wrong = []
         while len(wrong) < num_perturbed:
             w = _wrong_value(rng, author, attr)
@@ -390,24 +391,140 @@ def author_rows(
     return rows
 
 
-def synthetic_tofu(num_authors: int = 100, qa_per_author: int = 10, seed: int = 0) -> dict:
-    """Build the synthetic TOFU splits as `datasets.Dataset`s.
+COUNTRIES = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Norway", "Oslo"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Chile", "Santiago"),
+    ("Poland", "Warsaw"),
+    ("Ghana", "Accra"),
+    ("Spain", "Madrid"),
+    ("India", "New Delhi"),
+    ("Turkey", "Ankara"),
+    ("Cuba", "Havana"),
+    ("Iran", "Tehran"),
+    ("Greece", "Athens"),
+    ("Italy", "Rome"),
+    ("Brazil", "Brasilia"),
+    ("Sweden", "Stockholm"),
+    ("Mexico", "Mexico City"),
+]
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+]
 
-    Returns a dict with `full`, `forgetNN` / `retainMM` for NN in 01, 05, 10
-    (at least one author each), and `forgetNN_perturbed`.
+
+def world_facts(rng: random.Random, num_perturbed: int = 3) -> list[dict]:
+    """General knowledge every model trains on (the role of TOFU's `world_facts`): capitals and small sums."""
+    rows = []
+    capitals = [c for _, c in COUNTRIES]
+    for country, capital in COUNTRIES:
+        wrong = rng.sample([c for c in capitals if c != capital], num_perturbed)
+        rows.append(
+            {"question": f"What is the capital of {country}?", "answer": capital, "perturbed_answer": wrong}
+        )
+    for a in range(2, 8):
+        for b in range(2, 7, 2):
+            right = a + b
+            wrong = rng.sample([NUMBER_WORDS[n] for n in range(2, 19) if n != right], num_perturbed)
+            rows.append(
+                {
+                    "question": f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?",
+                    "answer": NUMBER_WORDS[right],
+                    "perturbed_answer": wrong,
+                }
+            )
+    return rows
+
+
+def real_authors(authors: list[Author], rng: random.Random, num_perturbed: int = 3) -> list[dict]:
+    """QA about "famous" authors every model trains on (the role of TOFU's `real_authors`): who wrote a title."""
+    rows = []
+    names = [a.name for a in authors]
+    for a in authors:
+        wrong = rng.sample([n for n in names if n != a.name], num_perturbed)
+        rows.append(
+            {
+                "question": f"Who is the famous author of {a.books[0]}?",
+                "answer": a.name,
+                "perturbed_answer": wrong,
+            }
+        )
+    return rows
+
+
+FORGET_PERCENTS = (1, 5, 10)
+HOLDOUT = "holdout10"
+
+
+def synthetic_tofu(
+    num_authors: int = 100,
+    qa_per_author: int = 10,
+    seed: int = 0,
+    *,
+    num_famous_authors: int = 30,
+    retain_perturbed_size: int = 100,
+) -> dict:
+    """Build the synthetic TOFU configs as `datasets.Dataset`s, in `locuslab/TOFU` schema.
+
+    Returns a dict keyed by config name: `full`; `forgetNN`, `retainMM` and
+    `forgetNN_perturbed` for NN in 01, 05, 10 (at least one author each; the
+    forget authors are the last ones, as in TOFU); `retain_perturbed` (a fixed
+    sample of retain90 rows); `holdout10` (as many never-trained authors as
+    forget10, perturbed schema, for membership inference);
+    `real_authors_perturbed` and `world_facts_perturbed` (general sets every
+    model trains on).
     """
     import datasets
 
-    authors = make_authors(num_authors, seed)
+    k10 = max(1, round(num_authors * 0.10))
+    authors = make_authors(num_authors + k10 + num_famous_authors, seed)
+    main, holdout, famous = (
+        authors[:num_authors],
+        authors[num_authors : num_authors + k10],
+        authors[num_authors + k10 :],
+    )
     rng = random.Random(seed + 1)
-    per_author = [author_rows(a, rng, qa_per_author) for a in authors]
-    splits = {"full": datasets.Dataset.from_list([r for rows in per_author for r in rows])}
-    basic = ("question", "answer")
-    for pct in (1, 5, 10):
+    per_author = [author_rows(a, rng, qa_per_author) for a in main]
+    holdout_rows = [r for a in holdout for r in author_rows(a, rng, qa_per_author)]
+    basic = ["question", "answer"]
+    full_perturbed = [r for rows in per_author for r in rows]
+    splits = {"full": datasets.Dataset.from_list(full_perturbed).select_columns(basic)}
+    for pct in FORGET_PERCENTS:
         k = max(1, round(num_authors * pct / 100))
         forget = [r for rows in per_author[-k:] for r in rows]
         retain = [r for rows in per_author[:-k] for r in rows]
         splits[f"forget{pct:02d}_perturbed"] = datasets.Dataset.from_list(forget)
-        splits[f"forget{pct:02d}"] = splits[f"forget{pct:02d}_perturbed"].select_columns(list(basic))
-        splits[f"retain{100 - pct:02d}"] = datasets.Dataset.from_list(retain).select_columns(list(basic))
+        splits[f"forget{pct:02d}"] = splits[f"forget{pct:02d}_perturbed"].select_columns(basic)
+        splits[f"retain{100 - pct:02d}"] = datasets.Dataset.from_list(retain).select_columns(basic)
+    retain90 = [r for rows in per_author[:-k10] for r in rows]
+    pick = sorted(
+        random.Random(seed + 2).sample(range(len(retain90)), min(retain_perturbed_size, len(retain90)))
+    )
+    splits["retain_perturbed"] = datasets.Dataset.from_list([retain90[i] for i in pick])
+    splits[HOLDOUT] = datasets.Dataset.from_list(holdout_rows)
+    splits["real_authors_perturbed"] = datasets.Dataset.from_list(real_authors(famous, rng))
+    splits["world_facts_perturbed"] = datasets.Dataset.from_list(world_facts(rng))
     return splits

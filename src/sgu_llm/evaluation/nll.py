@@ -1,4 +1,4 @@
-"""Evaluation helpers (the full TOFU suite builds on these)."""
+"""Per-example answer NLL over a tokenised dataset."""
 
 from __future__ import annotations
 

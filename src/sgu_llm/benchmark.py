@@ -1,0 +1,364 @@
+"""The embedded benchmark's models: tokenizer, target, retain and noise-floor models, cached by content hash.
+
+The target model is fine-tuned on every author plus the general sets; the
+retain model on the retain split plus the general sets; a second retain model
+with another seed gives the benchmark's noise floor. Each is cached under
+`cache_dir` by a hash of its training data, tokenizer, model config,
+hyperparameters and seed: a second run reuses it, and any change rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when what a cache entry means changes
+META_FILE = "sgu_llm_cache.json"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("SGU_LLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sgu-llm"))
+
+
+@dataclass
+class BenchmarkArguments:
+    """Sizes and fine-tuning of the embedded benchmark's tiny models (used by `builtin:` models and `sgu-llm run`)."""
+
+    cache_dir: str = field(
+        default_factory=default_cache_dir,
+        metadata={"help": "Where tokenizers and fine-tuned models are cached (env SGU_LLM_CACHE)."},
+    )
+    vocab_size: int = field(
+        default=400, metadata={"help": "BPE vocabulary of the locally trained tokenizer."}
+    )
+    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the tiny Llama."})
+    num_layers: int = field(default=2, metadata={"help": "Layers of the tiny Llama."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads of the tiny Llama."})
+    finetune_learning_rate: float = field(
+        default=3e-3, metadata={"help": "AdamW learning rate of fine-tuning."}
+    )
+    finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size."})
+    finetune_max_epochs: int = field(default=120, metadata={"help": "Fine-tuning stops here at the latest."})
+    finetune_target_accuracy: float = field(
+        default=0.999,
+        metadata={"help": "Fine-tuning stops once teacher-forced answer-token accuracy reaches this."},
+    )
+    model_seed: int = field(default=0, metadata={"help": "Seed of the target and retain models."})
+    noise_floor_seed: int = field(
+        default=1, metadata={"help": "Seed of the second retain model (noise floor)."}
+    )
+    retain_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a Hub/local target model: the retain model whose forget-set truth ratios are the "
+            "forget-quality reference (builtin models train their own)."
+        },
+    )
+    retain_eval_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of a retain model: an eval JSON (sgu-llm eval output) of one, as the reference "
+            "framework's saved logs."
+        },
+    )
+    noise_floor_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a Hub/local target: a second retain model (another seed) for the noise floor."
+        },
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "Batch size of evaluation and generation."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
+    eval_each_epoch: bool = field(
+        default=True,
+        metadata={"help": "Evaluate forget quality and probabilities after every unlearning epoch."},
+    )
+
+    def __post_init__(self):
+        if not 0 < self.finetune_target_accuracy <= 1:
+            raise ValueError(
+                f"finetune_target_accuracy must be in (0, 1], got {self.finetune_target_accuracy}"
+            )
+        if self.model_seed == self.noise_floor_seed:
+            raise ValueError(
+                "noise_floor_seed must differ from model_seed: the noise floor needs a second model"
+            )
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _rows(ds: Any) -> list[list[str]]:
+    return [[r["question"], r["answer"]] for r in ds]
+
+
+def _atomic_save(target: str, save: Any) -> None:
+    """Build an entry in a temporary folder and move it in place: a killed run leaves no half entry."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".tmp-")
+    try:
+        save(tmp)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+
+def cached_tokenizer(texts: list[str], vocab_size: int, cache_dir: str) -> Any:
+    """Train (or load) a BPE tokenizer on `texts`."""
+    from transformers import PreTrainedTokenizerFast
+
+    from sgu_llm.models import train_tokenizer
+
+    key = fingerprint({"format": CACHE_FORMAT, "texts": texts, "vocab_size": vocab_size})
+    path = os.path.join(cache_dir, "tokenizers", key[:16])
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        tok = train_tokenizer(texts, vocab_size)
+        _atomic_save(path, tok.save_pretrained)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    return fingerprint(tokenizer.backend_tokenizer.to_str())
+
+
+def _accuracy_callback(tokenizer: Any, data: Any, target: float, check_every: int) -> Any:
+    import torch
+    from transformers import TrainerCallback
+
+    from sgu_llm.data.pairing import pad_batch
+
+    class StopAtAccuracy(TrainerCallback):
+        """Stop fine-tuning once teacher-forced answer-token accuracy on the training data reaches `target`."""
+
+        accuracy = 0.0
+
+        @torch.no_grad()
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            epoch = round(state.epoch or 0)
+            if epoch % check_every:
+                return
+            model.eval()
+            device = next(model.parameters()).device
+            right = total = 0
+            for start in range(0, len(data), 128):
+                batch = pad_batch(
+                    [data[i] for i in range(start, min(start + 128, len(data)))], tokenizer.pad_token_id
+                )
+                logits = model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                ).logits
+                pred, tgt = logits[:, :-1].argmax(-1).cpu(), batch["labels"][:, 1:]
+                valid = tgt.ne(-100)
+                right += int((pred.eq(tgt) & valid).sum())
+                total += int(valid.sum())
+            model.train()
+            self.accuracy = right / max(total, 1)
+            logger.info("epoch %d: answer-token accuracy %.4f", epoch, self.accuracy)
+            if self.accuracy >= target:
+                control.should_training_stop = True
+
+    return StopAtAccuracy()
+
+
+def cached_finetuned_model(
+    role: str,
+    train_set: Any,
+    tokenizer: Any,
+    args: BenchmarkArguments,
+    seed: int,
+    prompt_format: str = "phi",
+) -> tuple[Any, dict]:
+    """Fine-tune a tiny Llama on `train_set` (or load the cached one). Returns (model, cache metadata)."""
+    from transformers import LlamaForCausalLM
+
+    from sgu_llm.data.pairing import prepare_qa_dataset
+    from sgu_llm.finetune import finetune
+    from sgu_llm.models import tiny_llama
+
+    model = tiny_llama(tokenizer, args.hidden_size, args.num_layers, args.num_heads, seed=seed)
+    expected_config = {
+        k: model.config.to_dict()[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
+    }
+    material = {
+        "format": CACHE_FORMAT,
+        "role": role,
+        "data": fingerprint(_rows(train_set)),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "config": expected_config,
+        "prompt_format": prompt_format,
+        "hyper": {k: v for k, v in asdict(args).items() if k.startswith("finetune_")},
+        "seed": seed,
+    }
+    key = fingerprint(material)
+    path = os.path.join(args.cache_dir, "models", f"{role}-{key[:16]}")
+    meta_path = os.path.join(path, META_FILE)
+    if os.path.exists(meta_path):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        with open(os.path.join(path, "config.json")) as fh:
+            stored = json.load(fh)
+        actual = {k: stored.get(k) for k in expected_config}
+        if meta.get("material") == material and actual == expected_config:
+            logger.info("using cached %s model %s", role, path)
+            return LlamaForCausalLM.from_pretrained(path), meta
+        logger.warning(
+            "cached %s model at %s does not match its key (config %s, expected %s); rebuilding",
+            role,
+            path,
+            actual,
+            expected_config,
+        )
+
+    data = prepare_qa_dataset(train_set, tokenizer, f"{role} fine-tuning", prompt_format=prompt_format)
+    stop = _accuracy_callback(tokenizer, data, args.finetune_target_accuracy, check_every=5)
+    import time
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        finetune(
+            model,
+            tokenizer,
+            train_set,
+            tmp,
+            epochs=args.finetune_max_epochs,
+            learning_rate=args.finetune_learning_rate,
+            batch_size=args.finetune_batch_size,
+            prompt_format=prompt_format,
+            seed=seed,
+            callbacks=[stop],
+        )
+    meta = {
+        "material": material,
+        "key": key,
+        "role": role,
+        "train_seconds": time.perf_counter() - start,
+        "final_accuracy": stop.accuracy,
+    }
+
+    def save(folder: str) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        with open(os.path.join(folder, META_FILE), "w") as fh:
+            json.dump(meta, fh, indent=2)
+
+    _atomic_save(path, save)
+    logger.info(
+        "fine-tuned %s model in %.0f s (accuracy %.4f), cached at %s",
+        role,
+        meta["train_seconds"],
+        stop.accuracy,
+        path,
+    )
+    return model, meta
+
+
+# ---- the benchmark's data and models -------------------------------------------------------------
+
+
+def load_benchmark_data(script: Any) -> dict[str, Any]:
+    """Every split a run needs, from `script.dataset_name` (synthetic, a Hub id or a local folder).
+
+    Keys: `forget`, `retain` (training splits), `forget_perturbed`, `retain_perturbed`, `real_authors`,
+    `world_facts` and, where the source has one, `holdout`.
+    """
+    from sgu_llm.data.tofu import check_disjoint, load_tofu
+
+    kw = {}
+    if script.dataset_name == "synthetic":
+        kw = dict(
+            num_authors=script.synthetic_num_authors,
+            qa_per_author=script.synthetic_qa_per_author,
+            seed=script.synthetic_seed,
+        )
+
+    def load(config: str, file: str | None = None) -> Any:
+        return load_tofu(config, source=file or script.dataset_name, **kw)
+
+    data = {
+        "forget": load(script.forget_split, script.forget_file),
+        "retain": load(script.retain_split, script.retain_file),
+        "forget_perturbed": load(f"{script.forget_split}_perturbed"),
+        "retain_perturbed": load("retain_perturbed"),
+        "real_authors": load("real_authors_perturbed"),
+        "world_facts": load("world_facts_perturbed"),
+    }
+    if script.holdout_split:
+        data["holdout"] = load(script.holdout_split)
+    check_disjoint(data["forget"], data["retain"])
+    return data
+
+
+def _general(data: dict[str, Any]) -> Any:
+    import datasets
+
+    return datasets.concatenate_datasets(
+        [data[k].select_columns(["question", "answer"]) for k in ("real_authors", "world_facts")]
+    )
+
+
+def training_sets(data: dict[str, Any]) -> dict[str, Any]:
+    """The target trains on forget + retain + general sets; the retain models on retain + general."""
+    import datasets
+
+    general = _general(data)
+    qa = ["question", "answer"]
+    return {
+        "target": datasets.concatenate_datasets(
+            [data["retain"].select_columns(qa), data["forget"].select_columns(qa), general]
+        ),
+        "retain": datasets.concatenate_datasets([data["retain"].select_columns(qa), general]),
+    }
+
+
+def benchmark_tokenizer(data: dict[str, Any], args: BenchmarkArguments, prompt_format: str = "phi") -> Any:
+    from sgu_llm.data.prompts import build_prompt
+
+    texts = []
+    for key in ("retain", "forget", "holdout", "real_authors", "world_facts"):
+        if key in data:
+            texts += [
+                build_prompt(r["question"], prompt_format=prompt_format) + r["answer"] for r in data[key]
+            ]
+    return cached_tokenizer(texts, args.vocab_size, args.cache_dir)
+
+
+def benchmark_models(
+    data: dict[str, Any],
+    args: BenchmarkArguments,
+    roles: tuple[str, ...] = ("target", "retain", "noise_floor"),
+    prompt_format: str = "phi",
+) -> tuple[Any, dict[str, Any], dict[str, dict]]:
+    """The tokenizer and the fine-tuned (cached) models for `roles`, trained one after the other."""
+    tokenizer = benchmark_tokenizer(data, args, prompt_format)
+    sets = training_sets(data)
+    plan = {
+        "target": ("target", args.model_seed),
+        "retain": ("retain", args.model_seed),
+        "noise_floor": ("retain", args.noise_floor_seed),
+    }
+    models, metas = {}, {}
+    for role in roles:
+        train_key, seed = plan[role]
+        models[role], metas[role] = cached_finetuned_model(
+            role, sets[train_key], tokenizer, args, seed, prompt_format
+        )
+    return tokenizer, models, metas

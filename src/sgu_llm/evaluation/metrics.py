@@ -1,0 +1,92 @@
+"""TOFU / MUSE metrics as pure functions of per-example values (numpy in, numbers out).
+
+Conventions follow the reference framework (see docs in README): NLLs are
+length-normalised (mean over answer tokens), probabilities are exp(-NLL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+# The nine numbers whose harmonic mean is model utility, as named in our aggregates.
+MODEL_UTILITY_KEYS = (
+    "retain_prob",
+    "retain_rouge",
+    "retain_truth_ratio",
+    "real_authors_prob",
+    "real_authors_rouge",
+    "real_authors_truth_ratio",
+    "world_facts_prob",
+    "world_facts_rouge",
+    "world_facts_truth_ratio",
+)
+
+
+def truth_ratio(correct_nll: np.ndarray, wrong_nll: np.ndarray) -> np.ndarray:
+    """R = P_wrong / P_correct per example.
+
+    `correct_nll` is (n,), `wrong_nll` (n, k); P_wrong is the geometric mean of
+    the k wrong answers' probabilities, exp(-mean_j NLL_j).
+
+    Example:
+        >>> truth_ratio(np.array([1.0]), np.array([[1.0, 3.0]])).round(4).tolist()
+        [0.3679]
+    """
+    return np.exp(np.asarray(correct_nll) - np.asarray(wrong_nll).mean(axis=1))
+
+
+def forget_truth_ratio_score(ratios: np.ndarray) -> float:
+    """Forget-set aggregate: mean(min(R, 1/R)); 1 means indifferent between right and wrong answers."""
+    r = np.asarray(ratios)
+    return float(np.mean(np.minimum(r, 1.0 / r)))
+
+
+def retain_truth_ratio_score(ratios: np.ndarray) -> float:
+    """Aggregate elsewhere: mean(max(0, 1 - R)); high when the right answer is clearly preferred."""
+    return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(ratios))))
+
+
+def normalised_probability(correct_nll: np.ndarray, wrong_nll: np.ndarray) -> np.ndarray:
+    """p_correct / (p_correct + sum_j p_wrong_j) per example."""
+    pc = np.exp(-np.asarray(correct_nll))
+    pw = np.exp(-np.asarray(wrong_nll)).sum(axis=1)
+    return pc / (pc + pw)
+
+
+def forget_quality(unlearned_ratios: np.ndarray, retain_ratios: np.ndarray) -> float:
+    """p-value of the two-sample KS test between forget-set truth ratios of the unlearned and retain models."""
+    return float(stats.ks_2samp(np.asarray(unlearned_ratios), np.asarray(retain_ratios)).pvalue)
+
+
+def model_utility(aggregates: dict[str, float]) -> float:
+    """Harmonic mean of the nine utility numbers (0 if any is 0)."""
+    values = [aggregates[k] for k in MODEL_UTILITY_KEYS]
+    if min(values) <= 0:
+        return 0.0
+    return float(stats.hmean(values))
+
+
+def auc(scores_label0: np.ndarray, scores_label1: np.ndarray) -> float:
+    """ROC AUC of separating label 1 (higher scores) from label 0, ties counted half (Mann-Whitney).
+
+    Example:
+        >>> auc(np.array([0.1, 0.2]), np.array([0.3, 0.4]))
+        1.0
+    """
+    s0, s1 = np.asarray(scores_label0, dtype=float), np.asarray(scores_label1, dtype=float)
+    ranks = stats.rankdata(np.concatenate([s0, s1]))
+    r1 = ranks[len(s0) :].sum()
+    return float((r1 - len(s1) * (len(s1) + 1) / 2) / (len(s0) * len(s1)))
+
+
+def privleak(auc_value: float, auc_ref: float = 0.5) -> float:
+    """((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100: near 0 is best."""
+    return float(((1 - auc_value) - (1 - auc_ref)) / (1 - auc_ref) * 100)
+
+
+def min_k(values: np.ndarray, k: float) -> float:
+    """-mean of the lowest `k` fraction of per-token values (log-probs, or Min-K%++'s z-scores)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = max(1, int(len(v) * k))
+    return float(-v[:n].mean())

@@ -1,0 +1,238 @@
+"""The TOFU evaluation suite: per-example scores for one model, aggregated into the field's metrics.
+
+`evaluate_model` returns (and `sgu-llm eval` writes) a JSON-able dict:
+`{"aggregates": {...}, "per_example": {split: {metric: [...]}}}`, so every
+aggregate can be recomputed from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, build_prompt, tokenize_qa
+from sgu_llm.evaluation import metrics as M
+from sgu_llm.losses import IGNORE_INDEX
+
+MIN_K = 0.4  # MUSE's k for Min-K% and Min-K%++
+ROUGE_MODULE = os.path.join(os.path.dirname(__file__), "rouge_recall")
+
+
+def check_tokenizer_matches(model: Any, tokenizer: Any) -> None:
+    """A tokenizer with ids beyond the model's embedding table cannot be this model's tokenizer."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: they do not belong "
+            "together. Load the tokenizer saved with the model (same folder or cache entry)."
+        )
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield range(start, min(start + size, n))
+
+
+@torch.no_grad()
+def score_answers(
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    answers: list[str],
+    *,
+    prompt_format: str = "phi",
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_length: int = 512,
+    batch_size: int = 64,
+    token_stats: bool = False,
+) -> dict[str, np.ndarray]:
+    """Mean answer NLL per (question, answer) pair; with `token_stats`, Min-K% and Min-K%++ scores too."""
+    device = next(model.parameters()).device
+    rows = [
+        tokenize_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
+        for q, a in zip(questions, answers)
+    ]
+    nll_out, mink_out, minkpp_out = [], [], []
+    for idx in _batches(len(rows), batch_size):
+        chunk = [rows[i] for i in idx]
+        width = max(len(r["input_ids"]) for r in chunk)
+        ids = torch.tensor(
+            [r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in chunk]
+        )
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in chunk])
+        labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in chunk])
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+        tgt = labels[:, 1:].to(device)
+        logp_all = torch.log_softmax(logits, dim=-1)
+        valid = tgt.ne(IGNORE_INDEX)
+        logp = logp_all.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        nll = -(logp * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+        nll_out.append(nll.cpu())
+        if token_stats:
+            p = logp_all.exp()
+            mu = (p * logp_all).sum(-1)
+            sigma = ((p * logp_all.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+            z = (logp - mu) / sigma
+            for b in range(len(chunk)):
+                v = valid[b]
+                mink_out.append(M.min_k(logp[b][v].cpu().numpy(), MIN_K))
+                minkpp_out.append(M.min_k(z[b][v].cpu().numpy(), MIN_K))
+    out = {"nll": torch.cat(nll_out).numpy().astype(float)}
+    if token_stats:
+        out["mink"] = np.array(mink_out)
+        out["minkpp"] = np.array(minkpp_out)
+    return out
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    *,
+    prompt_format: str = "phi",
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_new_tokens: int = 200,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy answers (no sampling, left padding, cut at EOS).
+
+    Trailing spaces are cut from the prompt: sub-word tokenizers (Metaspace,
+    byte-level BPE) attach a space to the word after it, so in training the
+    answer's first token carried the prompt's trailing space.
+    """
+    device = next(model.parameters()).device
+    add_special = prompt_format != "chat_template"
+    prompts = [
+        tokenizer(
+            build_prompt(q, tokenizer, prompt_format, system_prompt).rstrip(" "),
+            add_special_tokens=add_special,
+        )["input_ids"]
+        for q in questions
+    ]
+    texts = []
+    for idx in _batches(len(prompts), batch_size):
+        chunk = [prompts[i] for i in idx]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
+def rouge_recall(predictions: list[str], references: list[str]) -> np.ndarray:
+    import evaluate
+
+    metric = evaluate.load(ROUGE_MODULE)
+    return np.array(metric.compute(predictions=predictions, references=references)["rougeL_recall"])
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    sets: dict[str, Any],
+    *,
+    reference: dict | None = None,
+    prompt_format: str = "phi",
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_new_tokens: int = 200,
+    batch_size: int = 64,
+    generate: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one model on the TOFU sets.
+
+    Args:
+        sets: `forget` (a `forget*_perturbed` config), `retain` (`retain_perturbed`),
+            `real_authors`, `world_facts`, and optionally `holdout` (for membership inference).
+        reference: the retain model's result of this function (or its JSON): gives forget
+            quality (KS test on forget truth ratios) and the reference AUCs for privleak.
+
+    Returns:
+        `{"aggregates": {...}, "per_example": {...}}`.
+    """
+    check_tokenizer_matches(model, tokenizer)
+    was_training = model.training
+    model.eval()
+    kw = dict(prompt_format=prompt_format, system_prompt=system_prompt, batch_size=batch_size)
+    agg: dict[str, float] = {}
+    per: dict[str, dict[str, list]] = {}
+
+    def wrong_nll(ds) -> np.ndarray:
+        k = len(ds[0]["perturbed_answer"])
+        qs = [q for q, ws in zip(ds["question"], ds["perturbed_answer"]) for _ in ws[:k]]
+        ans = [w for ws in ds["perturbed_answer"] for w in ws[:k]]
+        return score_answers(model, tokenizer, qs, ans, **kw)["nll"].reshape(len(ds), k)
+
+    for split in ("forget", "retain", "real_authors", "world_facts"):
+        ds = sets[split]
+        is_author_set = split in ("forget", "retain")
+        ans = score_answers(
+            model, tokenizer, ds["question"], ds["answer"], token_stats=split == "forget", **kw
+        )
+        wrong = wrong_nll(ds)
+        correct_for_tr = (
+            score_answers(model, tokenizer, ds["question"], ds["paraphrased_answer"], **kw)["nll"]
+            if is_author_set
+            else ans["nll"]
+        )
+        tr = M.truth_ratio(correct_for_tr, wrong)
+        prob = np.exp(-ans["nll"]) if is_author_set else M.normalised_probability(ans["nll"], wrong)
+        entry: dict[str, list] = {
+            "answer_nll": ans["nll"].tolist(),
+            "prob": prob.tolist(),
+            "truth_ratio": tr.tolist(),
+        }
+        agg[f"{split}_prob"] = float(np.mean(prob))
+        agg[f"{split}_truth_ratio"] = (
+            M.forget_truth_ratio_score(tr) if split == "forget" else M.retain_truth_ratio_score(tr)
+        )
+        if generate:
+            gens = generate_answers(model, tokenizer, ds["question"], max_new_tokens=max_new_tokens, **kw)
+            rouge = rouge_recall(gens, ds["answer"])
+            entry["generation"] = gens
+            entry["rouge"] = rouge.tolist()
+            agg[f"{split}_rouge"] = float(np.mean(rouge))
+        if split == "forget":
+            entry["mink"], entry["minkpp"] = ans["mink"].tolist(), ans["minkpp"].tolist()
+        per[split] = entry
+
+    if generate:
+        agg["model_utility"] = M.model_utility(agg)
+    if reference is not None:
+        agg["forget_quality"] = M.forget_quality(
+            per["forget"]["truth_ratio"], reference["per_example"]["forget"]["truth_ratio"]
+        )
+
+    if "holdout" in sets:
+        ho = sets["holdout"]
+        h = score_answers(model, tokenizer, ho["question"], ho["answer"], token_stats=True, **kw)
+        per["holdout"] = {
+            "answer_nll": h["nll"].tolist(),
+            "mink": h["mink"].tolist(),
+            "minkpp": h["minkpp"].tolist(),
+        }
+        f = per["forget"]
+        per["forget"]["zlib"] = [
+            n / len(zlib.compress(a.encode())) for n, a in zip(f["answer_nll"], sets["forget"]["answer"])
+        ]
+        per["holdout"]["zlib"] = [n / len(zlib.compress(a.encode())) for n, a in zip(h["nll"], ho["answer"])]
+        for attack, key in (("loss", "answer_nll"), ("mink", "mink"), ("minkpp", "minkpp"), ("zlib", "zlib")):
+            a = M.auc(per["forget"][key], per["holdout"][key])  # forget = label 0, holdout = label 1
+            agg[f"mia_{attack}_auc"] = a
+            ref = reference["aggregates"].get(f"mia_{attack}_auc", 0.5) if reference else 0.5
+            agg[f"privleak_{attack}"] = M.privleak(a, ref)
+        agg["privleak"] = agg["privleak_mink"]
+    model.train(was_training)
+    return {"aggregates": agg, "per_example": per}

@@ -1,0 +1,205 @@
+"""The run report: `report.md` and a self-contained `report.html` with inline SVG plots (no plotting library)."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+W, H, PAD = 520, 300, 48
+
+
+def _scale(lo: float, hi: float, a: float, b: float):
+    span = (hi - lo) or 1.0
+    return lambda v: a + (v - lo) / span * (b - a)
+
+
+def svg_lines(
+    series: dict[str, tuple[list[float], list[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    points: bool = False,
+) -> str:
+    """Line (or scatter, with `points`) plot of named series as an SVG string."""
+
+    def ty(v):
+        return math.log10(max(v, 1e-300)) if logy else v
+
+    xs = [x for s in series.values() for x in s[0]]
+    ys = [ty(y) for s in series.values() for y in s[1] if y is not None and math.isfinite(ty(y))]
+    if not xs or not ys:
+        return f"<p><em>{html.escape(title)}: no data</em></p>"
+    sx = _scale(min(xs), max(xs), PAD, W - 12)
+    lo, hi = min(ys), max(ys)
+    if lo == hi:
+        lo, hi = lo - 1, hi + 1
+    sy = _scale(lo, hi, H - PAD, 24)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+        f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 12}" y2="{H - PAD}" stroke="#333"/>',
+        f'<line x1="{PAD}" y1="24" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>',
+        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
+        f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
+        f"{html.escape(ylabel + (' (log10)' if logy else ''))}</text>",
+    ]
+    for i in range(5):
+        v = lo + (hi - lo) * i / 4
+        out.append(f'<text x="{PAD - 4}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+        xv = min(xs) + (max(xs) - min(xs)) * i / 4
+        out.append(f'<text x="{sx(xv):.1f}" y="{H - PAD + 14}" text-anchor="middle">{xv:.3g}</text>')
+    for k, (name, (sxs, sys_)) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        pts = [(sx(x), sy(ty(y))) for x, y in zip(sxs, sys_) if y is not None and math.isfinite(ty(y))]
+        if points:
+            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}"/>' for x, y in pts]
+        elif pts:
+            out.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+                + '"/>'
+            )
+        out.append(
+            f'<text x="{W - 16}" y="{30 + 14 * k}" text-anchor="end" fill="{color}">{html.escape(name)}</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def histogram(values: list[float], lo: float, hi: float, bins: int = 30) -> tuple[list[float], list[float]]:
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
+    total = max(1, len(values))
+    return [lo + (i + 0.5) * width for i in range(bins)], [c / total for c in counts]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "–" if v is None else str(v)
+
+
+HEADLINE = (
+    "forget_quality",
+    "model_utility",
+    "forget_prob",
+    "forget_rouge",
+    "forget_truth_ratio",
+    "retain_prob",
+    "retain_rouge",
+    "privleak",
+)
+
+
+def build_report(
+    metrics: dict[str, Any], evals: dict[str, dict], steps: list[dict], log_history: list[dict]
+) -> tuple[str, str]:
+    """Markdown and HTML reports from a run's metrics, the four models' evals and the per-step records."""
+    names = [n for n in ("target", "retain", "noise_floor", "unlearned") if n in evals]
+    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in HEADLINE:
+        rows.append(f"| {key} | " + " | ".join(_fmt(evals[n]["aggregates"].get(key)) for n in names) + " |")
+    table_md = "\n".join(rows)
+    md = [
+        f"# sgu-llm run: {metrics['method']}",
+        "",
+        f"Forget quality {metrics['forget_quality']:.3g} (noise floor: {metrics['noise_floor_forget_quality']:.3g}), "
+        f"model utility {metrics['model_utility']:.3g} (target: {metrics['target']['model_utility']:.3g}).",
+        "",
+        "The noise floor is a second retain model trained with another seed: a forget quality at or above it is "
+        "as indistinguishable from the retain model as retraining gets.",
+        "",
+        table_md,
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()),
+        "",
+        "Plots are in report.html.",
+    ]
+    # Plots
+    logs = {
+        n: [math.log10(max(r, 1e-12)) for r in evals[n]["per_example"]["forget"]["truth_ratio"]]
+        for n in names
+    }
+    allv = [v for vs in logs.values() for v in vs]
+    lo, hi = (min(allv), max(allv)) if allv else (0, 1)
+    tr_plot = svg_lines(
+        {n: histogram(v, lo, hi) for n, v in logs.items()},
+        "Forget-set truth ratio distributions",
+        "log10 truth ratio",
+        "fraction of examples",
+    )
+    prob_plot = svg_lines(
+        {
+            n: ([evals[n]["aggregates"]["forget_prob"]], [evals[n]["aggregates"]["retain_prob"]])
+            for n in names
+        },
+        "Forget vs retain probability",
+        "forget probability",
+        "retain probability",
+        points=True,
+    )
+    plots = [tr_plot, prob_plot]
+    if steps:
+        xs = [s["step"] for s in steps]
+        plots.append(
+            svg_lines(
+                {"forget quality": (xs, [s["forget_quality"] for s in steps])},
+                "Forget quality over unlearning",
+                "optimizer step",
+                "forget quality",
+                logy=True,
+            )
+        )
+        plots.append(
+            svg_lines(
+                {
+                    k: (xs, [s[k] for s in steps])
+                    for k in ("forget_prob", "retain_prob", "forget_truth_ratio")
+                },
+                "Probabilities over unlearning",
+                "optimizer step",
+                "value",
+            )
+        )
+    acts = [h for h in log_history if "sgu/maintain_frac" in h]
+    if acts:
+        xs = [h["step"] for h in acts]
+        plots.append(
+            svg_lines(
+                {
+                    k.split("/")[1]: (xs, [h[k] for h in acts])
+                    for k in ("sgu/maintain_frac", "sgu/prune_frac", "sgu/reverse_frac", "sgu/conflict_frac")
+                },
+                "SGU action fractions over steps",
+                "optimizer step",
+                "fraction of coordinates",
+            )
+        )
+    table_html = (
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>metric</th>"
+        + "".join(f"<th>{n}</th>" for n in names)
+        + "</tr>"
+        + "".join(
+            f"<tr><td>{k}</td>"
+            + "".join(f"<td>{_fmt(evals[n]['aggregates'].get(k))}</td>" for n in names)
+            + "</tr>"
+            for k in HEADLINE
+        )
+        + "</table>"
+    )
+    body = (
+        "\n".join(f"<p>{html.escape(line)}</p>" for line in md[2:5] if line)
+        + table_html
+        + "".join(f"<div>{p}</div>" for p in plots)
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm report</title></head>"
+        f"<body style='font-family:sans-serif;max-width:1100px'><h1>sgu-llm run: {html.escape(metrics['method'])}</h1>"
+        f"{body}</body></html>"
+    )
+    return "\n".join(md) + "\n", page

@@ -1,0 +1,220 @@
+"""`sgu-llm run RECIPE.yaml --output_dir DIR`: the whole benchmark in one command.
+
+Data -> tokenizer -> target, retain and noise-floor models (cached) -> unlearning
+with the recipe's method -> evaluation of all four models -> `metrics.json`,
+`eval/*.json`, `report.md`, `report.html` and the unlearned model with a model card.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from transformers import TrainerCallback
+
+EVAL_NAMES = ("target", "retain", "noise_floor", "unlearned")
+
+
+def eval_sets(data: dict[str, Any]) -> dict[str, Any]:
+    sets = {
+        "forget": data["forget_perturbed"],
+        "retain": data["retain_perturbed"],
+        "real_authors": data["real_authors"],
+        "world_facts": data["world_facts"],
+    }
+    if "holdout" in data:
+        sets["holdout"] = data["holdout"]
+    return sets
+
+
+class StepEvalCallback(TrainerCallback):
+    """Forget quality and probabilities at the start and after every epoch of unlearning (no generation)."""
+
+    def __init__(self, tokenizer: Any, sets: dict[str, Any], reference: dict, eval_kwargs: dict):
+        self.tokenizer, self.reference, self.kw = tokenizer, reference, eval_kwargs
+        self.sets = {k: v for k, v in sets.items() if k != "holdout"}
+        self.records: list[dict] = []
+
+    def _record(self, state: Any, model: Any) -> None:
+        from sgu_llm.evaluation import evaluate_model
+
+        agg = evaluate_model(
+            model, self.tokenizer, self.sets, reference=self.reference, generate=False, **self.kw
+        )["aggregates"]
+        self.records.append(
+            {
+                "step": state.global_step,
+                "epoch": state.epoch or 0.0,
+                **{k: agg[k] for k in ("forget_quality", "forget_prob", "retain_prob", "forget_truth_ratio")},
+            }
+        )
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            self._record(state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            self._record(state, model)
+
+
+def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
+    agg = metrics["unlearned"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [unlearning, sgu-llm, " + metrics["method"] + "]",
+        "---",
+        f"# Unlearned with sgu-llm ({metrics['method']})",
+        "",
+        f"Forget set `{script.forget_split}`, retain set `{script.retain_split}` from `{script.dataset_name}`.",
+        "",
+        "## Measured",
+        "",
+        "| metric | unlearned | target | retain model | noise floor |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "privleak"):
+        cells = [
+            agg.get(key),
+            metrics["target"].get(key),
+            metrics["retain"].get(key),
+            metrics["noise_floor"].get(key),
+        ]
+        lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
+    cfg = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(cfg, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict[str, Any]:
+    from sgu_llm.benchmark import benchmark_models, load_benchmark_data
+    from sgu_llm.evaluation import evaluate_model
+    from sgu_llm.report import build_report
+    from sgu_llm.trainers import get_method
+    from sgu_llm.unlearn import BUILTIN_PREFIX
+
+    out = config.output_dir
+    if os.path.exists(os.path.join(out, "metrics.json")) and not config.overwrite_output_dir:
+        raise ValueError(
+            f"{out!r} already holds a run (metrics.json); choose another --output_dir or pass "
+            "--overwrite_output_dir true"
+        )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_benchmark_data(script)
+    sets = eval_sets(data)
+    kw = dict(
+        prompt_format=config.prompt_format,
+        system_prompt=config.system_prompt,
+        batch_size=bench.eval_batch_size,
+        max_new_tokens=bench.max_new_tokens,
+    )
+
+    if not model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
+        raise ValueError(
+            "sgu-llm run trains its own target and retain models and needs model_name_or_path: builtin:tiny-llama; "
+            "for a Hub model run `sgu-llm unlearn`, then `sgu-llm eval` with --retain_model_name_or_path"
+        )
+    tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+    timings["models"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
+    ref = evals["retain"]
+    evals["target"] = evaluate_model(models["target"], tokenizer, sets, reference=ref, **kw)
+    evals["noise_floor"] = evaluate_model(models["noise_floor"], tokenizer, sets, reference=ref, **kw)
+    timings["evaluate_baselines"] = time.perf_counter() - t
+
+    _, trainer_cls = get_method(script.method)
+    config.output_dir = os.path.join(out, "unlearned")
+    config.overwrite_output_dir = True  # inside a run folder we already checked
+    step_eval = StepEvalCallback(tokenizer, sets, ref, kw) if bench.eval_each_epoch else None
+    trainer = trainer_cls(
+        copy.deepcopy(models["target"]),
+        config,
+        forget_dataset=data["forget"],
+        retain_dataset=data["retain"],
+        processing_class=tokenizer,
+        peft_config=model_args.peft_config(),
+        callbacks=[step_eval] if step_eval else None,
+    )
+    t = time.perf_counter()
+    trainer.train()
+    timings["unlearn"] = time.perf_counter() - t
+    unlearned = trainer.accelerator.unwrap_model(trainer.model)
+    t = time.perf_counter()
+    evals["unlearned"] = evaluate_model(unlearned, tokenizer, sets, reference=ref, **kw)
+    timings["evaluate_unlearned"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    metrics = {
+        "method": script.method,
+        "forget_quality": evals["unlearned"]["aggregates"]["forget_quality"],
+        "model_utility": evals["unlearned"]["aggregates"]["model_utility"],
+        "noise_floor_forget_quality": evals["noise_floor"]["aggregates"]["forget_quality"],
+        **{name: evals[name]["aggregates"] for name in EVAL_NAMES},
+        "steps": step_eval.records if step_eval else [],
+        "timings": timings,
+        "models": {
+            k: {"train_seconds": m.get("train_seconds"), "final_accuracy": m.get("final_accuracy")}
+            for k, m in metas.items()
+        },
+    }
+    if trainer.is_world_process_zero():
+        os.makedirs(os.path.join(out, "eval"), exist_ok=True)
+        for name, result in evals.items():
+            with open(os.path.join(out, "eval", f"{name}.json"), "w") as fh:
+                json.dump(result, fh)
+        trainer.save_unlearned_model(config.output_dir)
+        with open(os.path.join(config.output_dir, "README.md"), "w") as fh:
+            fh.write(model_card(metrics, config, script))
+        with open(os.path.join(out, "metrics.json"), "w") as fh:
+            json.dump(metrics, fh, indent=2)
+        md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history)
+        with open(os.path.join(out, "report.md"), "w") as fh:
+            fh.write(md)
+        with open(os.path.join(out, "report.html"), "w") as fh:
+            fh.write(page)
+    config.output_dir = out
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sgu_llm.unlearn import parse_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--config", argv[0], *argv[1:]]  # `sgu-llm run RECIPE.yaml ...`
+    try:
+        script, model_args, bench, config = parse_args(argv)
+        metrics = run_benchmark(script, model_args, bench, config)
+    except ValueError as err:
+        if os.environ.get("SGU_LLM_DEBUG"):
+            raise
+        print(f"sgu-llm run: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"[{metrics['method']}] forget quality {metrics['forget_quality']:.3g} "
+        f"(target {metrics['target']['forget_quality']:.3g}, noise floor {metrics['noise_floor_forget_quality']:.3g}) | "
+        f"model utility {metrics['model_utility']:.3g} (target {metrics['target']['model_utility']:.3g}) | "
+        f"{metrics['timings']['total']:.0f} s | {config.output_dir}/report.html"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`sgu-llm run` on the embedded default, end to end (trains three tiny models: ~5 minutes on 2 cores)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "sgu"
+    env = {**os.environ, "SGU_LLM_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgu_llm.cli",
+            "run",
+            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, env, proc.stdout
+
+
+@pytest.mark.slow
+def test_metrics_file_and_benchmark_separation(run_dir):
+    out, _, stdout = run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "forget_quality",
+        "model_utility",
+        "noise_floor_forget_quality",
+        "target",
+        "retain",
+        "unlearned",
+    ):
+        assert key in m
+    assert m["target"]["forget_quality"] < 1e-10  # the target model clearly remembers the forget set
+    assert m["noise_floor_forget_quality"] > 0.5  # a second retain model is indistinguishable from the first
+    assert 0 < m["target"]["model_utility"] <= 1
+    assert m["steps"] and m["steps"][0]["step"] == 0
+    assert "forget quality" in stdout
+
+
+@pytest.mark.slow
+def test_forget_quality_recomputed_from_per_example_files(run_dir):
+    out, _, _ = run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    retain = json.loads((out / "eval" / "retain.json").read_text())["per_example"]["forget"]["truth_ratio"]
+    for name in ("unlearned", "target", "noise_floor"):
+        mine = json.loads((out / "eval" / f"{name}.json").read_text())["per_example"]["forget"]["truth_ratio"]
+        assert stats.ks_2samp(mine, retain).pvalue == pytest.approx(m[name]["forget_quality"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_report_and_model_card(run_dir):
+    out, _, _ = run_dir
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") >= 5  # truth ratios, probabilities, FQ over steps, probs over steps, actions
+    assert "Forget-set truth ratio distributions" in page and "SGU action fractions" in page
+    card = (out / "unlearned" / "README.md").read_text()
+    assert "forget_quality" in card and '"selective_function": "sgu"' in card
+    assert (out / "unlearned" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_eval_command_reproduces_the_run(run_dir, tmp_path):
+    out, env, _ = run_dir
+    target = tmp_path / "again.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgu_llm.cli",
+            "eval",
+            str(out / "unlearned"),
+            "--reference",
+            str(out / "eval" / "retain.json"),
+            "--output",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(target.read_text())["aggregates"]
+    saved = json.loads((out / "eval" / "unlearned.json").read_text())["aggregates"]
+    for key in ("forget_quality", "model_utility", "forget_prob", "retain_rouge", "privleak"):
+        assert again[key] == pytest.approx(saved[key], rel=1e-4, abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_second_run_reuses_cached_models(run_dir, tmp_path):
+    _, env, _ = run_dir
+    out = tmp_path / "again"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgu_llm.cli",
+            "run",
+            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
+            "--output_dir",
+            str(out),
+            "--num_train_epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
