@@ -74,12 +74,10 @@ def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, ma
     forget, retain = small_sets
     base = {k: v.clone() for k, v in model.state_dict().items()}
     f0 = nll(model, forget, tokenizer)
-    lora = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"
-    )
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SGUTrainer(
         model,
-        make_config(SGUConfig, learning_rate=5e-3),
+        make_config(SGUConfig, learning_rate=1e-2),
         forget,
         retain,
         processing_class=tokenizer,
@@ -87,7 +85,8 @@ def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, ma
     )
     trainer.train()
     peft_model = trainer.model
-    assert nll(peft_model, forget, tokenizer) > f0 + 0.3
+    f1 = nll(peft_model, forget, tokenizer)
+    assert f1 > f0 + 0.3, (f0, f1)
     after = peft_model.get_base_model().state_dict()
     for name, value in base.items():
         key = next(k for k in after if k.replace(".base_layer", "") == name)
