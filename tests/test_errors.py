@@ -115,3 +115,13 @@ def test_wrong_config_class(model, tokenizer, small_sets, make_config):
     forget, retain = small_sets
     with pytest.raises(ValueError, match="needs args of type SGUConfig"):
         SGUTrainer(model, make_config(GradDiffConfig), forget, retain, processing_class=tokenizer)
+
+
+def test_tokenizer_that_does_not_fit_the_model(tokenizer, small_sets, make_config):
+    from sgu_llm.models import tiny_llama, train_tokenizer
+
+    forget, retain = small_sets
+    small = train_tokenizer(["a b c"] * 3, vocab_size=30)
+    model = tiny_llama(small, hidden_size=16, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match="tokenizer has 400 tokens but the model embeds only"):
+        SGUTrainer(model, make_config(SGUConfig), forget, retain, processing_class=tokenizer)

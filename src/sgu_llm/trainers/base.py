@@ -251,6 +251,9 @@ class UnlearnTrainer(Trainer):
         tokenizer = processing_class
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
+        from sgu_llm.evaluation.suite import check_tokenizer_matches
+
+        check_tokenizer_matches(model, tokenizer)
         model = prepare_model(model, peft_config, args.unlearn_params)
         fmt = dict(
             prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt
