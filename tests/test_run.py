@@ -130,3 +130,23 @@ def test_second_run_reuses_cached_models(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
+
+
+@pytest.mark.slow
+def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
+    """The non-builtin path: a saved target model plus a saved retain model (as a Hub user would give)."""
+    _, env, _ = run_dir
+    models = os.path.join(env["SGU_LLM_CACHE"], "models")
+    target = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("target-"))
+    retain = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("retain-"))
+    out = tmp_path / "local"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgu_llm.cli", "run", os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
+         "--output_dir", str(out), "--model_name_or_path", target, "--retain_model_name_or_path", retain,
+         "--num_train_epochs", "1", "--eval_each_epoch", "false"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["noise_floor"] is None and m["noise_floor_forget_quality"] is None
+    assert m["target"]["forget_quality"] < 1e-10

@@ -79,6 +79,7 @@ def histogram(values: list[float], lo: float, hi: float, bins: int = 30) -> tupl
 
 
 def _fmt(v: Any) -> str:
+    """Numbers to 3 significant digits, None as a dash."""
     if isinstance(v, float):
         return f"{v:.3g}"
     return "–" if v is None else str(v)
@@ -108,8 +109,8 @@ def build_report(
     md = [
         f"# sgu-llm run: {metrics['method']}",
         "",
-        f"Forget quality {metrics['forget_quality']:.3g} (noise floor: {metrics['noise_floor_forget_quality']:.3g}), "
-        f"model utility {metrics['model_utility']:.3g} (target: {metrics['target']['model_utility']:.3g}).",
+        f"Forget quality {_fmt(metrics['forget_quality'])} (noise floor: {_fmt(metrics['noise_floor_forget_quality'])}), "
+        f"model utility {_fmt(metrics['model_utility'])} (target: {_fmt(metrics['target']['model_utility'])}).",
         "",
         "The noise floor is a second retain model trained with another seed: a forget quality at or above it is "
         "as indistinguishable from the retain model as retraining gets.",

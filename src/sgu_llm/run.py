@@ -64,7 +64,6 @@ class StepEvalCallback(TrainerCallback):
 
 
 def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
-    agg = metrics["unlearned"]
     lines = [
         "---",
         "library_name: transformers",
@@ -100,6 +99,12 @@ def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
     return "\n".join(lines)
 
 
+def _load(path: str, model_args: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+
+
 def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict[str, Any]:
     from sgu_llm.benchmark import benchmark_models, load_benchmark_data
     from sgu_llm.evaluation import evaluate_model
@@ -124,19 +129,39 @@ def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict
         max_new_tokens=bench.max_new_tokens,
     )
 
-    if not model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
-        raise ValueError(
-            "sgu-llm run trains its own target and retain models and needs model_name_or_path: builtin:tiny-llama; "
-            "for a Hub model run `sgu-llm unlearn`, then `sgu-llm eval` with --retain_model_name_or_path"
-        )
-    tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
-    timings["models"] = time.perf_counter() - t0
+    evals: dict[str, dict] = {}
+    metas: dict[str, dict] = {}
+    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
+        tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+        timings["models"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        evals["retain"] = evaluate_model(models["retain"], tokenizer, sets, **kw)
+    else:
+        # A fine-tuned Hub or local target; the reference comes from a retain model or its saved eval.
+        from sgu_llm.unlearn import load_model_and_tokenizer
 
-    t = time.perf_counter()
-    evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
+        model, tokenizer = load_model_and_tokenizer(model_args, None, bench, config.prompt_format)
+        models = {"target": model}
+        if bench.retain_eval_file:
+            with open(bench.retain_eval_file) as fh:
+                evals["retain"] = json.load(fh)
+        elif bench.retain_model_name_or_path:
+            models["retain"] = _load(bench.retain_model_name_or_path, model_args)
+        else:
+            raise ValueError(
+                "with a Hub or local target model, give retain_model_name_or_path or retain_eval_file: "
+                "forget quality compares against a model never trained on the forget set"
+            )
+        if bench.noise_floor_model_name_or_path:
+            models["noise_floor"] = _load(bench.noise_floor_model_name_or_path, model_args)
+        timings["models"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        if "retain" not in evals:
+            evals["retain"] = evaluate_model(models["retain"], tokenizer, sets, **kw)
     ref = evals["retain"]
     evals["target"] = evaluate_model(models["target"], tokenizer, sets, reference=ref, **kw)
-    evals["noise_floor"] = evaluate_model(models["noise_floor"], tokenizer, sets, reference=ref, **kw)
+    if "noise_floor" in models:
+        evals["noise_floor"] = evaluate_model(models["noise_floor"], tokenizer, sets, reference=ref, **kw)
     timings["evaluate_baselines"] = time.perf_counter() - t
 
     _, trainer_cls = get_method(script.method)
@@ -165,8 +190,10 @@ def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict
         "method": script.method,
         "forget_quality": evals["unlearned"]["aggregates"]["forget_quality"],
         "model_utility": evals["unlearned"]["aggregates"]["model_utility"],
-        "noise_floor_forget_quality": evals["noise_floor"]["aggregates"]["forget_quality"],
-        **{name: evals[name]["aggregates"] for name in EVAL_NAMES},
+        "noise_floor_forget_quality": evals["noise_floor"]["aggregates"]["forget_quality"]
+        if "noise_floor" in evals
+        else None,
+        **{name: evals[name]["aggregates"] if name in evals else None for name in EVAL_NAMES},
         "steps": step_eval.records if step_eval else [],
         "timings": timings,
         "models": {
@@ -207,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sgu-llm run: error: {err}", file=sys.stderr)
         return 2
+    from sgu_llm.report import _fmt
+
     print(
-        f"[{metrics['method']}] forget quality {metrics['forget_quality']:.3g} "
-        f"(target {metrics['target']['forget_quality']:.3g}, noise floor {metrics['noise_floor_forget_quality']:.3g}) | "
-        f"model utility {metrics['model_utility']:.3g} (target {metrics['target']['model_utility']:.3g}) | "
+        f"[{metrics['method']}] forget quality {_fmt(metrics['forget_quality'])} "
+        f"(target {_fmt(metrics['target']['forget_quality'])}, noise floor {_fmt(metrics['noise_floor_forget_quality'])}) | "
+        f"model utility {_fmt(metrics['model_utility'])} (target {_fmt(metrics['target']['model_utility'])}) | "
         f"{metrics['timings']['total']:.0f} s | {config.output_dir}/report.html"
     )
     return 0
