@@ -141,10 +141,28 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     retain = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("retain-"))
     out = tmp_path / "local"
     proc = subprocess.run(
-        [sys.executable, "-m", "sgu_llm.cli", "run", os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
-         "--output_dir", str(out), "--model_name_or_path", target, "--retain_model_name_or_path", retain,
-         "--num_train_epochs", "1", "--eval_each_epoch", "false"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sgu_llm.cli",
+            "run",
+            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
+            "--output_dir",
+            str(out),
+            "--model_name_or_path",
+            target,
+            "--retain_model_name_or_path",
+            retain,
+            "--num_train_epochs",
+            "1",
+            "--eval_each_epoch",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())

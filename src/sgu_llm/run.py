@@ -79,12 +79,7 @@ def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
         "|---|---|---|---|---|",
     ]
     for key in ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "privleak"):
-        cells = [
-            agg.get(key),
-            metrics["target"].get(key),
-            metrics["retain"].get(key),
-            metrics["noise_floor"].get(key),
-        ]
+        cells = [(metrics[n] or {}).get(key) for n in ("unlearned", "target", "retain", "noise_floor")]
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
     cfg = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))}
     lines += [
