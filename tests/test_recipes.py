@@ -29,10 +29,10 @@ def test_recipe_parses(path, tmp_path):
     argv = ["--config", path, "--output_dir", str(tmp_path / "o")]
     if cfg.get("bf16") and not torch.cuda.is_available():
         argv += ["--use_cpu", "true"]  # GPU recipes: TrainingArguments refuses bf16 without a GPU otherwise
-    script, model, bench, config = parse_args(argv)
+    script, model, bench, probe, config = parse_args(argv)
     assert isinstance(config, get_method(script.method)[0])
     for key, value in cfg.items():
-        got = next(getattr(obj, key) for obj in (script, model, bench, config) if hasattr(obj, key))
+        got = next(getattr(obj, key) for obj in (script, model, bench, probe, config) if hasattr(obj, key))
         if key == "report_to":
             assert got == [] or got == value or got == [value]
         else:

@@ -17,7 +17,7 @@ def finetune_main(argv: list[str]) -> int:
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0], *argv[1:]]
     try:
-        script, _, bench, config = parse_args(argv)
+        script, _, bench, _, config = parse_args(argv)
         data = load_benchmark_data(script)
         _, _, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
     except ValueError as err:

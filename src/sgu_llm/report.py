@@ -98,7 +98,11 @@ HEADLINE = (
 
 
 def build_report(
-    metrics: dict[str, Any], evals: dict[str, dict], steps: list[dict], log_history: list[dict]
+    metrics: dict[str, Any],
+    evals: dict[str, dict],
+    steps: list[dict],
+    log_history: list[dict],
+    probe: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Markdown and HTML reports from a run's metrics, the four models' evals and the per-step records."""
     names = [n for n in ("target", "retain", "noise_floor", "unlearned") if n in evals]
@@ -198,9 +202,162 @@ def build_report(
         + table_html
         + "".join(f"<div>{p}</div>" for p in plots)
     )
+    probe_md, probe_html = build_probe_section(probe) if probe else ("", "")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm report</title></head>"
         f"<body style='font-family:sans-serif;max-width:1100px'><h1>sgu-llm run: {html.escape(metrics['method'])}</h1>"
-        f"{body}</body></html>"
+        f"{body}{probe_html}</body></html>"
     )
+    return "\n".join(md) + "\n" + ("\n" + probe_md if probe_md else ""), page
+
+
+def svg_heatmap(rows: list[str], cols: list[int], values: list[list[float]], title: str) -> str:
+    """Rows x columns grid coloured by value in [0, 1] (white -> blue)."""
+    if not rows or not cols:
+        return f"<p><em>{html.escape(title)}: no data</em></p>"
+    label_w, cell_h = 260, 14
+    cell_w = max(3, min(24, (W + 200 - label_w) // len(cols)))
+    height = 40 + cell_h * len(rows)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + cell_w * len(cols) + 20}" height="{height}" '
+        'font-family="sans-serif" font-size="10">',
+        f'<text x="4" y="14" font-size="13">{html.escape(title)}</text>',
+    ]
+    for r, name in enumerate(rows):
+        y = 28 + r * cell_h
+        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{html.escape(name[-44:])}</text>')
+        for c, v in enumerate(values[r]):
+            shade = int(255 * (1 - max(0.0, min(1.0, v))))
+            out.append(
+                f'<rect x="{label_w + c * cell_w}" y="{y}" width="{cell_w}" height="{cell_h - 1}" '
+                f'fill="rgb({shade},{shade},255)"><title>step {cols[c]}: {v:.3f}</title></rect>'
+            )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def build_probe_section(probe: dict[str, Any]) -> tuple[str, str]:
+    """Markdown and HTML for the SAE probe: quality, states over steps, scatter, top features, heatmap, causal table."""
+    q = probe["sae_quality"]
+    counts = probe["state_counts"]
+    final = counts[-1] if counts else {}
+    causal = probe.get("causal") or {}
+    md = [
+        "## SAE probe",
+        "",
+        f"SAE on `{probe['hook_name']}` ({probe['hf_module']}): explained variance {q['explained_variance']:.3f}, "
+        f"L0 {q['l0']:.1f}, dead features {q['dead_fraction']:.3f} of {q['d_sae']}.",
+        f"{len(probe['selected'])} forget-specific features; at the end: "
+        + ", ".join(f"{s} {final.get(s, 0)}" for s in ("maintained", "pruned", "reversed", "collateral"))
+        + ".",
+        f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
+        f"without it ({probe['unlearn_seconds_without_probe']:.1f} s).",
+        "",
+    ]
+    if causal.get("n_features"):
+        md += [
+            f"Causal check on the target model, clamping the {causal['n_features']} pruned features through the SAE "
+            f"(reconstruction + error term) against {probe['causal_random_draws']} draws of as many random features "
+            "of matched firing frequency:",
+            "",
+            "| clamped | forget prob | retain prob | forget drop | retain drop |",
+            "|---|---|---|---|---|",
+            f"| nothing | {causal['baseline']['forget_prob']:.4f} | {causal['baseline']['retain_prob']:.4f} | | |",
+            f"| pruned features | {causal['clamped']['forget_prob']:.4f} | {causal['clamped']['retain_prob']:.4f} | "
+            f"{causal['clamped_forget_drop']:.4f} | {causal['clamped_retain_drop']:.4f} |",
+            f"| matched random | {causal['random']['forget_prob']:.4f} | {causal['random']['retain_prob']:.4f} | "
+            f"{causal['random_forget_drop']:.4f} | {causal['random_retain_drop']:.4f} |",
+            "",
+        ]
+    else:
+        md += ["Causal check: the probe called no feature pruned, so there was nothing to clamp.", ""]
+    top = [f for f in probe["features"] if f["state"] in ("pruned", "reversed")][:10]
+    if top:
+        md += [
+            "| feature | state | forget act start -> end | retain act start -> end | top forget contexts |",
+            "|---|---|---|---|---|",
+        ]
+        for f in top:
+            s0, s1 = f["steps"][0], f["steps"][-1]
+            ctx = " / ".join(f.get("contexts", []))
+            md.append(
+                f"| {f['feature']} | {f['state']} | {s0['forget_mean_act']:.3f} -> {s1['forget_mean_act']:.3f} | "
+                f"{s0['retain_mean_act']:.3f} -> {s1['retain_mean_act']:.3f} | {ctx.replace('|', '/')} |"
+            )
+        md.append("")
+    # HTML
+    plots = []
+    if counts:
+        xs = [c["step"] for c in counts]
+        plots.append(
+            svg_lines(
+                {s: (xs, [c[s] for c in counts]) for s in ("maintained", "pruned", "reversed", "collateral")},
+                "Forget-specific feature states over steps",
+                "optimizer step",
+                "features",
+            )
+        )
+    feats = probe["features"]
+    if feats:
+        plots.append(
+            svg_lines(
+                {
+                    "before": (
+                        [f["steps"][0]["forget_mean_act"] for f in feats],
+                        [f["steps"][0]["retain_mean_act"] for f in feats],
+                    ),
+                    "after": (
+                        [f["steps"][-1]["forget_mean_act"] for f in feats],
+                        [f["steps"][-1]["retain_mean_act"] for f in feats],
+                    ),
+                },
+                "Selected features: forget vs retain mean activation",
+                "forget mean activation",
+                "retain mean activation",
+                points=True,
+            )
+        )
+    acts = probe.get("actions") or []
+    if acts:
+        names = sorted({n for a in acts for n in a["tensors"]})
+        steps = [a["step"] for a in acts]
+        grid = [[a["tensors"].get(n, [0, 0, 0])[1] for a in acts] for n in names]
+        plots.append(
+            svg_heatmap(
+                names, steps, grid, "Maintain fraction per parameter tensor feeding the probed layer x step"
+            )
+        )
+    body = "".join(
+        f"<p>{html.escape(line)}</p>"
+        for line in md
+        if line and not line.startswith("|") and not line.startswith("#")
+    )
+    tables = [line for line in md if line.startswith("|")]
+    table_html = ""
+    if tables:
+        blocks, cur = [], []
+        for line in md:
+            if line.startswith("|"):
+                cur.append(line)
+            elif cur:
+                blocks.append(cur)
+                cur = []
+        if cur:
+            blocks.append(cur)
+        for block in blocks:
+            header = [c.strip() for c in block[0].strip("|").split("|")]
+            rows_html = "".join(
+                "<tr>"
+                + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r.strip("|").split("|"))
+                + "</tr>"
+                for r in block[2:]
+            )
+            table_html += (
+                "<table border='1' cellpadding='4' style='border-collapse:collapse;margin:8px 0'><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                + "</tr>"
+                + rows_html
+                + "</table>"
+            )
+    page = "<h2>SAE probe</h2>" + body + table_html + "".join(f"<div>{p}</div>" for p in plots)
     return "\n".join(md) + "\n", page

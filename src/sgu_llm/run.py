@@ -39,10 +39,12 @@ class StepEvalCallback(TrainerCallback):
         self.tokenizer, self.reference, self.kw = tokenizer, reference, eval_kwargs
         self.sets = {k: v for k, v in sets.items() if k != "holdout"}
         self.records: list[dict] = []
+        self.seconds = 0.0
 
     def _record(self, state: Any, model: Any) -> None:
         from sgu_llm.evaluation import evaluate_model
 
+        start = time.perf_counter()
         agg = evaluate_model(
             model, self.tokenizer, self.sets, reference=self.reference, generate=False, **self.kw
         )["aggregates"]
@@ -53,6 +55,7 @@ class StepEvalCallback(TrainerCallback):
                 **{k: agg[k] for k in ("forget_quality", "forget_prob", "retain_prob", "forget_truth_ratio")},
             }
         )
+        self.seconds += time.perf_counter() - start
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
@@ -94,13 +97,104 @@ def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
     return "\n".join(lines)
 
 
+def prepare_sae(
+    target: Any,
+    tokenizer: Any,
+    train_set: Any,
+    probe_args: Any,
+    bench: Any,
+    target_key: str,
+    prompt_format: str,
+) -> tuple[Any, dict[str, float]]:
+    """The probe's SAE: a given sae-lens folder/release, or one trained on the target's activations (cached)."""
+    from sgu_llm.benchmark import _atomic_save, fingerprint
+    from sgu_llm.data.pairing import prepare_qa_dataset
+    from sgu_llm.probe import collect_activations, load_sae, sae_quality, save_sae, train_sae
+
+    rows = prepare_qa_dataset(train_set, tokenizer, "SAE", prompt_format=prompt_format).to_list()
+    acts, _ = collect_activations(target, rows, probe_args.sae_hook_name, tokenizer.pad_token_id)
+    if probe_args.sae_path:
+        sae = load_sae(probe_args.sae_path, probe_args.sae_id)
+    else:
+        key = fingerprint(
+            {
+                "target": target_key,
+                "hook": probe_args.sae_hook_name,
+                "expansion": probe_args.sae_expansion,
+                "l1": probe_args.sae_l1_coefficient,
+                "epochs": probe_args.sae_epochs,
+                "format": 1,
+            }
+        )
+        path = os.path.join(bench.cache_dir, "saes", key[:16])
+        if not os.path.exists(os.path.join(path, "cfg.json")):
+            sae = train_sae(
+                acts,
+                expansion=probe_args.sae_expansion,
+                l1_coefficient=probe_args.sae_l1_coefficient,
+                epochs=probe_args.sae_epochs,
+                hook_name=probe_args.sae_hook_name,
+            )
+            _atomic_save(path, lambda folder: save_sae(sae, folder))
+        sae = load_sae(path)  # through sae-lens' own loader, as a published SAE would be
+    sae.eval()
+    return sae, sae_quality(sae, acts)
+
+
+def probe_report(
+    callback: Any, target: Any, tokenizer: Any, trainer: Any, probe_args: Any, quality: dict, step_eval: Any
+) -> dict[str, Any]:
+    """The probe's JSON: features with states and per-step statistics, SGU actions, cost and the causal check."""
+    from sgu_llm.probe import causal_check
+    from sgu_llm.probe.hooks import resolve_hook
+
+    probe = callback.probe
+    out = probe.to_json()
+    states = {f["feature"]: f["state"] for f in out["features"]}
+    for f in out["features"]:
+        if f["state"] in ("pruned", "reversed"):
+            f["contexts"] = probe.top_contexts(f["feature"])
+    other = probe.seconds + (step_eval.seconds if step_eval else 0.0)
+    without = max(callback.train_seconds - other, 1e-9)
+    pruned = [f for f, s in states.items() if s == "pruned"]
+    start = probe.history[0]
+    freq = (start["forget"].freq + start["retain"].freq) / 2
+    pairs = trainer.train_dataset
+    causal = causal_check(
+        target,
+        probe.sae,
+        probe.hook_name,
+        tokenizer.pad_token_id,
+        pairs.forget.to_list(),
+        pairs.retain.select(range(min(100, len(pairs.retain)))).to_list(),
+        pruned,
+        freq,
+        exclude=out["selected"],
+        draws=probe_args.causal_random_draws,
+    )
+    out.update(
+        {
+            "hf_module": resolve_hook(target, probe.hook_name)[2],
+            "sae_quality": quality,
+            "actions": callback.actions,
+            "unlearn_seconds_without_probe": without,
+            "probe_share": probe.seconds / without,
+            "causal": causal,
+            "causal_random_draws": probe_args.causal_random_draws,
+        }
+    )
+    return out
+
+
 def _load(path: str, model_args: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
 
 
-def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict[str, Any]:
+def run_benchmark(
+    script: Any, model_args: Any, bench: Any, config: Any, probe_args: Any = None
+) -> dict[str, Any]:
     from sgu_llm.benchmark import benchmark_models, load_benchmark_data
     from sgu_llm.evaluation import evaluate_model
     from sgu_llm.report import build_report
@@ -172,10 +266,43 @@ def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict
         peft_config=model_args.peft_config(),
         callbacks=[step_eval] if step_eval else None,
     )
+    probe_cb = None
+    if probe_args is not None and probe_args.probe:
+        from sgu_llm.benchmark import training_sets
+        from sgu_llm.probe import SAEProbe, SAEProbeCallback
+
+        t = time.perf_counter()
+        target_key = metas.get("target", {}).get("key", model_args.model_name_or_path)
+        sae, quality = prepare_sae(
+            models["target"],
+            tokenizer,
+            training_sets(data)["target"],
+            probe_args,
+            bench,
+            target_key,
+            config.prompt_format,
+        )
+        timings["sae"] = time.perf_counter() - t
+        pairs = trainer.train_dataset
+        n = probe_args.probe_examples
+        probe = SAEProbe(
+            sae,
+            probe_args.sae_hook_name,
+            tokenizer,
+            pairs.forget.select(range(min(n, len(pairs.forget)))).to_list(),
+            pairs.retain.select(range(min(n, len(pairs.retain)))).to_list(),
+            probe_args,
+        )
+        probe_cb = SAEProbeCallback(probe, probe_args.probe_every).attach(trainer)
     t = time.perf_counter()
     trainer.train()
     timings["unlearn"] = time.perf_counter() - t
     unlearned = trainer.accelerator.unwrap_model(trainer.model)
+    probe_json = None
+    if probe_cb is not None:
+        probe_json = probe_report(
+            probe_cb, models["target"], tokenizer, trainer, probe_args, quality, step_eval
+        )
     t = time.perf_counter()
     evals["unlearned"] = evaluate_model(unlearned, tokenizer, sets, reference=ref, **kw)
     timings["evaluate_unlearned"] = time.perf_counter() - t
@@ -190,6 +317,9 @@ def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict
         else None,
         **{name: evals[name]["aggregates"] if name in evals else None for name in EVAL_NAMES},
         "steps": step_eval.records if step_eval else [],
+        "probe": {k: probe_json[k] for k in ("sae_quality", "probe_share", "state_counts", "causal")}
+        if probe_json
+        else None,
         "timings": timings,
         "models": {
             k: {"train_seconds": m.get("train_seconds"), "final_accuracy": m.get("final_accuracy")}
@@ -206,7 +336,10 @@ def run_benchmark(script: Any, model_args: Any, bench: Any, config: Any) -> dict
             fh.write(model_card(metrics, config, script))
         with open(os.path.join(out, "metrics.json"), "w") as fh:
             json.dump(metrics, fh, indent=2)
-        md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history)
+        if probe_json is not None:
+            with open(os.path.join(out, "probe.json"), "w") as fh:
+                json.dump(probe_json, fh)
+        md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history, probe_json)
         with open(os.path.join(out, "report.md"), "w") as fh:
             fh.write(md)
         with open(os.path.join(out, "report.html"), "w") as fh:
@@ -222,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0], *argv[1:]]  # `sgu-llm run RECIPE.yaml ...`
     try:
-        script, model_args, bench, config = parse_args(argv)
-        metrics = run_benchmark(script, model_args, bench, config)
+        script, model_args, bench, probe_args, config = parse_args(argv)
+        metrics = run_benchmark(script, model_args, bench, config, probe_args)
     except ValueError as err:
         if os.environ.get("SGU_LLM_DEBUG"):
             raise

@@ -116,9 +116,10 @@ class ModelArguments:
 
 def _dataclasses_for(method: str) -> tuple[type, ...]:
     from sgu_llm.benchmark import BenchmarkArguments
+    from sgu_llm.probe.probe import ProbeArguments
     from sgu_llm.trainers import get_method
 
-    return (ScriptArguments, ModelArguments, BenchmarkArguments, get_method(method)[0])
+    return (ScriptArguments, ModelArguments, BenchmarkArguments, ProbeArguments, get_method(method)[0])
 
 
 def recipe_keys(method: str) -> set[str]:
@@ -148,8 +149,8 @@ def load_recipe(path: str) -> dict[str, Any]:
     return cfg
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Any]:
-    """Parse `--config RECIPE.yaml` plus flag overrides into (script, model, benchmark, method config)."""
+def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """Parse `--config RECIPE.yaml` plus flag overrides into (script, model, benchmark, probe, method config)."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -165,9 +166,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Any]:
     *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:
         raise ValueError(f"unrecognised arguments: {rest}; see --help")
-    script, model, bench, config = parsed[:4]  # parsed[4] is the namespace holding --config
+    script, model, bench, probe, config = parsed[:5]  # parsed[5] is the namespace holding --config
     script.method = method
-    return script, model, bench, config
+    return script, model, bench, probe, config
 
 
 def load_model_and_tokenizer(
@@ -261,7 +262,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        script, model_args, bench, config = parse_args(argv)
+        script, model_args, bench, _, config = parse_args(argv)
     except ValueError as err:
         print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
         return 2

@@ -178,6 +178,8 @@ class SGUTrainer(UnlearnTrainer):
         self._stash: list[torch.Tensor | None] = []
         self._tensor_counts: torch.Tensor | None = None
         self.selection_skipped_steps = 0
+        # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
+        self.selection_observers: list = []
 
     def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
         if self._named_params is None:
@@ -229,6 +231,11 @@ class SGUTrainer(UnlearnTrainer):
             for key, value in stats.summary().items():
                 self._metrics.add(key, value)
             self._metrics.add("sgu/nonfinite_frac", 0.0)
+            if self.selection_observers:
+                names = [params[i][0] for i in live]
+                counts_cpu = stats.counts.cpu()
+                for observe in self.selection_observers:
+                    observe(self.state.global_step, names, counts_cpu)
             if self.args.log_tensor_actions:
                 counts = torch.zeros(len(params), 3, dtype=torch.long, device=stats.counts.device)
                 counts[live] = stats.counts

@@ -1,0 +1,27 @@
+"""SAE probe: track which sparse-autoencoder features SGU prunes or reverses, and check it causally."""
+
+from sgu_llm.probe.hooks import capture, replace_activation, resolve_hook
+from sgu_llm.probe.probe import ProbeArguments, SAEProbe, SAEProbeCallback, causal_check, encode_with_pre
+from sgu_llm.probe.sae import collect_activations, load_sae, sae_quality, save_sae, train_sae
+from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
+
+__all__ = [
+    "STATES",
+    "FeatureStats",
+    "ProbeArguments",
+    "SAEProbe",
+    "SAEProbeCallback",
+    "capture",
+    "causal_check",
+    "classify",
+    "collect_activations",
+    "encode_with_pre",
+    "feature_stats",
+    "load_sae",
+    "replace_activation",
+    "resolve_hook",
+    "sae_quality",
+    "save_sae",
+    "select_forget_features",
+    "train_sae",
+]

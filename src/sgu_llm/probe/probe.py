@@ -1,0 +1,342 @@
+"""The SAE probe: which features of a layer SGU prunes or reverses, and whether that story is causal.
+
+`SAEProbe` measures per-feature statistics of fixed forget and retain probe
+batches; `SAEProbeCallback` does so every `probe_every` optimizer steps during
+unlearning and records SGU's action fractions for the parameter tensors that
+feed the probed layer; `causal_check` clamps features through the SAE.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from sgu_llm.data.pairing import pad_batch
+from sgu_llm.losses import per_example_nll
+from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
+from sgu_llm.probe.sae import collect_activations
+from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
+
+
+@dataclass
+class ProbeArguments:
+    """The SAE probe (on by default in `sgu-llm run`)."""
+
+    probe: bool = field(
+        default=True, metadata={"help": "Track SAE features during unlearning (sgu-llm run)."}
+    )
+    sae_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A sae-lens SAE folder or release for the model; None trains one on the target model."
+        },
+    )
+    sae_id: str | None = field(default=None, metadata={"help": "SAE id within a sae-lens release."})
+    sae_hook_name: str = field(
+        default="blocks.0.hook_resid_post",
+        metadata={
+            "help": "sae-lens hook name of the probed layer (blocks.L.hook_resid_pre|resid_post|attn_out|mlp_out)."
+        },
+    )
+    sae_expansion: int = field(default=4, metadata={"help": "d_sae / d_model of a trained SAE."})
+    sae_l1_coefficient: float = field(
+        default=0.6, metadata={"help": "L1 sparsity coefficient of a trained SAE."}
+    )
+    sae_epochs: int = field(default=30, metadata={"help": "Passes over the captured activations."})
+    probe_every: int = field(default=4, metadata={"help": "Probe every this many optimizer steps."})
+    probe_examples: int = field(
+        default=64, metadata={"help": "Fixed probe rows from each of forget and retain."}
+    )
+    select_percentile: float = field(
+        default=90.0,
+        metadata={"help": "Forget-specific features: forget/retain activation ratio above this percentile."},
+    )
+    prune_ratio: float = field(
+        default=0.3, metadata={"help": "Pruned: forget activation below this fraction of its start."}
+    )
+    collateral_ratio: float = field(
+        default=0.5,
+        metadata={"help": "Collateral: retain activation moved by more than this fraction of its start."},
+    )
+    reverse_margin: float = field(
+        default=0.5,
+        metadata={
+            "help": "Reversed: forget pre-activation (where it fired at the start) below -margin x its start."
+        },
+    )
+    causal_random_draws: int = field(
+        default=5, metadata={"help": "Random matched-frequency feature sets to average."}
+    )
+
+    def __post_init__(self):
+        if not HOOK_PATTERN.match(self.sae_hook_name):
+            raise ValueError(
+                f"sae_hook_name {self.sae_hook_name!r} is not blocks.L.hook_resid_pre|resid_post|attn_out|mlp_out"
+            )
+        if self.probe_every < 1 or self.probe_examples < 1:
+            raise ValueError("probe_every and probe_examples must be positive")
+        if not 0 < self.select_percentile < 100:
+            raise ValueError(f"select_percentile must be in (0, 100), got {self.select_percentile}")
+
+
+def encode_with_pre(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAE feature activations and their pre-activations (before the nonlinearity)."""
+    x = x.to(sae.W_enc.device)
+    pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    return sae.encode(x), pre
+
+
+def feeding_pattern(hook_name: str) -> re.Pattern:
+    """Parameter names that feed the hooked activation: embeddings and the layers up to it."""
+    m = HOOK_PATTERN.match(hook_name)
+    layer, kind = int(m.group(1)), m.group(2)
+    last = layer - 1 if kind == "resid_pre" else layer
+    layers = "|".join(str(i) for i in range(last + 1)) or "NONE"
+    return re.compile(rf"(embed_tokens|\.layers\.({layers})\.)")
+
+
+class SAEProbe:
+    """Feature statistics of fixed forget/retain probe rows over a run."""
+
+    def __init__(
+        self,
+        sae: Any,
+        hook_name: str,
+        tokenizer: Any,
+        forget_rows: list[dict],
+        retain_rows: list[dict],
+        args: ProbeArguments,
+    ):
+        self.sae, self.hook_name, self.tokenizer, self.args = sae, hook_name, tokenizer, args
+        self.rows = {"forget": forget_rows, "retain": retain_rows}
+        self.start_mask: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, Any]] = []  # one entry per probe: step and FeatureStats per set
+        self.positions: dict[str, list[torch.Tensor]] = {}
+        self.start_acts: torch.Tensor | None = None
+        self.selected: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def measure(self, model: Any, step: int) -> None:
+        t = time.perf_counter()
+        entry: dict[str, Any] = {"step": step}
+        for name, rows in self.rows.items():
+            x, pos = collect_activations(model, rows, self.hook_name, self.tokenizer.pad_token_id)
+            acts, pre = encode_with_pre(self.sae, x)
+            acts, pre = acts.float().cpu(), pre.float().cpu()
+            if name not in self.start_mask:
+                self.start_mask[name] = acts > 0
+                self.positions[name] = pos
+                if name == "forget":
+                    self.start_acts = acts
+            entry[name] = feature_stats(acts, pre, self.start_mask[name])
+        if self.selected is None:
+            self.selected = select_forget_features(
+                entry["forget"], entry["retain"], self.args.select_percentile
+            )
+        self.history.append(entry)
+        self.seconds += time.perf_counter() - t
+
+    def states(self, index: int = -1) -> list[str]:
+        """States of the selected features at probe `index` (default: the last)."""
+        s0, now = self.history[0], self.history[index]
+        sel = self.selected
+
+        def pick(fs: FeatureStats) -> FeatureStats:
+            return FeatureStats(fs.freq[sel], fs.mean_act[sel], fs.mean_pre[sel], fs.start_pre[sel])
+
+        return classify(
+            pick(s0["forget"]),
+            pick(s0["retain"]),
+            pick(now["forget"]),
+            pick(now["retain"]),
+            prune_ratio=self.args.prune_ratio,
+            collateral_ratio=self.args.collateral_ratio,
+            reverse_margin=self.args.reverse_margin,
+        )
+
+    def state_counts(self) -> list[dict[str, int]]:
+        out = []
+        for i, entry in enumerate(self.history):
+            states = self.states(i)
+            out.append({"step": entry["step"], **{s: states.count(s) for s in STATES}})
+        return out
+
+    def top_contexts(self, feature: int, k: int = 3, width: int = 4) -> list[str]:
+        """The forget-set tokens where `feature` fired most at the start, with `width` tokens of context."""
+        acts = self.start_acts[:, feature]
+        top = torch.topk(acts, min(k, int((acts > 0).sum()))).indices.tolist()
+        flat = [(r, p) for r, ps in enumerate(self.positions["forget"]) for p in ps.tolist()]
+        out = []
+        for i in top:
+            r, p = flat[i]
+            ids = self.rows["forget"][r]["input_ids"]
+            left = self.tokenizer.convert_tokens_to_string(
+                self.tokenizer.convert_ids_to_tokens(ids[max(0, p - width) : p])
+            )
+            tok = self.tokenizer.convert_tokens_to_string(self.tokenizer.convert_ids_to_tokens([ids[p]]))
+            right = self.tokenizer.convert_tokens_to_string(
+                self.tokenizer.convert_ids_to_tokens(ids[p + 1 : p + 1 + width])
+            )
+            out.append(f"…{left} [{tok.strip()}] {right}…")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        sel = self.selected.tolist()
+        final = self.states()
+        features = []
+        for j, f in enumerate(sel):
+            features.append(
+                {
+                    "feature": f,
+                    "state": final[j],
+                    "steps": [
+                        {
+                            "step": e["step"],
+                            "forget_freq": e["forget"].freq[f].item(),
+                            "forget_mean_act": e["forget"].mean_act[f].item(),
+                            "forget_mean_pre": e["forget"].mean_pre[f].item(),
+                            "forget_start_pre": e["forget"].start_pre[f].item(),
+                            "retain_freq": e["retain"].freq[f].item(),
+                            "retain_mean_act": e["retain"].mean_act[f].item(),
+                            "retain_mean_pre": e["retain"].mean_pre[f].item(),
+                        }
+                        for e in self.history
+                    ],
+                }
+            )
+        return {
+            "hook_name": self.hook_name,
+            "selected": sel,
+            "features": features,
+            "state_counts": self.state_counts(),
+            "probe_seconds": self.seconds,
+        }
+
+
+class SAEProbeCallback(TrainerCallback):
+    """Runs an `SAEProbe` during training and records SGU's actions on the tensors feeding the probed layer.
+
+    Attach with `probe_callback.attach(trainer)`, which also subscribes to
+    `SGUTrainer.selection_observers` when the trainer has them.
+    """
+
+    def __init__(self, probe: SAEProbe, every: int):
+        self.probe, self.every = probe, every
+        self.pattern = feeding_pattern(probe.hook_name)
+        self.actions: list[dict[str, Any]] = []  # step -> {tensor name: [prune, maintain, reverse] fractions}
+        self.train_seconds = 0.0
+        self._t0 = 0.0
+
+    def attach(self, trainer: Any) -> SAEProbeCallback:
+        trainer.add_callback(self)
+        if hasattr(trainer, "selection_observers"):
+            trainer.selection_observers.append(self.observe)
+        return self
+
+    def observe(self, step: int, names: list[str], counts: torch.Tensor) -> None:
+        keep = [i for i, n in enumerate(names) if self.pattern.search(n)]
+        if not keep:
+            return
+        c = counts[keep].double()
+        frac = (c / c.sum(1, keepdim=True).clamp_min(1)).tolist()
+        self.actions.append({"step": step + 1, "tensors": {names[i]: f for i, f in zip(keep, frac)}})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._t0 = time.perf_counter()
+        if state.is_world_process_zero:
+            self.probe.measure(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step % self.every == 0:
+            self.probe.measure(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and self.probe.history[-1]["step"] != state.global_step:
+            self.probe.measure(model, state.global_step)
+        self.train_seconds = time.perf_counter() - self._t0
+
+
+@torch.no_grad()
+def answer_probability(model: Any, rows: list[dict], pad_token_id: int) -> float:
+    """Mean exp(-mean answer NLL) over tokenised rows."""
+    device = next(model.parameters()).device
+    batch = pad_batch(rows, pad_token_id)
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+    nll, n = per_example_nll(logits, batch["labels"].to(device))
+    return (-(nll / n.clamp_min(1))).exp().mean().item()
+
+
+@torch.no_grad()
+def causal_check(
+    model: Any,
+    sae: Any,
+    hook_name: str,
+    pad_token_id: int,
+    forget_rows: list[dict],
+    retain_rows: list[dict],
+    features: list[int],
+    freq: torch.Tensor,
+    exclude: list[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Forget/retain probability with `features` clamped to 0 through the SAE, against matched random features.
+
+    The activation is replaced by decode(f') + (x - decode(encode(x))): the SAE's
+    reconstruction with the clamped features plus its error term, so with nothing
+    clamped the model is unchanged. Random sets match the firing frequency of each
+    clamped feature (the nearest-frequency unselected features, one drawn per clamped feature).
+    """
+    was_training = model.training
+    model.eval()
+
+    def run(clamp: list[int]) -> dict[str, float]:
+        idx = torch.tensor(clamp, dtype=torch.long)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            f = sae.encode(x.to(sae.W_enc.dtype))
+            err = x - sae.decode(f).to(x.dtype)
+            f = f.clone()
+            f[..., idx] = 0
+            return sae.decode(f).to(x.dtype) + err
+
+        with replace_activation(model, hook_name, fn):
+            return {
+                "forget_prob": answer_probability(model, forget_rows, pad_token_id),
+                "retain_prob": answer_probability(model, retain_rows, pad_token_id),
+            }
+
+    base = run([])
+    result: dict[str, Any] = {"n_features": len(features), "baseline": base}
+    if features:
+        clamped = run(features)
+        banned = set(features) | set(exclude or [])
+        pool = [i for i in torch.argsort(freq).tolist() if i not in banned]
+        rng = random.Random(seed)
+        randoms = []
+        for _ in range(draws):
+            chosen = set()
+            for f in features:
+                # nearest-frequency candidates not chosen yet; draw one at random among the 5 closest
+                cands = sorted(
+                    (i for i in pool if i not in chosen), key=lambda i: abs(freq[i] - freq[f]).item()
+                )[:5]
+                chosen.add(rng.choice(cands))
+            randoms.append(run(sorted(chosen)))
+        rand = {k: sum(r[k] for r in randoms) / len(randoms) for k in ("forget_prob", "retain_prob")}
+        result["clamped"] = clamped
+        result["random"] = rand
+        for name, r in (("clamped", clamped), ("random", rand)):
+            result[f"{name}_forget_drop"] = base["forget_prob"] - r["forget_prob"]
+            result[f"{name}_retain_drop"] = base["retain_prob"] - r["retain_prob"]
+    model.train(was_training)
+    return result
