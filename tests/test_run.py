@@ -71,6 +71,16 @@ def test_report_and_model_card(run_dir):
     page = (out / "report.html").read_text()
     assert page.count("<svg") >= 5  # truth ratios, probabilities, FQ over steps, probs over steps, actions
     assert "Forget-set truth ratio distributions" in page and "SGU action fractions" in page
+    for section in (
+        "SAE probe",
+        "Forget-specific feature states over steps",
+        "forget vs retain mean activation",
+        "Maintain fraction per parameter tensor",
+        "Probe cost:",
+        "% of the unlearning time",
+    ):
+        assert section in page, section
+    assert "Causal check" in page
     card = (out / "unlearned" / "README.md").read_text()
     assert "forget_quality" in card and '"selective_function": "sgu"' in card
     assert (out / "unlearned" / "model.safetensors").exists()
@@ -168,3 +178,57 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["noise_floor"] is None and m["noise_floor_forget_quality"] is None
     assert m["target"]["forget_quality"] < 1e-10
+
+
+@pytest.mark.slow
+def test_probe_json_and_sae_quality(run_dir):
+    out, _, _ = run_dir
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["sae_quality"]["explained_variance"] >= 0.9  # the tiny model's SAE explains >= 90 %
+    assert probe["hf_module"] == "layers.1" and probe["hook_name"] == "blocks.1.hook_resid_post"
+    assert probe["features"] and len(probe["features"]) == len(probe["selected"])
+    n_probes = len(probe["state_counts"])
+    for f in probe["features"]:
+        assert f["state"] in ("maintained", "pruned", "reversed", "collateral")
+        assert len(f["steps"]) == n_probes and {
+            "forget_mean_act",
+            "retain_mean_act",
+            "forget_start_pre",
+        } <= set(f["steps"][0])
+    assert probe["actions"] and any(".layers.1." in n for a in probe["actions"] for n in a["tensors"])
+    causal = probe["causal"]
+    assert causal["baseline"]["forget_prob"] > 0.9  # measured on the target model
+    if causal["n_features"]:
+        for key in ("clamped_forget_drop", "random_forget_drop", "clamped_retain_drop", "random_retain_drop"):
+            assert isinstance(causal[key], float)
+    assert 0 < probe["probe_share"]
+
+
+@pytest.mark.slow
+def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
+    out, env, _ = run_dir
+    models = os.path.join(env["SGU_LLM_CACHE"], "models")
+    target = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("target-"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgu_llm.cli",
+            "probe",
+            "--before",
+            target,
+            "--after",
+            str(out / "unlearned"),
+            "--output_dir",
+            str(tmp_path / "probe"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert [c["step"] for c in probe["state_counts"]] == [0, 1]
+    assert "SAE probe" in (tmp_path / "probe" / "probe.html").read_text()

@@ -15,6 +15,7 @@ commands:
   unlearn   unlearn a forget set with a method and a recipe (sgu-llm unlearn --help lists every field)
   finetune  fine-tune (and cache) the benchmark's target, retain and noise-floor models
   eval      evaluate a saved model on the TOFU sets: sgu-llm eval MODEL_DIR --output eval.json
+  probe     SAE probe of a saved before/after pair: sgu-llm probe --before DIR --after DIR --output_dir OUT
   methods   list the registered unlearning methods and selective functions
 """
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from sgu_llm.commands import eval_main
 
         return eval_main(rest)
+    if command == "probe":
+        from sgu_llm.commands import probe_main
+
+        return probe_main(rest)
     if command == "methods":
         from sgu_llm.selection import list_selective_functions
         from sgu_llm.trainers import list_methods

@@ -92,3 +92,88 @@ def eval_main(argv: list[str]) -> int:
         json.dump(result, fh)
     print(json.dumps({k: round(v, 6) for k, v in result["aggregates"].items()}, indent=1))
     return 0
+
+
+@dataclass
+class ProbeCommandArguments:
+    before: str = field(metadata={"help": "Folder of the model before unlearning (save_pretrained)."})
+    after: str = field(
+        metadata={"help": "Folder of the model after unlearning (full model or LoRA adapter)."}
+    )
+    output_dir: str = field(default="probe-report", metadata={"help": "Where probe.json and probe.html go."})
+
+
+def probe_main(argv: list[str]) -> int:
+    """Probe a saved before/after pair: feature states, causal check and the report section, without training."""
+    from transformers import HfArgumentParser
+
+    from sgu_llm.benchmark import BenchmarkArguments, load_benchmark_data, training_sets
+    from sgu_llm.data.pairing import prepare_qa_dataset
+    from sgu_llm.probe.probe import ProbeArguments, SAEProbe, causal_check
+    from sgu_llm.report import build_probe_section
+    from sgu_llm.run import prepare_sae
+    from sgu_llm.unlearn import ScriptArguments
+
+    parser = HfArgumentParser((ProbeCommandArguments, ScriptArguments, BenchmarkArguments, ProbeArguments))
+    args, script, bench, probe_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        before, tokenizer = load_saved_model(args.before)
+        after, _ = load_saved_model(args.after)
+        data = load_benchmark_data(script)
+        sae, quality = prepare_sae(
+            before, tokenizer, training_sets(data)["target"], probe_args, bench, args.before, "phi"
+        )
+        n = probe_args.probe_examples
+        forget = prepare_qa_dataset(data["forget"], tokenizer, "forget").to_list()
+        retain = prepare_qa_dataset(
+            data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain"
+        )
+        retain = retain.to_list()
+        probe = SAEProbe(sae, probe_args.sae_hook_name, tokenizer, forget[:n], retain[:n], probe_args)
+        probe.measure(before, 0)
+        probe.measure(after, 1)
+    except ValueError as err:
+        print(f"sgu-llm probe: error: {err}", file=sys.stderr)
+        return 2
+    out = probe.to_json()
+    for f in out["features"]:
+        if f["state"] in ("pruned", "reversed"):
+            f["contexts"] = probe.top_contexts(f["feature"])
+    start = probe.history[0]
+    pruned = [f["feature"] for f in out["features"] if f["state"] in ("pruned", "reversed")]
+    from sgu_llm.probe.hooks import resolve_hook
+
+    out.update(
+        {
+            "hf_module": resolve_hook(before, probe.hook_name)[2],
+            "sae_quality": quality,
+            "actions": [],
+            "unlearn_seconds_without_probe": float("nan"),
+            "probe_share": float("nan"),
+            "causal": causal_check(
+                before,
+                sae,
+                probe.hook_name,
+                tokenizer.pad_token_id,
+                forget,
+                retain,
+                pruned,
+                (start["forget"].freq + start["retain"].freq) / 2,
+                exclude=out["selected"],
+                draws=probe_args.causal_random_draws,
+            ),
+            "causal_random_draws": probe_args.causal_random_draws,
+        }
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "probe.json"), "w") as fh:
+        json.dump(out, fh)
+    md, page = build_probe_section(out)
+    with open(os.path.join(args.output_dir, "probe.md"), "w") as fh:
+        fh.write(md)
+    with open(os.path.join(args.output_dir, "probe.html"), "w") as fh:
+        fh.write(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm probe</title></head><body>{page}</body></html>"
+        )
+    print(md)
+    return 0

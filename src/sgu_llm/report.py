@@ -250,27 +250,37 @@ def build_probe_section(probe: dict[str, Any]) -> tuple[str, str]:
         f"{len(probe['selected'])} forget-specific features; at the end: "
         + ", ".join(f"{s} {final.get(s, 0)}" for s in ("maintained", "pruned", "reversed", "collateral"))
         + ".",
-        f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
-        f"without it ({probe['unlearn_seconds_without_probe']:.1f} s).",
+        (
+            f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
+            f"without it ({probe['unlearn_seconds_without_probe']:.1f} s)."
+            if probe["probe_share"] == probe["probe_share"]  # nan for a static before/after probe
+            else f"Probe cost: {probe['probe_seconds']:.1f} s (before/after probe, no unlearning run)."
+        ),
         "",
     ]
     if causal.get("n_features"):
         md += [
-            f"Causal check on the target model, clamping the {causal['n_features']} pruned features through the SAE "
+            f"Causal check on the target model, clamping the {causal['n_features']} features unlearning switched off "
+            "(pruned or reversed) through the SAE "
             f"(reconstruction + error term) against {probe['causal_random_draws']} draws of as many random features "
             "of matched firing frequency:",
             "",
-            "| clamped | forget prob | retain prob | forget drop | retain drop |",
-            "|---|---|---|---|---|",
-            f"| nothing | {causal['baseline']['forget_prob']:.4f} | {causal['baseline']['retain_prob']:.4f} | | |",
-            f"| pruned features | {causal['clamped']['forget_prob']:.4f} | {causal['clamped']['retain_prob']:.4f} | "
-            f"{causal['clamped_forget_drop']:.4f} | {causal['clamped_retain_drop']:.4f} |",
+            "| clamped | forget prob | retain prob | forget prob drop | retain prob drop | forget NLL rise | retain NLL rise |",
+            "|---|---|---|---|---|---|---|",
+            f"| nothing | {causal['baseline']['forget_prob']:.4f} | {causal['baseline']['retain_prob']:.4f} | | | | |",
+            f"| pruned + reversed features | {causal['clamped']['forget_prob']:.4f} | {causal['clamped']['retain_prob']:.4f} | "
+            f"{causal['clamped_forget_drop']:.4g} | {causal['clamped_retain_drop']:.4g} | "
+            f"{causal['clamped_forget_nll_rise']:.4g} | {causal['clamped_retain_nll_rise']:.4g} |",
             f"| matched random | {causal['random']['forget_prob']:.4f} | {causal['random']['retain_prob']:.4f} | "
-            f"{causal['random_forget_drop']:.4f} | {causal['random_retain_drop']:.4f} |",
+            f"{causal['random_forget_drop']:.4g} | {causal['random_retain_drop']:.4g} | "
+            f"{causal['random_forget_nll_rise']:.4g} | {causal['random_retain_nll_rise']:.4g} |",
             "",
         ]
     else:
-        md += ["Causal check: the probe called no feature pruned, so there was nothing to clamp.", ""]
+        md += [
+            "Causal check: the probe called no feature pruned or reversed, so there was nothing to clamp.",
+            "",
+        ]
     top = [f for f in probe["features"] if f["state"] in ("pruned", "reversed")][:10]
     if top:
         md += [

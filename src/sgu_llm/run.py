@@ -156,7 +156,8 @@ def probe_report(
             f["contexts"] = probe.top_contexts(f["feature"])
     other = probe.seconds + (step_eval.seconds if step_eval else 0.0)
     without = max(callback.train_seconds - other, 1e-9)
-    pruned = [f for f, s in states.items() if s == "pruned"]
+    # The features unlearning switched off on the forget set: pruned, and reversed (pushed past zero).
+    pruned = [f for f, s in states.items() if s in ("pruned", "reversed")]
     start = probe.history[0]
     freq = (start["forget"].freq + start["retain"].freq) / 2
     pairs = trainer.train_dataset
