@@ -252,7 +252,7 @@ def build_probe_section(probe: dict[str, Any]) -> tuple[str, str]:
         + ".",
         (
             f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
-            f"without it ({probe['unlearn_seconds_without_probe']:.1f} s)."
+            f"without it ({probe['unlearn_seconds_without_probe']:.1f} s of training steps, per-epoch evaluation excluded)."
             if probe["probe_share"] == probe["probe_share"]  # nan for a static before/after probe
             else f"Probe cost: {probe['probe_seconds']:.1f} s (before/after probe, no unlearning run)."
         ),

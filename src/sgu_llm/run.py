@@ -374,12 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     probe = metrics.get("probe")
     if probe:
         c = probe["causal"]
-        print(f"[probe] SAE explained variance {probe['sae_quality']['explained_variance']:.3f}; probe cost "
-              f"{100 * probe['probe_share']:.1f} % of unlearning; final states {probe['state_counts'][-1]}")
+        print(
+            f"[probe] SAE explained variance {probe['sae_quality']['explained_variance']:.3f}; probe cost "
+            f"{100 * probe['probe_share']:.1f} % of unlearning; final states {probe['state_counts'][-1]}"
+        )
         if c.get("n_features"):
-            print(f"[probe] causal check, {c['n_features']} removed features clamped on the target: forget prob drop "
-                  f"{c['clamped_forget_drop']:.4g} (matched random {c['random_forget_drop']:.4g}), forget NLL rise "
-                  f"{c['clamped_forget_nll_rise']:.4g} (random {c['random_forget_nll_rise']:.4g})")
+            print(
+                f"[probe] causal check, {c['n_features']} removed features clamped on the target: forget prob drop "
+                f"{c['clamped_forget_drop']:.4g} (matched random {c['random_forget_drop']:.4g}), forget NLL rise "
+                f"{c['clamped_forget_nll_rise']:.4g} (random {c['random_forget_nll_rise']:.4g})"
+            )
     return 0
 
 

@@ -184,7 +184,7 @@ class SAEProbe:
             right = self.tokenizer.convert_tokens_to_string(
                 self.tokenizer.convert_ids_to_tokens(ids[p + 1 : p + 1 + width])
             )
-            out.append(f"…{left} [{tok.strip()}] {right}…")
+            out.append(f"…{left} [{tok.strip()}] {right}…".replace("\n", " ⏎ "))
         return out
 
     def to_json(self) -> dict[str, Any]:
