@@ -91,6 +91,9 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        if getattr(self, "epoch", None) == epoch:
+            return
+        self.epoch = epoch
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         self._retain_order = torch.randperm(len(self.retain), generator=gen).tolist()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sgu_llm.data.pairing import ForgetRetainCollator, ForgetRetainDataset, prepare_qa_dataset
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS
@@ -204,6 +204,20 @@ class MetricBuffer:
         return {k: (s / w).item() if w > 0 else float("nan") for k, s, w in zip(keys, packed[0], packed[1])}
 
 
+class PairingEpochCallback(TrainerCallback):
+    """Re-draw the forget/retain pairing at every epoch, on every process.
+
+    accelerate forwards `set_epoch` to the dataset on some data-loader paths and
+    not on others (one process vs DDP), so the trainer does it itself.
+    """
+
+    def __init__(self, dataset: ForgetRetainDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
 class UnlearnTrainer(Trainer):
     """Base trainer: pairs the forget and retain sets and normalises losses over the accumulation window.
 
@@ -273,6 +287,7 @@ class UnlearnTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        self.add_callback(PairingEpochCallback(self.train_dataset))
         self.ref_model = None
         if needs_ref and ref_model is not None:
             ref_model.requires_grad_(False)
