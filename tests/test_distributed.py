@@ -14,8 +14,19 @@ WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 def launch(out, processes, per_device, method):
     # torchrun, not `accelerate launch --cpu`: accelerate's CPU launcher starts one process unless MPI is set up.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-           str(29500 + processes + (7 if method == "sgu" else 0)), WORKER, str(out), str(per_device), method]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(29500 + processes + (7 if method == "sgu" else 0)),
+        WORKER,
+        str(out),
+        str(per_device),
+        method,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)

@@ -124,6 +124,11 @@ def cached_tokenizer(texts: list[str], vocab_size: int, cache_dir: str) -> Any:
     key = fingerprint({"format": CACHE_FORMAT, "texts": texts, "vocab_size": vocab_size})
     path = os.path.join(cache_dir, "tokenizers", key[:16])
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "the benchmark's tokenizer is not cached yet and this is a multi-process launch: run "
+                "`sgu-llm finetune RECIPE.yaml` once in a single process first"
+            )
         tok = train_tokenizer(texts, vocab_size)
         _atomic_save(path, tok.save_pretrained)
     return PreTrainedTokenizerFast.from_pretrained(path)
@@ -228,6 +233,12 @@ def cached_finetuned_model(
             expected_config,
         )
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every process would train (and write) the same entry at once.
+        raise ValueError(
+            f"the benchmark's {role} model is not cached yet and this is a multi-process launch: run "
+            "`sgu-llm finetune RECIPE.yaml` once in a single process first, then launch again"
+        )
     data = prepare_qa_dataset(train_set, tokenizer, f"{role} fine-tuning", prompt_format=prompt_format)
     stop = _accuracy_callback(tokenizer, data, args.finetune_target_accuracy, check_every=5)
     import time

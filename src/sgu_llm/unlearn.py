@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)
         return 2
     b, a = summary["before"], summary["after"]
-    if b and a:
+    if b and a and int(os.environ.get("RANK", "0")) == 0:
         print(
             f"[{script.method}] forget NLL {b['forget_nll']:.3f} -> {a['forget_nll']:.3f} | "
             f"retain NLL {b['retain_nll']:.3f} -> {a['retain_nll']:.3f} | saved to {summary['output_dir']}"
