@@ -293,13 +293,7 @@ def load_benchmark_data(script: Any) -> dict[str, Any]:
     """
     from sgu_llm.data.tofu import check_disjoint, load_tofu
 
-    kw = {}
-    if script.dataset_name == "synthetic":
-        kw = dict(
-            num_authors=script.synthetic_num_authors,
-            qa_per_author=script.synthetic_qa_per_author,
-            seed=script.synthetic_seed,
-        )
+    kw = script.synthetic_kwargs()
 
     def load(config: str, file: str | None = None) -> Any:
         return load_tofu(config, source=file or script.dataset_name, **kw)

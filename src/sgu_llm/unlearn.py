@@ -59,6 +59,16 @@ class ScriptArguments:
         default=True, metadata={"help": "Measure forget/retain answer NLL before and after unlearning."}
     )
 
+    def synthetic_kwargs(self) -> dict[str, int]:
+        """Arguments of `synthetic_tofu` when the data is synthetic (none otherwise)."""
+        if self.dataset_name != "synthetic":
+            return {}
+        return dict(
+            num_authors=self.synthetic_num_authors,
+            qa_per_author=self.synthetic_qa_per_author,
+            seed=self.synthetic_seed,
+        )
+
 
 @dataclass
 class ModelArguments:
@@ -209,13 +219,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
         data = load_benchmark_data(script)  # the builtin model trains on the benchmark's sets
         forget, retain = data["forget"], data["retain"]
     else:
-        kw = {}
-        if script.dataset_name == "synthetic":
-            kw = dict(
-                num_authors=script.synthetic_num_authors,
-                qa_per_author=script.synthetic_qa_per_author,
-                seed=script.synthetic_seed,
-            )
+        kw = script.synthetic_kwargs()
         forget = load_tofu(script.forget_split, source=script.forget_file or script.dataset_name, **kw)
         retain = load_tofu(script.retain_split, source=script.retain_file or script.dataset_name, **kw)
         check_disjoint(forget, retain)
