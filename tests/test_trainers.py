@@ -246,3 +246,35 @@ def test_save_adapter_and_merged(model, tokenizer, small_sets, make_config, tmp_
     trainer.save_unlearned_model(str(tmp_path / "merged"))
     assert (tmp_path / "merged" / "config.json").exists()
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+def test_a_peft_model_can_be_passed_directly(model, tokenizer, small_sets, make_config, nll):
+    from peft import get_peft_model
+
+    forget, retain = small_sets
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer = NPOTrainer(
+        peft_model,
+        make_config(NPOConfig, num_train_epochs=2, learning_rate=1e-2),
+        forget,
+        retain,
+        processing_class=tokenizer,
+    )
+    assert trainer.ref_model is None  # the reference is the same model with adapters disabled
+    f0 = nll(peft_model, forget, tokenizer)
+    trainer.train()
+    assert nll(peft_model, forget, tokenizer) > f0
+    after = peft_model.get_base_model().state_dict()
+    for name, value in base.items():
+        key = next(k for k in after if k.replace(".base_layer", "") == name)
+        assert torch.equal(after[key], value), name
+    with pytest.raises(ValueError, match="already a PeftModel"):
+        SGUTrainer(
+            peft_model,
+            make_config(SGUConfig),
+            forget,
+            retain,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+        )

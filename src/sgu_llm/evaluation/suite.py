@@ -8,6 +8,7 @@ aggregate can be recomputed from the file.
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from typing import Any
 
@@ -32,8 +33,13 @@ def check_tokenizer_matches(model: Any, tokenizer: Any) -> None:
         )
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
+def _batches(n: int, size: int, desc: str = "evaluating"):
+    """Batch index ranges, with a progress bar (hidden when stderr is not a terminal or SGU_LLM_QUIET is set)."""
+    from tqdm.auto import tqdm
+
+    quiet = bool(os.environ.get("SGU_LLM_QUIET")) or not sys.stderr.isatty()
+    starts = range(0, n, size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=quiet or len(starts) < 2):
         yield range(start, min(start + size, n))
 
 
@@ -57,7 +63,7 @@ def score_answers(
         for q, a in zip(questions, answers)
     ]
     nll_out, mink_out, minkpp_out = [], [], []
-    for idx in _batches(len(rows), batch_size):
+    for idx in _batches(len(rows), batch_size, "scoring answers"):
         chunk = [rows[i] for i in idx]
         width = max(len(r["input_ids"]) for r in chunk)
         ids = torch.tensor(
@@ -115,7 +121,7 @@ def generate_answers(
         for q in questions
     ]
     texts = []
-    for idx in _batches(len(prompts), batch_size):
+    for idx in _batches(len(prompts), batch_size, "generating"):
         chunk = [prompts[i] for i in idx]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
