@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-W, H, PAD = 520, 300, 48
+W, H, PAD, LEGEND_W = 620, 300, 48, 120
 
 
 def _scale(lo: float, hi: float, a: float, b: float):
@@ -32,7 +32,8 @@ def svg_lines(
     ys = [ty(y) for s in series.values() for y in s[1] if y is not None and math.isfinite(ty(y))]
     if not xs or not ys:
         return f"<p><em>{html.escape(title)}: no data</em></p>"
-    sx = _scale(min(xs), max(xs), PAD, W - 12)
+    right = W - LEGEND_W  # the legend sits to the right of the plot area, never on the lines
+    sx = _scale(min(xs), max(xs), PAD, right)
     lo, hi = min(ys), max(ys)
     if lo == hi:
         lo, hi = lo - 1, hi + 1
@@ -40,9 +41,9 @@ def svg_lines(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
         f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 12}" y2="{H - PAD}" stroke="#333"/>',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{right}" y2="{H - PAD}" stroke="#333"/>',
         f'<line x1="{PAD}" y1="24" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>',
-        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
+        f'<text x="{(PAD + right) / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
         f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
         f"{html.escape(ylabel + (' (log10)' if logy else ''))}</text>",
     ]
@@ -62,9 +63,7 @@ def svg_lines(
                 + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
                 + '"/>'
             )
-        out.append(
-            f'<text x="{W - 16}" y="{30 + 14 * k}" text-anchor="end" fill="{color}">{html.escape(name)}</text>'
-        )
+        out.append(f'<text x="{right + 10}" y="{30 + 14 * k}" fill="{color}">{html.escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -215,17 +214,17 @@ def svg_heatmap(rows: list[str], cols: list[int], values: list[list[float]], tit
     """Rows x columns grid coloured by value in [0, 1] (white -> blue)."""
     if not rows or not cols:
         return f"<p><em>{html.escape(title)}: no data</em></p>"
-    label_w, cell_h = 260, 14
+    label_w, cell_h = 330, 14
     cell_w = max(3, min(24, (W + 200 - label_w) // len(cols)))
     height = 40 + cell_h * len(rows)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + cell_w * len(cols) + 20}" height="{height}" '
         'font-family="sans-serif" font-size="10">',
-        f'<text x="4" y="14" font-size="13">{html.escape(title)}</text>',
+        f'<text x="4" y="14" font-size="13">{html.escape(title)} (white 0, blue 1; hover for values)</text>',
     ]
     for r, name in enumerate(rows):
         y = 28 + r * cell_h
-        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{html.escape(name[-44:])}</text>')
+        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{html.escape(name[-58:])}</text>')
         for c, v in enumerate(values[r]):
             shade = int(255 * (1 - max(0.0, min(1.0, v))))
             out.append(
