@@ -42,6 +42,8 @@ def main(out_path: str, per_device: int, method: str = "sgu") -> None:
         }
         logs = [h for h in trainer.state.log_history if "loss" in h]
         torch.save({"state": state, "logs": logs}, out_path)
+    # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -261,6 +261,8 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
     if trainer.is_world_process_zero():
         with open(os.path.join(out_dir, "unlearn_summary.json"), "w") as fh:
             json.dump(summary, fh, indent=2)
+    # Destroy the process group under torchrun/accelerate: a live gloo group can abort a rank at exit.
+    trainer.accelerator.end_training()
     return summary
 
 
