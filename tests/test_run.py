@@ -9,29 +9,34 @@ import pytest
 from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml")
+
+
+def sgu_llm_cli(env, *args, timeout=600):
+    """Run `sgu-llm ARGS` in a subprocess with `env`; fail the test with its stderr if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgu_llm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def cached_model(env, role):
+    """Folder of the benchmark's cached `role` model (target-..., retain-...)."""
+    models = os.path.join(env["SGU_LLM_CACHE"], "models")
+    return next(os.path.join(models, d) for d in os.listdir(models) if d.startswith(role + "-"))
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "sgu"
     env = {**os.environ, "SGU_LLM_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgu_llm.cli",
-            "run",
-            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
-            "--output_dir",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = sgu_llm_cli(env, "run", RECIPE, "--output_dir", str(out), timeout=1200)
     return out, env, proc.stdout
 
 
@@ -90,25 +95,15 @@ def test_report_and_model_card(run_dir):
 def test_eval_command_reproduces_the_run(run_dir, tmp_path):
     out, env, _ = run_dir
     target = tmp_path / "again.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgu_llm.cli",
-            "eval",
-            str(out / "unlearned"),
-            "--reference",
-            str(out / "eval" / "retain.json"),
-            "--output",
-            str(target),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
+    sgu_llm_cli(
+        env,
+        "eval",
+        str(out / "unlearned"),
+        "--reference",
+        str(out / "eval" / "retain.json"),
+        "--output",
+        str(target),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(target.read_text())["aggregates"]
     saved = json.loads((out / "eval" / "unlearned.json").read_text())["aggregates"]
     for key in ("forget_quality", "model_utility", "forget_prob", "retain_rouge", "privleak"):
@@ -119,25 +114,7 @@ def test_eval_command_reproduces_the_run(run_dir, tmp_path):
 def test_second_run_reuses_cached_models(run_dir, tmp_path):
     _, env, _ = run_dir
     out = tmp_path / "again"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgu_llm.cli",
-            "run",
-            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
-            "--output_dir",
-            str(out),
-            "--num_train_epochs",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sgu_llm_cli(env, "run", RECIPE, "--output_dir", str(out), "--num_train_epochs", "1")
     m = json.loads((out / "metrics.json").read_text())
     assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
 
@@ -146,35 +123,23 @@ def test_second_run_reuses_cached_models(run_dir, tmp_path):
 def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     """The non-builtin path: a saved target model plus a saved retain model (as a Hub user would give)."""
     _, env, _ = run_dir
-    models = os.path.join(env["SGU_LLM_CACHE"], "models")
-    target = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("target-"))
-    retain = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("retain-"))
+    target, retain = cached_model(env, "target"), cached_model(env, "retain")
     out = tmp_path / "local"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgu_llm.cli",
-            "run",
-            os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml"),
-            "--output_dir",
-            str(out),
-            "--model_name_or_path",
-            target,
-            "--retain_model_name_or_path",
-            retain,
-            "--num_train_epochs",
-            "1",
-            "--eval_each_epoch",
-            "false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
+    sgu_llm_cli(
+        env,
+        "run",
+        RECIPE,
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        target,
+        "--retain_model_name_or_path",
+        retain,
+        "--num_train_epochs",
+        "1",
+        "--eval_each_epoch",
+        "false",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["noise_floor"] is None and m["noise_floor_forget_quality"] is None
     assert m["target"]["forget_quality"] < 1e-10
@@ -207,28 +172,17 @@ def test_probe_json_and_sae_quality(run_dir):
 @pytest.mark.slow
 def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
     out, env, _ = run_dir
-    models = os.path.join(env["SGU_LLM_CACHE"], "models")
-    target = next(os.path.join(models, d) for d in os.listdir(models) if d.startswith("target-"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgu_llm.cli",
-            "probe",
-            "--before",
-            target,
-            "--after",
-            str(out / "unlearned"),
-            "--output_dir",
-            str(tmp_path / "probe"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
+    target = cached_model(env, "target")
+    sgu_llm_cli(
+        env,
+        "probe",
+        "--before",
+        target,
+        "--after",
+        str(out / "unlearned"),
+        "--output_dir",
+        str(tmp_path / "probe"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert [c["step"] for c in probe["state_counts"]] == [0, 1]
     assert "SAE probe" in (tmp_path / "probe" / "probe.html").read_text()

@@ -70,6 +70,14 @@ def test_sgu_npo_forget_loss_uses_reference(model, tokenizer, small_sets, make_c
     assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
 
 
+def assert_base_weights_unchanged(base, peft_model):
+    """Every weight of the model under the adapters equals its copy taken before training, bit for bit."""
+    after = peft_model.get_base_model().state_dict()
+    for name, value in base.items():
+        key = next(k for k in after if k.replace(".base_layer", "") == name)
+        assert torch.equal(after[key], value), name
+
+
 def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, make_config, nll):
     forget, retain = small_sets
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -87,10 +95,7 @@ def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, ma
     peft_model = trainer.model
     f1 = nll(peft_model, forget, tokenizer)
     assert f1 > f0 + 0.3, (f0, f1)
-    after = peft_model.get_base_model().state_dict()
-    for name, value in base.items():
-        key = next(k for k in after if k.replace(".base_layer", "") == name)
-        assert torch.equal(after[key], value), name
+    assert_base_weights_unchanged(base, peft_model)
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapters did move
 
@@ -265,10 +270,7 @@ def test_a_peft_model_can_be_passed_directly(model, tokenizer, small_sets, make_
     f0 = nll(peft_model, forget, tokenizer)
     trainer.train()
     assert nll(peft_model, forget, tokenizer) > f0
-    after = peft_model.get_base_model().state_dict()
-    for name, value in base.items():
-        key = next(k for k in after if k.replace(".base_layer", "") == name)
-        assert torch.equal(after[key], value), name
+    assert_base_weights_unchanged(base, peft_model)
     with pytest.raises(ValueError, match="already a PeftModel"):
         SGUTrainer(
             peft_model,
