@@ -33,13 +33,16 @@ class SelectiveFunction:
     fn: SelectFn
     uses_tau_d: bool = False
     uses_tau_m: bool = False
+    # The rule is the SGU rule with (tau_d, tau_m), None meaning +inf: selection may run it
+    # through the fused kernels of `sgu_llm.selection.fused` instead of calling `fn`.
+    fused: bool = False
 
 
 _REGISTRY: dict[str, SelectiveFunction] = {}
 
 
 def register_selective_function(
-    name: str, *, thresholds: tuple[str, ...] = ()
+    name: str, *, thresholds: tuple[str, ...] = (), fused: bool = False
 ) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(g_r, g_f, tau_d, tau_m, *, maintain_scale, reverse_scale) -> (update, actions)`.
 
@@ -47,6 +50,8 @@ def register_selective_function(
         name: lowercase registry key, used as `SGUConfig.selective_function`.
         thresholds: which adaptive thresholds the function reads: `"d"` (tau_d),
             `"m"` (tau_m). Those not named are passed as None and not computed.
+        fused: declare that `fn` equals `sgu_select(g_r, g_f, tau_d or inf, tau_m)`, so the
+            selection can use the one-pass kernels. Leave False for anything else.
     """
     key = name.lower()
     unknown = set(thresholds) - {"d", "m"}
@@ -56,7 +61,7 @@ def register_selective_function(
     def decorator(fn: SelectFn) -> SelectFn:
         if key in _REGISTRY:
             raise ValueError(f"a selective function named {key!r} is already registered")
-        _REGISTRY[key] = SelectiveFunction(key, fn, "d" in thresholds, "m" in thresholds)
+        _REGISTRY[key] = SelectiveFunction(key, fn, "d" in thresholds, "m" in thresholds, fused)
         return fn
 
     return decorator
@@ -128,17 +133,17 @@ def sgu_select(
     return update, actions
 
 
-@register_selective_function("sgu", thresholds=("d",))
+@register_selective_function("sgu", thresholds=("d",), fused=True)
 def _sgu(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
     return sgu_select(g_r, g_f, tau_d, None, maintain_scale=maintain_scale)
 
 
-@register_selective_function("sgu_reverse", thresholds=("d", "m"))
+@register_selective_function("sgu_reverse", thresholds=("d", "m"), fused=True)
 def _sgu_reverse(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
     return sgu_select(g_r, g_f, tau_d, tau_m, maintain_scale=maintain_scale, reverse_scale=reverse_scale)
 
 
-@register_selective_function("sign_conflict")
+@register_selective_function("sign_conflict", fused=True)
 def sign_conflict(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0):
     """Keep g_r only where it conflicts in sign with g_f; prune everywhere else."""
     conflict = _conflict(g_r, g_f)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sgu_llm.selection.fused import sgu_stats, sgu_update_
 from sgu_llm.selection.rules import get_selective_function
+from sgu_llm.selection.sharded import local_shards
 from sgu_llm.selection.thresholds import (
     DEFAULT_SAMPLE_SIZE,
     MAX_EXACT_QUANTILE,
@@ -20,6 +22,8 @@ class SelectionSettings:
     """Everything a selection step needs besides the gradients.
 
     `tau_d` / `tau_m` fixed absolute thresholds replace the quantile ones when set.
+    `fused` runs rules registered with `fused=True` through the one-pass kernels
+    (`sgu_llm.selection.fused`), compiled when `compile` is set.
     """
 
     function: str = "sgu"
@@ -33,6 +37,8 @@ class SelectionSettings:
     reverse_scale: float = 1.0
     max_exact_quantile: int = MAX_EXACT_QUANTILE
     quantile_sample_size: int = DEFAULT_SAMPLE_SIZE
+    fused: bool = True
+    compile: bool = True
 
 
 @dataclass
@@ -42,7 +48,8 @@ class SelectionStats:
     `counts` is (num_tensors, 3): coordinates per action (prune, maintain,
     reverse); `conflicts` coordinates with g_r * g_f < 0 per tensor; `tau_d` and
     `tau_m` per tensor (nan where not used); `dot`, `norm_r2`, `norm_f2` the
-    inner products over all tensors, for the cosine.
+    inner products over all tensors, for the cosine. For sharded gradients all
+    of them cover the full tensors (summed over ranks).
     """
 
     counts: torch.Tensor
@@ -54,22 +61,35 @@ class SelectionStats:
     norm_f2: torch.Tensor
 
     def summary(self) -> dict[str, float]:
-        """Scalar metrics under the names the trainer logs."""
+        """Scalar metrics under the names the trainer logs (one host transfer)."""
         total = self.counts.sum().clamp_min(1)
-        frac = (self.counts.sum(0) / total).tolist()
         cos = self.dot / (self.norm_r2.sqrt() * self.norm_f2.sqrt()).clamp_min(1e-30)
-        out = {
-            "sgu/prune_frac": frac[0],
-            "sgu/maintain_frac": frac[1],
-            "sgu/reverse_frac": frac[2],
-            "sgu/conflict_frac": (self.conflicts.sum() / total).item(),
-            "sgu/grad_cosine": cos.item(),
-        }
-        for name, taus in (("sgu/tau_d", self.tau_d), ("sgu/tau_m", self.tau_m)):
-            finite = taus[torch.isfinite(taus)]
-            if finite.numel():
-                out[name] = finite.mean().item()
+        taus = torch.stack([self.tau_d, self.tau_m])
+        finite = torch.isfinite(taus)
+        tau_mean = torch.where(finite, taus, 0.0).sum(1) / finite.sum(1).clamp_min(1)
+        row = torch.cat(
+            [self.counts.sum(0) / total, (self.conflicts.sum() / total)[None], cos[None], tau_mean]
+        ).tolist()
+        out = dict(
+            zip(
+                [
+                    "sgu/prune_frac",
+                    "sgu/maintain_frac",
+                    "sgu/reverse_frac",
+                    "sgu/conflict_frac",
+                    "sgu/grad_cosine",
+                ],
+                row[:5],
+            )
+        )
+        for name, value, any_finite in zip(("sgu/tau_d", "sgu/tau_m"), row[5:], finite.any(1).tolist()):
+            if any_finite:
+                out[name] = value
         return out
+
+
+def _as_tau(value: float | None, device: torch.device) -> torch.Tensor:
+    return torch.tensor(float("inf") if value is None else float(value), dtype=torch.float32, device=device)
 
 
 def select_gradients(
@@ -78,18 +98,26 @@ def select_gradients(
     settings: SelectionSettings,
     *,
     seed: int = 0,
+    inplace: bool = False,
 ) -> tuple[list[torch.Tensor], SelectionStats]:
     """Select the update for every tensor pair.
 
     Args:
-        grads_r: retain gradients, one per parameter tensor.
+        grads_r: retain gradients, one per parameter tensor (plain tensors, or
+            FSDP2-sharded DTensors: the rule runs on each rank's shard, the
+            thresholds and statistics are gathered over the shards).
         grads_f: forget gradients, same shapes.
         settings: rule name, quantile levels, threshold population and scales.
         seed: seeds the threshold sampling for tensors above
             `settings.max_exact_quantile` (use the optimizer step).
+        inplace: write each update into its g_r (the trainer does: g_r is
+            `param.grad`), allocating nothing gradient-sized.
+
+    A non-finite value in g_r or g_f makes that tensor's update non-finite, so a
+    loss scaler detects the overflow and skips the step.
 
     Returns:
-        The updates (same shapes as the inputs) and the step's statistics.
+        The updates (same shapes and types as the inputs) and the step's statistics.
 
     Example:
         >>> import torch
@@ -100,14 +128,18 @@ def select_gradients(
     """
     rule = get_selective_function(settings.function)
     n = len(grads_r)
+    local_r, global_numels, group = local_shards(grads_r)
+    local_f, _, group_f = local_shards(grads_f)
+    if (group is None) != (group_f is None):
+        raise ValueError("g_r and g_f must both be sharded DTensors or both plain tensors")
     tau_d: list[float | None] = [settings.tau_d] * n
     tau_m: list[float | None] = [settings.tau_m] * n
     need_q_d = rule.uses_tau_d and settings.tau_d is None
     need_q_m = rule.uses_tau_m and settings.tau_m is None
     if need_q_d or need_q_m:
         q_tau_d, q_tau_m = magnitude_thresholds(
-            grads_r,
-            grads_f,
+            local_r,
+            local_f,
             settings.q_d if need_q_d else None,
             settings.q_m if need_q_m else None,
             scope=settings.threshold_scope,
@@ -115,6 +147,8 @@ def select_gradients(
             max_exact=settings.max_exact_quantile,
             sample_size=settings.quantile_sample_size,
             seed=seed,
+            group=group,
+            global_numels=global_numels,
         )
         tau_d = q_tau_d if need_q_d else tau_d
         tau_m = q_tau_m if need_q_m else tau_m
@@ -123,31 +157,75 @@ def select_gradients(
     if not rule.uses_tau_m:
         tau_m = [None] * n
 
-    device = grads_r[0].device if n else torch.device("cpu")
-    counts = torch.zeros(n, 3, dtype=torch.long, device=device)
-    conflicts = torch.zeros(n, dtype=torch.long, device=device)
-    dot = torch.zeros((), dtype=torch.float32, device=device)
-    norm_r2, norm_f2 = dot.clone(), dot.clone()
+    device = local_r[0].device if n else torch.device("cpu")
+    rows = []  # per tensor: numel, then fused.STAT_COLUMNS
     updates = []
-    for i, (g_r, g_f) in enumerate(zip(grads_r, grads_f)):
-        update, actions = rule.fn(
-            g_r,
-            g_f,
-            tau_d[i],
-            tau_m[i],
-            maintain_scale=settings.maintain_scale,
-            reverse_scale=settings.reverse_scale,
-        )
-        updates.append(update)
-        counts[i] = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3]
-        conflicts[i] = (~same_sign(g_r, g_f)).sum()
-        r, f = g_r.float(), g_f.float()
-        dot += (r * f).sum()
-        norm_r2 += (r * r).sum()
-        norm_f2 += (f * f).sum()
+    for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
+        numel = torch.tensor([float(g_r.numel())], device=g_r.device)
+        if rule.fused and settings.fused:
+            td, tm = _as_tau(tau_d[i], g_r.device), _as_tau(tau_m[i], g_r.device)
+            rows.append(torch.cat([numel, sgu_stats(g_r, g_f, td, tm, compile=settings.compile)]))
+            out = g_r if inplace and g_r.is_contiguous() else g_r.contiguous().clone()
+            sgu_update_(
+                out, g_f, td, tm, settings.maintain_scale, settings.reverse_scale, compile=settings.compile
+            )
+        else:
+            update, actions = rule.fn(
+                g_r,
+                g_f,
+                tau_d[i],
+                tau_m[i],
+                maintain_scale=settings.maintain_scale,
+                reverse_scale=settings.reverse_scale,
+            )
+            r, f = g_r.float(), g_f.float()
+            counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()
+            conflicts = (~same_sign(g_r, g_f)).sum().float()
+            stats = torch.stack(
+                [counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()]
+            )
+            rows.append(torch.cat([numel, stats]))
+            if inplace:
+                g_r.copy_(update)
+                update = g_r
+            out = update
+        if out.numel():
+            # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must not
+            # vanish, or a loss scaler would step on an overflowed gradient.
+            out.view(-1)[:1].add_((rows[-1][5] + rows[-1][6]).mul(0).to(out.dtype))
+        updates.append(out)
+    table = torch.stack(rows) if rows else torch.zeros(0, 7, device=device)
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(table, group=group)  # shard statistics -> full-tensor statistics
+    if group is not None:
+        updates = [_like(g, u) for g, u in zip(grads_r, updates)]
+
+    numel, maintain, reverse = table[:, 0], table[:, 1], table[:, 2]
+    counts = torch.stack([numel - maintain - reverse, maintain, reverse], 1).round().long()
 
     def as_tensor(vals: list[float | None]) -> torch.Tensor:
         return torch.tensor([float("nan") if v is None else float(v) for v in vals], device=device)
 
-    stats = SelectionStats(counts, conflicts, as_tensor(tau_d), as_tensor(tau_m), dot, norm_r2, norm_f2)
+    stats = SelectionStats(
+        counts,
+        table[:, 3].round().long(),
+        as_tensor(tau_d),
+        as_tensor(tau_m),
+        table[:, 4].sum(),
+        table[:, 5].sum(),
+        table[:, 6].sum(),
+    )
     return updates, stats
+
+
+def _like(reference: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Wrap a local shard back into a DTensor laid out like `reference` (no copy when it is its local tensor)."""
+    if local is reference.to_local():
+        return reference
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local, reference.device_mesh, reference.placements, shape=reference.shape, stride=reference.stride()
+    )

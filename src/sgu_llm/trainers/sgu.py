@@ -1,12 +1,18 @@
 """Selective Gradient Unlearning: separate forget and retain gradients, combined per coordinate.
 
 Per micro-batch the forget and retain batches get their own backward pass. The
-forget gradient g_f accumulates in a stash (one gradient-sized buffer), the
-retain gradient g_r in `param.grad` as usual; the two are swapped by pointer,
-never copied. On the last micro-batch of the accumulation window - after
-DDP has reduced each of them once - the selective function turns them into the
-update written to `param.grad`, and the stock Trainer clips, steps the
-optimizer and the scheduler.
+forget gradient g_f accumulates in a stash (one gradient-sized buffer, in
+`stash_dtype`), the retain gradient g_r in `param.grad` as usual; the two are
+swapped by pointer. On the last micro-batch of the accumulation window - after
+DDP has reduced each of them once - the selective function overwrites
+`param.grad` with the update, and the stock Trainer clips, steps the optimizer
+and the scheduler.
+
+Memory over GradDiff: the stash, 1.0x the trainable gradient bytes (0.5x in
+bf16). `lean_selection` (one process) goes further: post-accumulate-grad hooks
+fold each parameter's forget gradient into the stash as soon as it is complete
+and, on the last retain backward, select each parameter as soon as its g_r is
+complete and free its stash entry, so the stash shrinks while g_r grows.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sgu_llm.selection import (
     THRESHOLD_POPULATIONS,
     THRESHOLD_SCOPES,
     SelectionSettings,
+    SelectionStats,
     get_selective_function,
     select_gradients,
 )
@@ -30,6 +37,7 @@ from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
 from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
 
 FORGET_LOSSES = ("nll", "npo")
+STASH_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -102,6 +110,27 @@ class SGUConfig(UnlearnConfig):
         default=DEFAULT_SAMPLE_SIZE,
         metadata={"help": "Coordinates sampled to estimate a quantile above max_exact_quantile."},
     )
+    stash_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the stashed forget gradient: 'auto' (the gradient's own), 'float32' or 'bfloat16' "
+            "(halves the stash; g_f is rounded to bf16 once per micro-batch, the selection reads it in float32)."
+        },
+    )
+    lean_selection: bool = field(
+        default=False,
+        metadata={
+            "help": "Combine per parameter in post-accumulate-grad hooks: no second full gradient is held on the "
+            "last micro-batch. One process only, threshold_scope 'tensor' (or fixed tau_d/tau_m)."
+        },
+    )
+    compile_selection: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the SGU rule through torch.compile'd one-pass kernels (falls back to eager, with a "
+            "warning, where compilation is unavailable)."
+        },
+    )
     log_tensor_actions: bool = field(
         default=False,
         metadata={
@@ -134,6 +163,15 @@ class SGUConfig(UnlearnConfig):
             )
         if self.quantile_sample_size < 1 or self.max_exact_quantile < 1:
             raise ValueError("quantile_sample_size and max_exact_quantile must be positive")
+        if self.stash_dtype not in STASH_DTYPES:
+            raise ValueError(f"stash_dtype must be one of {tuple(STASH_DTYPES)}, got {self.stash_dtype!r}")
+        if self.lean_selection and self.threshold_scope == "global":
+            needs = get_selective_function(self.selective_function)
+            if (needs.uses_tau_d and self.tau_d is None) or (needs.uses_tau_m and self.tau_m is None):
+                raise ValueError(
+                    "lean_selection selects each tensor on its own and cannot compute threshold_scope='global' "
+                    "quantiles; use threshold_scope='tensor', fixed tau_d/tau_m, or lean_selection=false"
+                )
 
     def selection(self) -> SelectionSettings:
         return SelectionSettings(
@@ -148,6 +186,7 @@ class SGUConfig(UnlearnConfig):
             reverse_scale=self.reverse_scale,
             max_exact_quantile=self.max_exact_quantile,
             quantile_sample_size=self.quantile_sample_size,
+            compile=self.compile_selection,
         )
 
 
@@ -174,32 +213,65 @@ class SGUTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._settings = self.args.selection()
+        self._stash_dtype = STASH_DTYPES[self.args.stash_dtype]
         self._named_params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._stash: list[torch.Tensor | None] = []
+        self._held_r: list[torch.Tensor | None] = []
         self._tensor_counts: torch.Tensor | None = None
         self.selection_skipped_steps = 0
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
         self.selection_observers: list = []
+        self._phase: str | None = None  # lean mode: "forget" or "select" while a hooked backward runs
+        self._lean_rows: dict[int, tuple[torch.Tensor, float | None, float | None]] = {}
+        if self.args.lean_selection and self.accelerator.num_processes > 1:
+            raise ValueError(
+                "lean_selection works in one process: under DDP/FSDP a parameter's gradient is only reduced "
+                "after its post-accumulate-grad hook has run. Set lean_selection=false (the stash is then "
+                "reduced with the gradients), or stash_dtype='bfloat16' to halve it."
+            )
 
     def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
         if self._named_params is None:
             self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self._stash = [None] * len(self._named_params)
+            self._held_r = [None] * len(self._named_params)
+            if self.args.lean_selection:
+                for i, (_, p) in enumerate(self._named_params):
+                    p.register_post_accumulate_grad_hook(self._make_lean_hook(i))
         return self._named_params
 
-    def _swap_grads(self) -> None:
-        """Exchange `param.grad` with the stash (pointer swap, no copy)."""
-        for i, (_, p) in enumerate(self._params()):
-            p.grad, self._stash[i] = self._stash[i], p.grad
+    def _to_stash(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad if self._stash_dtype in (None, grad.dtype) else grad.to(self._stash_dtype)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         sizes = self._sizes(num_items_in_batch, inputs)
-        self._swap_grads()  # param.grad <- g_f accumulated so far
-        super().training_step(model, {"forget": inputs["forget"]}, sizes)
-        self._swap_grads()  # param.grad <- g_r; stash <- g_f
-        loss_r = super().training_step(model, {"retain": inputs["retain"]}, sizes)
-        if self.accelerator.sync_gradients:
-            self._select()
+        params = self._params()
+        lean = self.args.lean_selection
+        # Forget backward: g_r is held aside (pointer); g_f accumulates in param.grad, or in lean mode
+        # straight into the stash through the hooks.
+        for i, (_, p) in enumerate(params):
+            self._held_r[i], p.grad = p.grad, None
+            if not lean and self._stash[i] is not None:
+                p.grad = self._stash[i].to(p.dtype) if self._stash[i].dtype != p.dtype else self._stash[i]
+                self._stash[i] = None
+        self._phase = "forget" if lean else None
+        try:
+            super().training_step(model, {"forget": inputs["forget"]}, sizes)
+        finally:
+            self._phase = None
+        for i, (_, p) in enumerate(params):
+            if not lean and p.grad is not None:
+                self._stash[i] = self._to_stash(p.grad)
+            p.grad, self._held_r[i] = self._held_r[i], None
+        sync = self.accelerator.sync_gradients
+        if lean and sync:
+            self._phase, self._lean_rows = "select", {}
+        try:
+            loss_r = super().training_step(model, {"retain": inputs["retain"]}, sizes)
+        finally:
+            self._phase = None
+        if sync:
+            self._finish_lean() if lean else self._select()
         return loss_r
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -213,6 +285,9 @@ class SGUTrainer(UnlearnTrainer):
             return -npo_loss(logp, ref_logp, self.args.npo_beta).sum() / sizes[split][1]
         return self.nll_loss(model, inputs, split, sizes)
 
+    def _seed(self) -> int:
+        return self.args.seed * 1_000_003 + self.state.global_step
+
     @torch.no_grad()
     def _select(self) -> None:
         params = self._params()
@@ -220,34 +295,78 @@ class SGUTrainer(UnlearnTrainer):
         g_r, g_f = [], []
         for i in live:
             r, f = params[i][1].grad, self._stash[i]
-            g_r.append(r if r is not None else torch.zeros_like(f))
+            if r is None:
+                r = params[i][1].grad = torch.zeros_like(f, dtype=params[i][1].dtype)
+            g_r.append(r)
             g_f.append(f if f is not None else torch.zeros_like(r))
-        updates, stats = select_gradients(
-            g_r, g_f, self._settings, seed=self.args.seed * 1_000_003 + self.state.global_step
+        # In place: each update overwrites its param.grad. A non-finite input leaves a non-finite update,
+        # so a loss scaler still skips the step.
+        _, stats = select_gradients(g_r, g_f, self._settings, seed=self._seed(), inplace=True)
+        self._stash = [None] * len(params)
+        self._record(stats, [params[i][0] for i in live], live)
+
+    def _make_lean_hook(self, i: int):
+        @torch.no_grad()
+        def hook(param: torch.nn.Parameter) -> None:
+            if self._phase == "forget":
+                g = param.grad
+                self._stash[i] = self._to_stash(g) if self._stash[i] is None else self._stash[i].add_(g)
+                param.grad = None
+            elif self._phase == "select":
+                g_f = self._stash[i] if self._stash[i] is not None else torch.zeros_like(param.grad)
+                _, stats = select_gradients(
+                    [param.grad], [g_f], self._settings, seed=self._seed() + i, inplace=True
+                )
+                self._stash[i] = None  # freed while the backward goes on
+                self._lean_rows[i] = stats
+
+        return hook
+
+    @torch.no_grad()
+    def _finish_lean(self) -> None:
+        params = self._params()
+        # Parameters that got a forget gradient but no retain gradient this step.
+        for i, (_, p) in enumerate(params):
+            if self._stash[i] is not None and i not in self._lean_rows:
+                p.grad = torch.zeros_like(p)
+                _, self._lean_rows[i] = select_gradients(
+                    [p.grad], [self._stash[i]], self._settings, seed=self._seed() + i, inplace=True
+                )
+                self._stash[i] = None
+        live = sorted(self._lean_rows)
+        parts = [self._lean_rows[i] for i in live]
+        self._lean_rows = {}
+        if not parts:
+            return
+        stats = SelectionStats(
+            torch.cat([s.counts for s in parts]),
+            torch.cat([s.conflicts for s in parts]),
+            torch.cat([s.tau_d for s in parts]),
+            torch.cat([s.tau_m for s in parts]),
+            sum(s.dot for s in parts),
+            sum(s.norm_r2 for s in parts),
+            sum(s.norm_f2 for s in parts),
         )
-        if torch.isfinite(stats.norm_r2 + stats.norm_f2):
-            for i, u in zip(live, updates):
-                params[i][1].grad = u
-            for key, value in stats.summary().items():
-                self._metrics.add(key, value)
-            self._metrics.add("sgu/nonfinite_frac", 0.0)
-            if self.selection_observers:
-                names = [params[i][0] for i in live]
-                counts_cpu = stats.counts.cpu()
-                for observe in self.selection_observers:
-                    observe(self.state.global_step, names, counts_cpu)
-            if self.args.log_tensor_actions:
-                counts = torch.zeros(len(params), 3, dtype=torch.long, device=stats.counts.device)
-                counts[live] = stats.counts
-                self._tensor_counts = counts if self._tensor_counts is None else self._tensor_counts + counts
-        else:
-            # Overflow (e.g. fp16): keep a non-finite gradient so the loss scaler skips this step
-            # instead of the selection silently pruning the inf/nan away.
-            for i, r, f in zip(live, g_r, g_f):
-                params[i][1].grad = r + f
+        self._record(stats, [params[i][0] for i in live], live)
+
+    def _record(self, stats: SelectionStats, names: list[str], live: list[int]) -> None:
+        """Log a selection's statistics, unless its gradients were non-finite (the step is skipped)."""
+        if not torch.isfinite(stats.norm_r2 + stats.norm_f2):
+            # Overflow (e.g. fp16): the loss scaler skips this optimizer step, so it selected nothing.
             self.selection_skipped_steps += 1
             self._metrics.add("sgu/nonfinite_frac", 1.0)
-        self._stash = [None] * len(params)
+            return
+        for key, value in stats.summary().items():
+            self._metrics.add(key, value)
+        self._metrics.add("sgu/nonfinite_frac", 0.0)
+        if self.selection_observers:
+            counts_cpu = stats.counts.cpu()
+            for observe in self.selection_observers:
+                observe(self.state.global_step, names, counts_cpu)
+        if self.args.log_tensor_actions:
+            counts = torch.zeros(len(self._params()), 3, dtype=torch.long, device=stats.counts.device)
+            counts[live] = stats.counts
+            self._tensor_counts = counts if self._tensor_counts is None else self._tensor_counts + counts
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._tensor_counts is not None:
