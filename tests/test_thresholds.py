@@ -44,7 +44,7 @@ def test_bad_scope_and_population():
         magnitude_thresholds([torch.ones(2)], [torch.ones(2)], 0.5, None, population="some")
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 1001, 70_000])
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 1001, 20_000])
 def test_kthvalue_quantiles_equal_torch_quantile(n):
     values = torch.randn(n, generator=torch.Generator().manual_seed(n))
     qs = [0.0, 0.1, 0.5, 0.9, 0.999, 1.0]
@@ -54,10 +54,10 @@ def test_kthvalue_quantiles_equal_torch_quantile(n):
 
 
 # Rank-error bound: about 5 standard deviations of a sample quantile, sqrt(q (1 - q) / m), with m the
-# same-sign half of the samples (sd 1.7e-3 at 2**16 samples, 4e-4 at 2**20).
+# same-sign half of the samples (sd 3.3e-3 at the default 2**14 samples, 4e-4 at 2**20).
 @pytest.mark.parametrize(
     ("scope", "sample_size", "tol"),
-    [("tensor", DEFAULT_SAMPLE_SIZE, 8e-3), ("tensor", 2**20, 2e-3), ("global", 2**20, 2e-3)],
+    [("tensor", DEFAULT_SAMPLE_SIZE, 1.6e-2), ("tensor", 2**20, 2e-3), ("global", 2**20, 2e-3)],
 )
 def test_sampled_threshold_rank_error(scope, sample_size, tol):
     """2**25 elements (twice torch.quantile's limit): the sampled threshold's rank error is small."""
