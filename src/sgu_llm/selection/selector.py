@@ -222,8 +222,9 @@ def select_gradients(
 
 def _like(reference: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     """Wrap a local shard back into a DTensor laid out like `reference` (no copy when it is its local tensor)."""
-    if local is reference.to_local():
-        return reference
+    mine = reference.to_local()
+    if local is mine or (local.data_ptr() == mine.data_ptr() and local.shape == mine.shape):
+        return reference  # updated in place
     from torch.distributed.tensor import DTensor
 
     return DTensor.from_local(

@@ -88,6 +88,10 @@ class UnlearnConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and _launched_world_size() > 1 and not torch.accelerator.is_available():
+            # A multi-process launch on a machine without GPUs (e.g. recipes/accelerate/cpu_2proc.yaml):
+            # without use_cpu Accelerate would treat every process as a separate single-process run.
+            self.use_cpu = True
         super().__post_init__()
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
@@ -104,6 +108,10 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(
                     f"unlearn_params is not a valid regex ({err}): {self.unlearn_params!r}"
                 ) from None
+
+
+def _launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_output_dir(args: UnlearnConfig) -> None:
@@ -259,7 +267,9 @@ class UnlearnTrainer(Trainer):
             )
         if args.deepspeed:
             raise ValueError(
-                "DeepSpeed is not supported yet: it owns the gradients SGU must read and write. Use DDP or FSDP."
+                "DeepSpeed is not supported: it owns the gradients SGU must read and write, and it cannot be "
+                "installed and tested on the machines this project is built on, so it is kept out rather than "
+                "shipped untested. Use DDP (recipes/accelerate/ddp.yaml) or FSDP2 (recipes/accelerate/fsdp2.yaml)."
             )
         check_output_dir(args)
         tokenizer = processing_class
@@ -287,6 +297,12 @@ class UnlearnTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        if _launched_world_size() != self.accelerator.num_processes:
+            raise ValueError(
+                f"the launcher started {_launched_world_size()} processes but Accelerate runs "
+                f"{self.accelerator.num_processes}: each process would train alone on all the data. "
+                "On CPU pass --use_cpu true; with GPUs check CUDA_VISIBLE_DEVICES and the accelerate config."
+            )
         self.add_callback(PairingEpochCallback(self.train_dataset))
         self.ref_model = None
         if needs_ref and ref_model is not None:

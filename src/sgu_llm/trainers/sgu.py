@@ -247,6 +247,10 @@ class SGUTrainer(UnlearnTrainer):
         sizes = self._sizes(num_items_in_batch, inputs)
         params = self._params()
         lean = self.args.lean_selection
+        if getattr(self.accelerator, "is_fsdp2", False) and hasattr(model, "set_requires_gradient_sync"):
+            # FSDP2 accumulates unsynced micro-batches in its own unsharded buffers, where the forget and
+            # retain gradients would mix: reduce-scatter every backward instead, into param.grad (swapped).
+            model.set_requires_gradient_sync(True)
         # Forget backward: g_r is held aside (pointer); g_f accumulates in param.grad, or in lean mode
         # straight into the stash through the hooks.
         for i, (_, p) in enumerate(params):
