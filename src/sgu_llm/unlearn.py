@@ -256,6 +256,8 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
         "after": after,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "global_steps": trainer.state.global_step,
+        # Optimizer steps whose gradients overflowed (fp16): skipped by the loss scaler, selection included.
+        "selection_skipped_steps": getattr(trainer, "selection_skipped_steps", None),
         "output_dir": out_dir,
     }
     if trainer.is_world_process_zero():
