@@ -1,11 +1,17 @@
 """Worker for tests/test_distributed.py: a few SGU steps from a fixed start, final weights saved by rank 0.
 
-accelerate launch --num_processes 2 --cpu tests/ddp_worker.py OUT.pt PER_DEVICE_BATCH [METHOD]
+accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml tests/ddp_worker.py OUT.pt PER_DEVICE_BATCH \
+    [METHOD] [ACCUMULATION] [ZERO_STAGE]
+
+With ZERO_STAGE (0, 1 or 2) the run uses DeepSpeed with that ZeRO stage (launch with torchrun, or with
+recipes/accelerate/deepspeed_zero2.yaml for stage 2).
 """
 
 import sys
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from transformers import TrainerCallback
 
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
@@ -13,7 +19,9 @@ from sgu_llm.models import tiny_llama, train_tokenizer
 from sgu_llm.trainers import get_method
 
 
-def main(out_path: str, per_device: int, method: str = "sgu") -> None:
+def main(
+    out_path: str, per_device: int, method: str = "sgu", accumulation: int = 1, zero_stage: int | None = None
+) -> None:
     splits = synthetic_tofu(num_authors=20, qa_per_author=10, seed=0)
     tok = train_tokenizer([build_prompt(r["question"]) + r["answer"] for r in splits["full"]], vocab_size=400)
     model = tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
@@ -32,19 +40,63 @@ def main(out_path: str, per_device: int, method: str = "sgu") -> None:
         use_cpu=True,
         lr_scheduler_type="constant",
         dataloader_drop_last=True,
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=1.0,
+        deepspeed=None if zero_stage is None else deepspeed_config(zero_stage),
     )
     trainer = trainer_cls(model, args, splits["forget10"], splits["retain90"], processing_class=tok)
+    reductions = []  # (optimizer step, DDP bucket index) of every gradient all-reduce
+    trainer.add_callback(CountReductions(trainer, reductions))
     trainer.train()
+    engine = "ddp" if trainer.accelerator.num_processes > 1 else "single"
+    if trainer.is_deepspeed_enabled:
+        engine = f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
     if trainer.is_world_process_zero():
         state = {
             k: v.detach().cpu()
             for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
         }
         logs = [h for h in trainer.state.log_history if "loss" in h]
-        torch.save({"state": state, "logs": logs}, out_path)
+        torch.save({"state": state, "logs": logs, "engine": engine, "reductions": reductions}, out_path)
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
     trainer.accelerator.end_training()
 
 
+class CountReductions(TrainerCallback):
+    """Wrap DDP's all-reduce in a comm hook that records which bucket is reduced at which step."""
+
+    def __init__(self, trainer, record):
+        self.trainer, self.record = trainer, record
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        ddp = self.trainer.model_wrapped
+        if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            return
+
+        def hook(process_group, bucket):
+            self.record.append((self.trainer.state.global_step, bucket.index()))
+            return allreduce_hook(process_group, bucket)
+
+        ddp.register_comm_hook(None, hook)
+
+
+def deepspeed_config(stage: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+    }
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "sgu")
+    argv = sys.argv[1:]
+    main(
+        argv[0],
+        int(argv[1]),
+        argv[2] if len(argv) > 2 else "sgu",
+        int(argv[3]) if len(argv) > 3 else 1,
+        int(argv[4]) if len(argv) > 4 else None,
+    )

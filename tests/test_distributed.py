@@ -2,6 +2,7 @@
 weights and metrics as one process with the same global batch; SGU's selection on FSDP2-sharded
 gradients equals the unsharded one."""
 
+import collections
 import json
 import os
 import subprocess
@@ -15,31 +16,74 @@ WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 
 CPU_2PROC = os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml")
+ZERO2 = os.path.join(ROOT, "recipes", "accelerate", "deepspeed_zero2.yaml")
 
 
-def launch(out, processes, per_device, method):
+def launch(out, processes, per_device, method, accumulation=1, engine="ddp"):
+    """Run tests/ddp_worker.py: one plain process, or 2 processes with the recipe's own command."""
+    port = str(29500 + processes + (7 if method == "sgu" else 0) + 10 * accumulation)
     if processes == 1:
         cmd = [sys.executable, WORKER]
-    else:  # the recipe's own command
-        port = str(29500 + processes + (7 if method == "sgu" else 0))
+    elif engine == "ddp":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC]
         cmd += ["--main_process_port", port, WORKER]
-    proc = subprocess.run(
-        cmd + [str(out), str(per_device), method], capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
+    elif engine == "zero2":  # the DeepSpeed recipe, without its bf16 (for float32 equality on CPU)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ZERO2]
+        cmd += ["--mixed_precision", "no", "--gradient_accumulation_steps", str(accumulation)]
+        cmd += ["--main_process_port", port, WORKER]
+    else:  # zero1: the same worker with a ZeRO-1 config passed to the Trainer, under torchrun
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            WORKER,
+        ]
+    args = [str(out), str(per_device), method, str(accumulation)] + (["1"] if engine == "zero1" else [])
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """One process, global batch 8, per method (computed once)."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = launch(tmp_path_factory.mktemp("one") / "one.pt", 1, 8, method)
+        return cache[method]
+
+    return get
+
+
+def max_param_diff(a, b):
+    return max((a["state"][k] - b["state"][k]).abs().max().item() for k in a["state"])
+
+
+def assert_same_run(a, b):
+    diff = max_param_diff(a, b)
+    assert diff <= 1e-5, diff
+    # Metrics are reduced over processes: the logged losses and SGU fractions agree.
+    assert len(a["logs"]) == len(b["logs"]) == 3
+    for x, y in zip(a["logs"], b["logs"]):
+        for key in ("loss/forget", "loss/retain", "sgu/maintain_frac", "sgu/conflict_frac"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sgu", "graddiff"])
-def test_ddp_two_processes_match_one(tmp_path, method):
-    one = launch(tmp_path / "one.pt", 1, 8, method)
+def test_ddp_two_processes_match_one(tmp_path, method, one_process):
+    one = one_process(method)
     two = launch(tmp_path / "two.pt", 2, 4, method)
-    diff = max((one["state"][k] - two["state"][k]).abs().max().item() for k in one["state"])
-    assert diff <= 1e-5, diff
+    assert (one["engine"], two["engine"]) == ("single", "ddp")
+    assert_same_run(one, two)
     # The runs did train (so equal weights are not trivially equal starting points).
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
     from sgu_llm.data.prompts import build_prompt
     from sgu_llm.data.synthetic import synthetic_tofu
     from sgu_llm.models import tiny_llama, train_tokenizer
@@ -48,12 +92,36 @@ def test_ddp_two_processes_match_one(tmp_path, method):
     tok = train_tokenizer([build_prompt(r["question"]) + r["answer"] for r in splits["full"]], vocab_size=400)
     start = tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0).state_dict()
     assert max((one["state"][k] - start[k]).abs().max().item() for k in start) > 1e-3
-    # Metrics are reduced over processes: the logged losses and SGU fractions agree with one process.
-    assert len(one["logs"]) == len(two["logs"]) == 3
-    for a, b in zip(one["logs"], two["logs"]):
-        for key in ("loss/forget", "loss/retain", "sgu/maintain_frac", "sgu/conflict_frac"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_ddp_reduces_each_gradient_once_per_optimizer_step(tmp_path):
+    """Gradient accumulation 2: no all-reduce on the first micro-step; on the last, g_f and g_r once each."""
+    run = launch(tmp_path / "acc.pt", 2, 2, "sgu", accumulation=2)
+    buckets = {b for _, b in run["reductions"]}
+    per_step = collections.Counter(run["reductions"])
+    assert run["engine"] == "ddp" and buckets
+    assert sorted({s for s, _ in per_step}) == [0, 1, 2]
+    assert set(per_step.values()) == {2}, per_step  # 4 would mean the micro-steps were synced too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["zero1", "zero2"])
+def test_deepspeed_zero_matches_one_process(tmp_path, engine, one_process):
+    """SGU through DeepSpeed's safe full-gradient accessors, 2 gloo processes, equals one process."""
+    pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
+    run = launch(tmp_path / f"{engine}.pt", 2, 4, "sgu", engine=engine)
+    assert run["engine"] == engine
+    assert_same_run(one_process("sgu"), run)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_accumulation_matches_ddp(tmp_path):
+    pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
+    ddp = launch(tmp_path / "ddp.pt", 2, 2, "sgu", accumulation=2)
+    zero = launch(tmp_path / "zero.pt", 2, 2, "sgu", accumulation=2, engine="zero2")
+    assert (ddp["engine"], zero["engine"]) == ("ddp", "zero2")
+    assert_same_run(ddp, zero)
 
 
 @pytest.mark.slow
@@ -84,3 +152,14 @@ def test_fsdp2_sharded_selection_matches_unsharded(tmp_path):
     assert r["tau_d_rank_max_err_sharded"] <= 0.033, r
     assert r["tau_d_rank_max_err_unsharded"] <= 0.033, r
     assert r["update_frac_differ_1e-6"] <= 0.05, r
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_is_refused(tmp_path):
+    pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29561"]
+    cmd += [WORKER, str(tmp_path / "z3.pt"), "4", "sgu", "1", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "ZeRO-3 is not supported" in proc.stderr
+    assert not (tmp_path / "z3.pt").exists()

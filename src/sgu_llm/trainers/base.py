@@ -265,12 +265,6 @@ class UnlearnTrainer(Trainer):
             raise ValueError(
                 "processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads"
             )
-        if args.deepspeed:
-            raise ValueError(
-                "DeepSpeed is not supported: it owns the gradients SGU must read and write, and it cannot be "
-                "installed and tested on the machines this project is built on, so it is kept out rather than "
-                "shipped untested. Use DDP (recipes/accelerate/ddp.yaml) or FSDP2 (recipes/accelerate/fsdp2.yaml)."
-            )
         check_output_dir(args)
         tokenizer = processing_class
         if tokenizer.pad_token_id is None:
@@ -303,6 +297,8 @@ class UnlearnTrainer(Trainer):
                 f"{self.accelerator.num_processes}: each process would train alone on all the data. "
                 "On CPU pass --use_cpu true; with GPUs check CUDA_VISIBLE_DEVICES and the accelerate config."
             )
+        if self.is_deepspeed_enabled:
+            self._check_deepspeed(needs_ref)
         self.add_callback(PairingEpochCallback(self.train_dataset))
         self.ref_model = None
         if needs_ref and ref_model is not None:
@@ -313,6 +309,20 @@ class UnlearnTrainer(Trainer):
     @classmethod
     def needs_reference_model(cls, args: UnlearnConfig) -> bool:
         return False
+
+    def _check_deepspeed(self, needs_ref: bool) -> None:
+        """DeepSpeed ZeRO stages 0-2 are tested (tests/test_distributed.py); refuse what is not."""
+        stage = self.accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            raise ValueError(
+                "DeepSpeed ZeRO-3 is not supported (parameters are partitioned; only ZeRO-1/2 are tested). "
+                "Use ZeRO-1/2 (recipes/accelerate/deepspeed_zero2.yaml) or FSDP2 (recipes/accelerate/fsdp2.yaml)."
+            )
+        if needs_ref:
+            raise ValueError(
+                f"{type(self).__name__} with a reference model is not supported under DeepSpeed yet; "
+                "use DDP or FSDP2, or a method without a reference model"
+            )
 
     # ---- data-side hooks -------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):

@@ -17,6 +17,7 @@ complete and free its stash entry, so the stash shrinks while g_r grows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ class SGUTrainer(UnlearnTrainer):
         self.selection_observers: list = []
         self._phase: str | None = None  # lean mode: "forget" or "select" while a hooked backward runs
         self._lean_rows: dict[int, tuple[torch.Tensor, float | None, float | None]] = {}
-        if self.args.lean_selection and self.accelerator.num_processes > 1:
+        if self.args.lean_selection and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
             raise ValueError(
                 "lean_selection works in one process: under DDP/FSDP a parameter's gradient is only reduced "
                 "after its post-accumulate-grad hook has run. Set lean_selection=false (the stash is then "
@@ -245,6 +246,8 @@ class SGUTrainer(UnlearnTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         sizes = self._sizes(num_items_in_batch, inputs)
+        if self.is_deepspeed_enabled:
+            return self._deepspeed_training_step(model, inputs, sizes)
         params = self._params()
         lean = self.args.lean_selection
         if getattr(self.accelerator, "is_fsdp2", False) and hasattr(model, "set_requires_gradient_sync"):
@@ -288,6 +291,80 @@ class SGUTrainer(UnlearnTrainer):
             logp, ref_logp = -nll / ntok.clamp_min(1), -ref_nll / ntok.clamp_min(1)
             return -npo_loss(logp, ref_logp, self.args.npo_beta).sum() / sizes[split][1]
         return self.nll_loss(model, inputs, split, sizes)
+
+    @contextlib.contextmanager
+    def _deepspeed_backward_only(self):
+        """Make Accelerate's DeepSpeed backward reduce the gradients without stepping the engine.
+
+        Accelerate steps the engine inside `backward` on the last micro-batch; SGU must read both
+        gradients and select first. Every pass is marked a boundary so ZeRO reduces it.
+        """
+        wrapper = self.accelerator.deepspeed_engine_wrapped
+
+        def backward(loss, sync_gradients=True, **kwargs):
+            wrapper.engine.set_gradient_accumulation_boundary(is_boundary=True)
+            wrapper.engine.backward(loss, **kwargs)
+
+        wrapper.backward = backward  # instance attribute: shadows the method while SGU runs
+        try:
+            yield
+        finally:
+            del wrapper.backward
+
+    def _deepspeed_training_step(self, model, inputs, sizes):
+        """SGU under DeepSpeed ZeRO-0/1/2, through DeepSpeed's safe full-gradient accessors.
+
+        After each backward the full (reduced) gradient of every parameter is read with
+        `safe_get_full_grad` and accumulated here (g_f in the stash, g_r beside it); the engine's
+        gradients are then zeroed with `safe_set_full_grad`. At the end of the window the update is
+        selected on the full tensors (identically on every rank), written back with
+        `safe_set_full_grad`, and the engine steps (clipping, optimizer, scheduler). Both full
+        gradients live on every rank: ZeRO still partitions the optimizer state, not SGU's gradients.
+        """
+        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+        params = self._params()
+
+        def take() -> list[torch.Tensor | None]:
+            """Every parameter's reduced full gradient (a collective per parameter), then zero the engine's."""
+            out = []
+            for _, p in params:
+                g = safe_get_full_grad(p)
+                if g is not None:
+                    g = g.clone()
+                    safe_set_full_grad(p, torch.zeros_like(g))
+                out.append(g)
+            return out
+
+        with self._deepspeed_backward_only():
+            super().training_step(model, {"forget": inputs["forget"]}, sizes)
+            new_f = take()
+            loss_r = super().training_step(model, {"retain": inputs["retain"]}, sizes)
+            new_r = take()
+        for i, (f, r) in enumerate(zip(new_f, new_r)):
+            if f is not None:
+                self._stash[i] = self._to_stash(f) if self._stash[i] is None else self._stash[i].add_(f)
+            if r is not None:
+                self._held_r[i] = r if self._held_r[i] is None else self._held_r[i].add_(r)
+        if self.accelerator.sync_gradients:
+            live = [
+                i for i in range(len(params)) if self._held_r[i] is not None or self._stash[i] is not None
+            ]
+            g_r, g_f = [], []
+            for i in live:
+                r, f = self._held_r[i], self._stash[i]
+                g_r.append(r if r is not None else torch.zeros_like(f, dtype=torch.float32))
+                g_f.append(f if f is not None else torch.zeros_like(r))
+            _, stats = select_gradients(g_r, g_f, self._settings, seed=self._seed(), inplace=True)
+            for i, update in zip(live, g_r):
+                safe_set_full_grad(params[i][1], update)
+            self._stash = [None] * len(params)
+            self._held_r = [None] * len(params)
+            self._record(stats, [params[i][0] for i in live], live)
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            engine.set_gradient_accumulation_boundary(is_boundary=True)
+            engine.step()
+        return loss_r
 
     def _seed(self) -> int:
         return self.args.seed * 1_000_003 + self.state.global_step
