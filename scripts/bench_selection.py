@@ -7,7 +7,7 @@ ratio, plus the eager (uncompiled) selection for comparison. Ends with `ratio=<n
 largest n. At 1e6 float32 coordinates (12 MB) the floor runs from cache on most CPUs, while the
 threshold costs a fixed ~0.4 ms, so the ratio there says more about the cache than the selection.
 
-    python scripts/bench_selection.py [--sizes 1e6 1e7 1e8] [--device cuda]
+    python scripts/bench_selection.py [--sizes 1e6 1e7 1e8] [--device cuda] [--model]
 """
 
 from __future__ import annotations
@@ -53,12 +53,39 @@ def measure(n: int, device: str, settings: SelectionSettings, repeats: int) -> t
     return floor, fused, eager
 
 
+def measure_model(device: str, settings: SelectionSettings, repeats: int) -> tuple[float, float, int, int]:
+    """The same, over the parameter tensors of bench_step.py's 29.6M-parameter Llama (random gradients)."""
+    from sgu_llm.models import tiny_llama, train_tokenizer
+
+    tok = train_tokenizer(["a tokenizer only needs some text to train on"] * 8, vocab_size=400)
+    shapes = [
+        p.shape for p in tiny_llama(tok, hidden_size=512, num_layers=7, num_heads=8, seed=0).parameters()
+    ]
+    gen = torch.Generator(device=device).manual_seed(0)
+    g_r = [torch.randn(s, device=device, generator=gen) for s in shapes]
+    g_f = [torch.randn(s, device=device, generator=gen) for s in shapes]
+    out = [torch.empty_like(r) for r in g_r]
+    work = [r.clone() for r in g_r]
+    floor = timed(lambda: [torch.add(r, f, out=o) for r, f, o in zip(g_r, g_f, out)], device, repeats)
+    copy = timed(lambda: [w.copy_(r) for w, r in zip(work, g_r)], device, repeats)
+
+    def select() -> None:
+        for w, r in zip(work, g_r):
+            w.copy_(r)
+        select_gradients(work, g_f, settings, inplace=True)
+
+    return floor, timed(select, device, repeats) - copy, len(shapes), sum(r.numel() for r in g_r)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", nargs="*", type=float, default=[1e6, 1e7, 1e8])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--function", default="sgu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--model", action="store_true", help="also time a whole model's tensors (29.6M Llama)"
+    )
     args = parser.parse_args()
     settings = SelectionSettings(function=args.function)
     print(
@@ -73,6 +100,12 @@ def main() -> int:
         print(
             f"n={n:.0e} floor={floor * 1e3:.2f} ms ({gbps:.1f} GB/s) select={select * 1e3:.2f} ms "
             f"ratio={ratio:.2f} eager={eager * 1e3:.1f} ms ({eager / floor:.1f}x)"
+        )
+    if args.model:
+        floor, select, tensors, n = measure_model(args.device, settings, args.repeats)
+        print(
+            f"model: {tensors} tensors, {n / 1e6:.1f}M coordinates: floor={floor * 1e3:.2f} ms "
+            f"select={select * 1e3:.2f} ms ratio={select / floor:.2f}"
         )
     print(f"ratio={ratio:.3f}")
     return 0

@@ -2,8 +2,8 @@
 
 GradDiff does the same forward and backward work as SGU (a forget and a retain pass), so the
 difference is the cost of keeping g_f apart and selecting. Builds a Llama of about 30M parameters
-from config (no download). Each configuration runs in a fresh process, one after another in this
-run: its median step time (the first step, which compiles the selection kernels, excluded) and its
+from config (no download). Each configuration runs in a fresh process, the variants interleaved over `--repeats` rounds in this
+run (medians over rounds are reported): its median step time (the first step, which compiles the selection kernels, excluded) and its
 peak memory above the start of training (GPU: `torch.cuda.max_memory_allocated`; CPU: peak RSS,
 after the same warm-up in every process). Extra memory is reported in units of the trainable
 parameters' gradient bytes. Ends with `ratio=<SGU step time / GradDiff step time, full parameters>`.
@@ -130,6 +130,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="rounds over all variants (interleaved); medians are reported"
+    )
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,30 +147,44 @@ def main() -> int:
     print(f"device={name} torch={torch.__version__} memory={memory} steps={args.steps} batch={args.batch}")
     ratio = float("nan")
     for lora in (False, True):
-        results = {}
-        for variant in args.variants:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                variant,
-                "--steps",
-                str(args.steps),
-                "--hidden",
-                str(args.hidden),
-                "--layers",
-                str(args.layers),
-                "--batch",
-                str(args.batch),
-            ]
-            cmd += ["--lora"] if lora else []
-            cmd += ["--bf16"] if args.bf16 else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"{variant} (lora={lora}) failed")
-            results[variant] = json.loads(lines[-1][len("RESULT ") :])
+        rounds: dict[str, list[dict]] = {v: [] for v in args.variants}
+        for _ in range(args.repeats):  # interleaved, so slow drift on a shared machine hits every variant
+            for variant in args.variants:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    variant,
+                    "--steps",
+                    str(args.steps),
+                    "--hidden",
+                    str(args.hidden),
+                    "--layers",
+                    str(args.layers),
+                    "--batch",
+                    str(args.batch),
+                ]
+                cmd += ["--lora"] if lora else []
+                cmd += ["--bf16"] if args.bf16 else []
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not lines:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{variant} (lora={lora}) failed")
+                rounds[variant].append(json.loads(lines[-1][len("RESULT ") :]))
+        results = {
+            v: {
+                **rs[0],
+                **{k: statistics.median(r[k] for r in rs) for k in ("step_ms", "peak_over_start_mib")},
+            }
+            for v, rs in rounds.items()
+        }
+        if "graddiff" in rounds and "sgu" in rounds:
+            per_round = [s["step_ms"] / g["step_ms"] for s, g in zip(rounds["sgu"], rounds["graddiff"])]
+            print(
+                f"{'lora' if lora else 'full'}: sgu/graddiff per round: "
+                + " ".join(f"{r:.3f}" for r in per_round)
+            )
         base = results.get("graddiff")
         label = "lora" if lora else "full"
         first = next(iter(results.values()))

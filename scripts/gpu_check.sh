@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.cuda.get_device_name())"
-python scripts/bench_selection.py --device cuda --sizes 1e6 1e7 1e8
+python scripts/bench_selection.py --device cuda --sizes 1e6 1e7 1e8 --model
 python scripts/bench_step.py --steps 8 --variants graddiff sgu sgu_bf16_stash sgu_lean
 out=$(mktemp -d)
 sgu-llm finetune recipes/tiny-llama/sgu.yaml
