@@ -30,12 +30,12 @@ THRESHOLD_POPULATIONS = ("same_sign", "all")
 
 
 def same_sign(g_r: torch.Tensor, g_f: torch.Tensor) -> torch.Tensor:
-    """Mask of coordinates with g_r * g_f >= 0, computed without multiplying.
+    """Mask of coordinates with g_r * g_f >= 0, computed from the signs.
 
     A product of two small gradients underflows to 0 (and would count as "same
-    sign"); comparing signs cannot.
+    sign"); the product of their signs (-1, 0 or 1) cannot.
     """
-    return ~(((g_r > 0) & (g_f < 0)) | ((g_r < 0) & (g_f > 0)))
+    return g_r.sign() * g_f.sign() >= 0
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -69,10 +69,10 @@ def population_sample(
         idx = torch.randint(
             g_r.numel(), (num_samples,), generator=_generator(g_r.device, seed), device=g_r.device
         )
-        g_r, g_f = g_r[idx], g_f[idx]
+        g_r, g_f = torch.take(g_r, idx), torch.take(g_f, idx)
     diff = _magnitude_diff(g_r, g_f)
     if population == "same_sign":
-        diff = diff[same_sign(g_r, g_f)]
+        diff = torch.masked_select(diff, same_sign(g_r, g_f))
     elif population != "all":
         raise ValueError(f"threshold_population must be one of {THRESHOLD_POPULATIONS}, got {population!r}")
     return diff
