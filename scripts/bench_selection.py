@@ -102,11 +102,16 @@ def main() -> int:
             f"ratio={ratio:.2f} eager={eager * 1e3:.1f} ms ({eager / floor:.1f}x)"
         )
     if args.model:
-        floor, select, tensors, n = measure_model(args.device, settings, args.repeats)
-        print(
-            f"model: {tensors} tensors, {n / 1e6:.1f}M coordinates: floor={floor * 1e3:.2f} ms "
-            f"select={select * 1e3:.2f} ms ratio={select / floor:.2f}"
-        )
+        # Per-tensor thresholds (the default) pay a fixed sampling cost per tensor; one global threshold
+        # samples 2**14 coordinates across the whole model.
+        for scope in ("tensor", "global"):
+            floor, select, tensors, n = measure_model(
+                args.device, replace(settings, threshold_scope=scope), args.repeats
+            )
+            print(
+                f"model ({scope} thresholds): {tensors} tensors, {n / 1e6:.1f}M coordinates: "
+                f"floor={floor * 1e3:.2f} ms select={select * 1e3:.2f} ms ratio={select / floor:.2f}"
+            )
     print(f"ratio={ratio:.3f}")
     return 0
 
