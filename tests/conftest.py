@@ -78,6 +78,40 @@ def make_config(tmp_path):
     return make
 
 
+@pytest.fixture
+def sgu_update(tokenizer, make_config):
+    """`fn(model, forget, retain, watch=None, **config)`: the SGU update of one SGD step with lr 1.
+
+    Returns minus the parameter change, i.e. the selected update, flattened. `watch(trainer)` runs
+    before training (to instrument the trainer).
+    """
+    from sgu_llm.trainers import SGUConfig, SGUTrainer
+
+    def update(model, forget, retain, watch=None, **overrides):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        config = dict(
+            optim="sgd",
+            learning_rate=1.0,
+            max_steps=1,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+        )
+        trainer = SGUTrainer(
+            model,
+            make_config(SGUConfig, **{**config, **overrides}),
+            forget,
+            retain,
+            processing_class=tokenizer,
+        )
+        if watch is not None:
+            watch(trainer)
+        trainer.train()
+        return torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
+
+    return update
+
+
 def mean_nll(model, dataset, tokenizer):
     from sgu_llm.data.pairing import prepare_qa_dataset
     from sgu_llm.evaluation import answer_nll

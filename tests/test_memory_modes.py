@@ -6,27 +6,6 @@ import torch
 import sgu_llm.trainers.sgu as sgu_module
 from sgu_llm.trainers import SGUConfig, SGUTrainer
 
-SGD_ONE_STEP = dict(
-    optim="sgd",
-    learning_rate=1.0,
-    max_steps=1,
-    max_grad_norm=0.0,
-    lr_scheduler_type="constant",
-    weight_decay=0.0,
-)
-
-
-def _update(model, tokenizer, forget, retain, make_config, watch=None, **overrides):
-    """Minus the parameter change of one SGD step with lr 1, i.e. the selected update."""
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = SGUTrainer(
-        model, make_config(SGUConfig, **SGD_ONE_STEP, **overrides), forget, retain, processing_class=tokenizer
-    )
-    if watch is not None:
-        watch(trainer)
-    trainer.train()
-    return torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
-
 
 def _held_bytes(trainer) -> int:
     """Gradient bytes alive right now: param.grad plus the stashed forget gradients."""
@@ -36,21 +15,17 @@ def _held_bytes(trainer) -> int:
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_lean_selection_gives_the_same_update(
-    model, tokenizer, splits, make_config, finetuned_state, accumulation
-):
+def test_lean_selection_gives_the_same_update(model, splits, sgu_update, finetuned_state, accumulation):
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
     batch = dict(per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation)
-    stash = _update(model, tokenizer, forget, retain, make_config, **batch)
+    stash = sgu_update(model, forget, retain, **batch)
     model.load_state_dict(finetuned_state)
-    lean = _update(model, tokenizer, forget, retain, make_config, lean_selection=True, **batch)
+    lean = sgu_update(model, forget, retain, lean_selection=True, **batch)
     assert stash.abs().sum() > 0
     torch.testing.assert_close(lean, stash, rtol=0, atol=1e-6)
 
 
-def test_lean_selection_never_holds_two_full_gradients(
-    model, tokenizer, splits, make_config, finetuned_state
-):
+def test_lean_selection_never_holds_two_full_gradients(model, splits, sgu_update, finetuned_state):
     """Peak gradient bytes during selection: ~1x the gradients lean, 2x with the stash, 1.5x with a bf16 stash."""
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
     grad_bytes = sum(p.numel() * 4 for p in model.parameters())
@@ -84,13 +59,11 @@ def test_lean_selection_never_holds_two_full_gradients(
 
         trainer._make_lean_hook = make
 
-    _update(model, tokenizer, forget, retain, make_config, watch=watch_stash_mode("fp32"))
+    sgu_update(model, forget, retain, watch=watch_stash_mode("fp32"))
     model.load_state_dict(finetuned_state)
-    _update(
-        model, tokenizer, forget, retain, make_config, watch=watch_stash_mode("bf16"), stash_dtype="bfloat16"
-    )
+    sgu_update(model, forget, retain, watch=watch_stash_mode("bf16"), stash_dtype="bfloat16")
     model.load_state_dict(finetuned_state)
-    _update(model, tokenizer, forget, retain, make_config, watch=watch_lean, lean_selection=True)
+    sgu_update(model, forget, retain, watch=watch_lean, lean_selection=True)
     assert peaks["fp32"] == 2 * grad_bytes
     assert peaks["bf16"] == grad_bytes + grad_bytes // 2
     # Before each parameter is selected, its g_r and g_f are both alive; every earlier one holds
@@ -98,19 +71,10 @@ def test_lean_selection_never_holds_two_full_gradients(
     assert peaks["lean"] <= grad_bytes + largest
 
 
-def test_bf16_stash_is_bf16_and_close_to_float32(
-    model, tokenizer, splits, make_config, finetuned_state, monkeypatch
-):
+def test_bf16_stash_is_bf16_and_close_to_float32(model, splits, sgu_update, finetuned_state, monkeypatch):
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
-    exact = _update(
-        model,
-        tokenizer,
-        forget,
-        retain,
-        make_config,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-    )
+    accumulate = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    exact = sgu_update(model, forget, retain, **accumulate)
     model.load_state_dict(finetuned_state)
     seen = []
     select = sgu_module.select_gradients
@@ -120,16 +84,7 @@ def test_bf16_stash_is_bf16_and_close_to_float32(
         return select(g_r, g_f, *args, **kwargs)
 
     monkeypatch.setattr(sgu_module, "select_gradients", spy)
-    half = _update(
-        model,
-        tokenizer,
-        forget,
-        retain,
-        make_config,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        stash_dtype="bfloat16",
-    )
+    half = sgu_update(model, forget, retain, stash_dtype="bfloat16", **accumulate)
     assert set(seen) == {(torch.float32, torch.bfloat16)}
     # g_f rounded to 8 mantissa bits: maintained coordinates keep g_r exactly; a few flip at a threshold.
     differ = (exact - half).abs() > 1e-5

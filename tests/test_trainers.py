@@ -110,24 +110,7 @@ def test_param_filter_freezes_the_rest(model, tokenizer, small_sets, make_config
         assert changed == ("layers.1.mlp" in name), name
 
 
-def _first_update(model, tokenizer, forget, retain, make_config, **overrides):
-    """The parameter change of one SGD step with lr 1: minus the selected update."""
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = make_config(
-        SGUConfig,
-        optim="sgd",
-        learning_rate=1.0,
-        max_steps=1,
-        max_grad_norm=0.0,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        **overrides,
-    )
-    SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer).train()
-    return torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
-
-
-def test_gradient_accumulation_matches_one_big_batch(model, tokenizer, splits, make_config, finetuned_state):
+def test_gradient_accumulation_matches_one_big_batch(model, splits, sgu_update, finetuned_state):
     """2 micro-batches of 4 with accumulation 2 select the same update as one batch of 8.
 
     Losses are normalised by the answer tokens of the whole window, so the accumulated g_f and
@@ -136,14 +119,12 @@ def test_gradient_accumulation_matches_one_big_batch(model, tokenizer, splits, m
     updates agree to 1e-5 absolute everywhere else.
     """
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
-    big = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=8)
+    big = sgu_update(model, forget, retain, per_device_train_batch_size=8)
     model.load_state_dict(finetuned_state)
-    acc = _first_update(
+    acc = sgu_update(
         model,
-        tokenizer,
         forget,
         retain,
-        make_config,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
     )
@@ -152,14 +133,12 @@ def test_gradient_accumulation_matches_one_big_batch(model, tokenizer, splits, m
     assert differ.float().mean() <= 1e-4, differ.sum()
 
 
-def test_gradient_accumulation_differs_from_a_different_batch(
-    model, tokenizer, splits, make_config, finetuned_state
-):
+def test_gradient_accumulation_differs_from_a_different_batch(model, splits, sgu_update, finetuned_state):
     """Control for the test above: the comparison can fail."""
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
-    big = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=8)
+    big = sgu_update(model, forget, retain, per_device_train_batch_size=8)
     model.load_state_dict(finetuned_state)
-    half = _first_update(model, tokenizer, forget, retain, make_config, per_device_train_batch_size=4)
+    half = sgu_update(model, forget, retain, per_device_train_batch_size=4)
     assert ((big - half).abs() > 1e-5).float().mean() > 0.01
 
 

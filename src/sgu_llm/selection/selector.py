@@ -88,10 +88,6 @@ class SelectionStats:
         return out
 
 
-def _as_tau(value: float | None, device: torch.device) -> torch.Tensor:
-    return torch.tensor(float("inf") if value is None else float(value), dtype=torch.float32, device=device)
-
-
 def select_gradients(
     grads_r: list[torch.Tensor],
     grads_f: list[torch.Tensor],
@@ -158,13 +154,18 @@ def select_gradients(
         tau_m = [None] * n
 
     device = local_r[0].device if n else torch.device("cpu")
-    rows = []  # per tensor: numel, then fused.STAT_COLUMNS
+    # One host-to-device copy for every threshold (None: +inf, the test never passes); tensor i reads row i.
+    taus = torch.tensor(
+        [[float("inf") if t is None else float(t) for t in pair] for pair in zip(tau_d, tau_m)],
+        dtype=torch.float32,
+        device=device,
+    ).reshape(n, 2)
+    rows = []  # per tensor: fused.STAT_COLUMNS
     updates = []
     for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
-        numel = torch.tensor([float(g_r.numel())], device=g_r.device)
         if rule.fused and settings.fused:
-            td, tm = _as_tau(tau_d[i], g_r.device), _as_tau(tau_m[i], g_r.device)
-            rows.append(torch.cat([numel, sgu_stats(g_r, g_f, td, tm, compile=settings.compile)]))
+            td, tm = taus[i, 0], taus[i, 1]
+            row = sgu_stats(g_r, g_f, td, tm, compile=settings.compile)
             out = g_r if inplace and g_r.is_contiguous() else g_r.contiguous().clone()
             sgu_update_(
                 out, g_f, td, tm, settings.maintain_scale, settings.reverse_scale, compile=settings.compile
@@ -181,10 +182,7 @@ def select_gradients(
             r, f = g_r.float(), g_f.float()
             counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()
             conflicts = (~same_sign(g_r, g_f)).sum().float()
-            stats = torch.stack(
-                [counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()]
-            )
-            rows.append(torch.cat([numel, stats]))
+            row = torch.stack([counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()])
             if inplace:
                 g_r.copy_(update)
                 update = g_r
@@ -192,14 +190,15 @@ def select_gradients(
         if out.numel():
             # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must not
             # vanish, or a loss scaler would step on an overflowed gradient.
-            out.view(-1)[:1].add_((rows[-1][5] + rows[-1][6]).mul(0).to(out.dtype))
+            out.view(-1)[:1].add_((row[4] + row[5]).mul(0).to(out.dtype))
+        rows.append(row)
         updates.append(out)
-    table = torch.stack(rows) if rows else torch.zeros(0, 7, device=device)
+    numels = torch.tensor([float(g.numel()) for g in local_r], device=device).reshape(n, 1)
+    table = torch.cat([numels, torch.stack(rows)], 1) if rows else torch.zeros(0, 7, device=device)
     if group is not None:
         import torch.distributed as dist
 
         dist.all_reduce(table, group=group)  # shard statistics -> full-tensor statistics
-    if group is not None:
         updates = [_like(g, u) for g, u in zip(grads_r, updates)]
 
     numel, maintain, reverse = table[:, 0], table[:, 1], table[:, 2]

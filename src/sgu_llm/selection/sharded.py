@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 def all_gather_ragged(parts: list[torch.Tensor], group) -> list[torch.Tensor]:
@@ -40,8 +41,6 @@ def local_shards(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[in
     over a multi-dimensional mesh (HSDP), raises: the thresholds would be
     gathered over the wrong ranks.
     """
-    from torch.distributed.tensor import DTensor
-
     is_dtensor = [isinstance(g, DTensor) for g in grads]
     if not any(is_dtensor):
         return grads, [g.numel() for g in grads], None

@@ -347,20 +347,10 @@ class SGUTrainer(UnlearnTrainer):
             if r is not None:
                 self._held_r[i] = r if self._held_r[i] is None else self._held_r[i].add_(r)
         if self.accelerator.sync_gradients:
-            live = [
-                i for i in range(len(params)) if self._held_r[i] is not None or self._stash[i] is not None
-            ]
-            g_r, g_f = [], []
-            for i in live:
-                r, f = self._held_r[i], self._stash[i]
-                g_r.append(r if r is not None else torch.zeros_like(f, dtype=torch.float32))
-                g_f.append(f if f is not None else torch.zeros_like(r))
-            _, stats = select_gradients(g_r, g_f, self._settings, seed=self._seed(), inplace=True)
-            for i, update in zip(live, g_r):
+            live, updates = self._select_window(self._held_r, torch.float32)
+            for i, update in zip(live, updates):
                 safe_set_full_grad(params[i][1], update)
-            self._stash = [None] * len(params)
             self._held_r = [None] * len(params)
-            self._record(stats, [params[i][0] for i in live], live)
             engine = self.accelerator.deepspeed_engine_wrapped.engine
             engine.set_gradient_accumulation_boundary(is_boundary=True)
             engine.step()
@@ -372,19 +362,33 @@ class SGUTrainer(UnlearnTrainer):
     @torch.no_grad()
     def _select(self) -> None:
         params = self._params()
-        live = [i for i, (_, p) in enumerate(params) if p.grad is not None or self._stash[i] is not None]
+        live, updates = self._select_window([p.grad for _, p in params], None)
+        for i, update in zip(live, updates):
+            params[i][1].grad = update  # the same tensor unless param.grad was None
+
+    def _select_window(
+        self, retain: list[torch.Tensor | None], zero_dtype: torch.dtype | None
+    ) -> tuple[list[int], list[torch.Tensor]]:
+        """Select over the window's g_r (`retain`) and the stash, in place; clear the stash and record.
+
+        A parameter with only one of the two gradients gets zeros for the other (in `zero_dtype`, or
+        the parameter's dtype). Returns the selected parameters' indices and their updates, which are
+        the g_r tensors themselves. A non-finite input leaves a non-finite update, so a loss scaler
+        still skips the step.
+        """
+        params = self._params()
+        live = [i for i, r in enumerate(retain) if r is not None or self._stash[i] is not None]
         g_r, g_f = [], []
         for i in live:
-            r, f = params[i][1].grad, self._stash[i]
+            r, f = retain[i], self._stash[i]
             if r is None:
-                r = params[i][1].grad = torch.zeros_like(f, dtype=params[i][1].dtype)
+                r = torch.zeros_like(f, dtype=zero_dtype or params[i][1].dtype)
             g_r.append(r)
             g_f.append(f if f is not None else torch.zeros_like(r))
-        # In place: each update overwrites its param.grad. A non-finite input leaves a non-finite update,
-        # so a loss scaler still skips the step.
         _, stats = select_gradients(g_r, g_f, self._settings, seed=self._seed(), inplace=True)
         self._stash = [None] * len(params)
         self._record(stats, [params[i][0] for i in live], live)
+        return live, g_r
 
     def _make_lean_hook(self, i: int):
         @torch.no_grad()
