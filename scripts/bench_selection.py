@@ -13,6 +13,7 @@ threshold costs a fixed ~0.4 ms, so the ratio there says more about the cache th
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import replace
 
@@ -21,36 +22,65 @@ import torch
 from sgu_llm.selection import SelectionSettings, select_gradients
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
+def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Best of `repeats` (for the slow eager reference only)."""
+    fn()  # warm-up
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def measure(n: int, device: str, settings: SelectionSettings, repeats: int) -> tuple[float, float]:
+def interleaved(fns: dict, device: str, repeats: int) -> dict[str, float]:
+    """Median time of each function, the functions run in turn `repeats` times.
+
+    Interleaving and medians: on a shared machine the memory bandwidth drifts by tens of per cent
+    between seconds, which would bias a ratio of separately timed best cases.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (compilation, allocator)
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(n: int, device: str, settings: SelectionSettings, repeats: int) -> tuple[float, float, float]:
     gen = torch.Generator(device=device).manual_seed(0)
     g_r = torch.randn(n, device=device, generator=gen)
     g_f = torch.randn(n, device=device, generator=gen)
     out = torch.empty_like(g_r)
-    floor = timed(lambda: torch.add(g_r, g_f, out=out), device, repeats)
     work = g_r.clone()
 
     def select(s: SelectionSettings) -> None:
-        work.copy_(g_r)  # timed separately below and subtracted: the trainer selects on param.grad in place
+        work.copy_(g_r)  # timed separately and subtracted: the trainer selects on param.grad in place
         select_gradients([work], [g_f], s, inplace=True)
 
-    copy = timed(lambda: work.copy_(g_r), device, repeats)
-    fused = timed(lambda: select(settings), device, repeats) - copy
-    eager = timed(lambda: select(replace(settings, fused=False)), device, 1) - copy
-    return floor, fused, eager
+    t = interleaved(
+        {
+            "floor": lambda: torch.add(g_r, g_f, out=out),
+            "copy": lambda: work.copy_(g_r),
+            "select": lambda: select(settings),
+        },
+        device,
+        repeats,
+    )
+    eager = timed(lambda: select(replace(settings, fused=False)), device, 1) - t["copy"]
+    return t["floor"], t["select"] - t["copy"], eager
 
 
 def measure_model(device: str, settings: SelectionSettings, repeats: int) -> tuple[float, float, int, int]:
@@ -66,15 +96,25 @@ def measure_model(device: str, settings: SelectionSettings, repeats: int) -> tup
     g_f = [torch.randn(s, device=device, generator=gen) for s in shapes]
     out = [torch.empty_like(r) for r in g_r]
     work = [r.clone() for r in g_r]
-    floor = timed(lambda: [torch.add(r, f, out=o) for r, f, o in zip(g_r, g_f, out)], device, repeats)
-    copy = timed(lambda: [w.copy_(r) for w, r in zip(work, g_r)], device, repeats)
 
-    def select() -> None:
+    def copy() -> None:
         for w, r in zip(work, g_r):
             w.copy_(r)
+
+    def select() -> None:
+        copy()
         select_gradients(work, g_f, settings, inplace=True)
 
-    return floor, timed(select, device, repeats) - copy, len(shapes), sum(r.numel() for r in g_r)
+    t = interleaved(
+        {
+            "floor": lambda: [torch.add(r, f, out=o) for r, f, o in zip(g_r, g_f, out)],
+            "copy": copy,
+            "select": select,
+        },
+        device,
+        repeats,
+    )
+    return t["floor"], t["select"] - t["copy"], len(shapes), sum(r.numel() for r in g_r)
 
 
 def main() -> int:
@@ -82,7 +122,7 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="*", type=float, default=[1e6, 1e7, 1e8])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--function", default="sgu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (medians are reported)")
     parser.add_argument(
         "--model", action="store_true", help="also time a whole model's tensors (29.6M Llama)"
     )

@@ -65,6 +65,12 @@ def test_quantile_level_out_of_range(tmp_path, name, q):
         ("prompt_format", "alpaca", "prompt_format must be one of"),
         ("unlearn_params", "(", "unlearn_params is not a valid regex"),
         ("reverse_scale", -1.0, "must be >= 0"),
+        ("quantile_sample_size", 0, "quantile_sample_size and max_exact_quantile must be positive"),
+        (
+            "quantile_sample_block",
+            0,
+            r"quantile_sample_block must be between 1 and quantile_sample_size \(16384\)",
+        ),
     ],
 )
 def test_config_validation(tmp_path, field, value, message):

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sgu_llm.selection.fused import sgu_stats, sgu_update_
+from sgu_llm.selection.fused import sgu_select_
 from sgu_llm.selection.rules import get_selective_function
 from sgu_llm.selection.sharded import local_shards
 from sgu_llm.selection.thresholds import (
+    DEFAULT_SAMPLE_BLOCK,
     DEFAULT_SAMPLE_SIZE,
     MAX_EXACT_QUANTILE,
     magnitude_thresholds,
@@ -37,6 +38,7 @@ class SelectionSettings:
     reverse_scale: float = 1.0
     max_exact_quantile: int = MAX_EXACT_QUANTILE
     quantile_sample_size: int = DEFAULT_SAMPLE_SIZE
+    quantile_sample_block: int = DEFAULT_SAMPLE_BLOCK
     fused: bool = True
     compile: bool = True
 
@@ -142,9 +144,11 @@ def select_gradients(
             population=settings.threshold_population,
             max_exact=settings.max_exact_quantile,
             sample_size=settings.quantile_sample_size,
+            block=settings.quantile_sample_block,
             seed=seed,
             group=group,
             global_numels=global_numels,
+            compile=settings.compile,
         )
         tau_d = q_tau_d if need_q_d else tau_d
         tau_m = q_tau_m if need_q_m else tau_m
@@ -164,11 +168,15 @@ def select_gradients(
     updates = []
     for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
         if rule.fused and settings.fused:
-            td, tm = taus[i, 0], taus[i, 1]
-            row = sgu_stats(g_r, g_f, td, tm, compile=settings.compile)
             out = g_r if inplace and g_r.is_contiguous() else g_r.contiguous().clone()
-            sgu_update_(
-                out, g_f, td, tm, settings.maintain_scale, settings.reverse_scale, compile=settings.compile
+            row = sgu_select_(
+                out,
+                g_f,
+                taus[i, 0],
+                taus[i, 1],
+                settings.maintain_scale,
+                settings.reverse_scale,
+                compile=settings.compile,
             )
         else:
             update, actions = rule.fn(
@@ -183,14 +191,15 @@ def select_gradients(
             counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()
             conflicts = (~same_sign(g_r, g_f)).sum().float()
             row = torch.stack([counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()])
+            if update.numel():
+                # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must
+                # not vanish, or a loss scaler would step on an overflowed gradient (the fused kernel
+                # does this per coordinate).
+                update.view(-1)[:1].add_((row[4] + row[5]).mul(0).to(update.dtype))
             if inplace:
                 g_r.copy_(update)
                 update = g_r
             out = update
-        if out.numel():
-            # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must not
-            # vanish, or a loss scaler would step on an overflowed gradient.
-            out.view(-1)[:1].add_((row[4] + row[5]).mul(0).to(out.dtype))
         rows.append(row)
         updates.append(out)
     numels = torch.tensor([float(g.numel()) for g in local_r], device=device).reshape(n, 1)
