@@ -1,11 +1,13 @@
 """Selection time against the memory-bandwidth floor.
 
 For n coordinates in one tensor, times `select_gradients` as the trainer calls it (the default `sgu`
-rule, in place: sampled threshold, statistics pass, update pass) and an elementwise pass over the
-same bytes (read g_r and g_f, write the update: `torch.add(g_r, g_f, out=update)`), and prints their
-ratio, plus the eager (uncompiled) selection for comparison. Ends with `ratio=<number>` for the
+rule, in place: sampled threshold, then one compiled call for the statistics and the update) and an
+elementwise pass over the same bytes (read g_r and g_f, write the update:
+`torch.add(g_r, g_f, out=update)`), interleaved over `--repeats` rounds, and prints the ratio of their
+medians, plus the eager (uncompiled) selection for comparison. Ends with `ratio=<number>` for the
 largest n. At 1e6 float32 coordinates (12 MB) the floor runs from cache on most CPUs, while the
-threshold costs a fixed ~0.4 ms, so the ratio there says more about the cache than the selection.
+selection pays fixed per-call costs (~0.6 ms on a CPU), so the ratio there says more about the cache
+than about the selection. `--model` does the same over a 29.6M-parameter Llama's 65 tensors.
 
     python scripts/bench_selection.py [--sizes 1e6 1e7 1e8] [--device cuda] [--model]
 """

@@ -49,3 +49,22 @@ def test_bench_step_prints_time_and_memory():
     )
     assert ratio > 0
     assert out.count("extra_memory=") == 2  # sgu against graddiff, full and LoRA
+
+
+@pytest.mark.slow
+def test_threshold_accuracy_prints_rank_errors():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "threshold_accuracy.py"),
+            *("--hidden", "64", "--layers", "1", "--steps", "1", "--seeds", "2", "--max-exact", "1024"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert sum("rank error rms=" in line for line in lines) == 4
+    assert 0 <= float(re.fullmatch(r"rank_error=(\d+\.\d+)", lines[-1]).group(1)) < 0.1
