@@ -172,8 +172,8 @@ def select_gradients(
             row = sgu_select_(
                 out,
                 g_f,
-                taus[i, 0],
-                taus[i, 1],
+                taus[i, 0].to(out.device),  # no-op unless the model is spread over devices
+                taus[i, 1].to(out.device),
                 settings.maintain_scale,
                 settings.reverse_scale,
                 compile=settings.compile,

@@ -107,7 +107,7 @@ def population_sample(
 def _sort_rows(values: torch.Tensor) -> torch.Tensor:
     """Sort along the last dimension: numpy's vectorised sort on CPU (15x torch's there), torch elsewhere."""
     if values.device.type == "cpu" and values.dtype == torch.float32:
-        return torch.from_numpy(np.sort(values.numpy(), axis=-1))
+        return torch.from_numpy(np.sort(values.detach().numpy(), axis=-1))
     return torch.sort(values, dim=-1).values
 
 
@@ -215,8 +215,8 @@ def _tensor_thresholds(
                 else None
             )
             # Columns past a row's length stay uninitialised: they are not population members.
-            r_rows = torch.empty(len(chunk), width, device=device)
-            f_rows = torch.empty(len(chunk), width, device=device)
+            r_rows = torch.empty(len(chunk), width, dtype=torch.float32, device=device)
+            f_rows = torch.empty(len(chunk), width, dtype=torch.float32, device=device)
             lengths = []
             for j, (i, s) in enumerate(chunk):
                 r, f = grads_r[i].reshape(-1), grads_f[i].reshape(-1)
@@ -225,10 +225,10 @@ def _tensor_thresholds(
                     b = next(picks)
                     for src, dst in ((r, r_rows[j]), (f, f_rows[j])):
                         src = src[: src.numel() // block * block].view(-1, block)
-                        if src.dtype == dst.dtype:
+                        if src.dtype == dst.dtype and src.device == dst.device:
                             torch.index_select(src, 0, b, out=dst.view(-1, block))
-                        else:
-                            dst.view(-1, block).copy_(src.index_select(0, b))
+                        else:  # a bf16 stash, or a model spread over devices
+                            dst.view(-1, block).copy_(src.index_select(0, b.to(src.device)))
                     lengths.append(width)
                 else:
                     r_rows[j, : r.numel()] = r
