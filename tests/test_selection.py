@@ -180,3 +180,21 @@ def test_fused_compiled_selection_equals_the_rule(function, dtype):
     before = [r.clone() for r in g_r]
     select_gradients(g_r, g_f, settings)
     assert all(torch.equal(a, b) for a, b in zip(g_r, before))
+
+
+def test_kernel_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    from sgu_llm.selection.fused import Kernel
+
+    def failing_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    kernel = Kernel(lambda x: x + 1)
+    with caplog.at_level("WARNING", logger="sgu_llm.selection.fused"):
+        assert kernel(torch.ones(2)).tolist() == [2.0, 2.0]
+        assert kernel(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert [r.getMessage().endswith("running it eagerly.") for r in caplog.records] == [True]
+    assert "no C++ compiler" in caplog.records[0].getMessage()

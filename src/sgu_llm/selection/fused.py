@@ -85,7 +85,7 @@ class Kernel:
                 return self.compiled(*args)
             except Exception as err:  # compiler missing or backend failure: same maths, eagerly
                 self.broken = True
-                logger.warning("torch.compile failed for SGU selection (%s); running it eagerly.", err)
+                logger.warning("torch.compile failed for %s (%s); running it eagerly.", self.fn.__name__, err)
         return self.fn(*args)
 
 
