@@ -60,6 +60,12 @@ def main(
         torch.save({"state": state, "logs": logs, "engine": engine, "reductions": reductions}, out_path)
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
     trainer.accelerator.end_training()
+    # If a rank dies after this line, training and saving were complete (a teardown crash, not a wrong result).
+    print(
+        f"rank {trainer.args.process_index}: trained, saved, process group closed",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class CountReductions(TrainerCallback):

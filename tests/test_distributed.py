@@ -17,11 +17,16 @@ WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 CPU_2PROC = os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml")
 ZERO2 = os.path.join(ROOT, "recipes", "accelerate", "deepspeed_zero2.yaml")
+# Two ranks share 2 cores: inductor compiles the selection kernels in-process, without a pool of
+# compile workers per rank.
+WORKER_ENV = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200}
 
 
 def launch(out, processes, per_device, method, accumulation=1, engine="ddp"):
     """Run tests/ddp_worker.py: one plain process, or 2 processes with the recipe's own command."""
-    port = str(29500 + processes + (7 if method == "sgu" else 0) + 10 * accumulation)
+    # A port of its own for every launch in this module (a just-closed store port can linger).
+    port = str(29500 + ENGINE_PORTS[engine] + processes + (7 if method == "sgu" else 0) + 10 * accumulation)
     if processes == 1:
         cmd = [sys.executable, WORKER]
     elif engine == "ddp":
@@ -43,7 +48,7 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp"):
             WORKER,
         ]
     args = [str(out), str(per_device), method, str(accumulation)] + (["1"] if engine == "zero1" else [])
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=WORKER_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
 
@@ -136,6 +141,7 @@ def test_fsdp2_sharded_selection_matches_unsharded(tmp_path):
         text=True,
         timeout=600,
         cwd=ROOT,
+        env=WORKER_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())
