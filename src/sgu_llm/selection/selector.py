@@ -168,7 +168,7 @@ def select_gradients(
     updates = []
     for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
         if rule.fused and settings.fused:
-            out = g_r if inplace and g_r.is_contiguous() else g_r.contiguous().clone()
+            out = g_r if inplace and g_r.is_contiguous() else g_r.clone(memory_format=torch.contiguous_format)
             row = sgu_select_(
                 out,
                 g_f,

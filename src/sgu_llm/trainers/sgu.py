@@ -236,7 +236,7 @@ class SGUTrainer(UnlearnTrainer):
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
         self.selection_observers: list = []
         self._phase: str | None = None  # lean mode: "forget" or "select" while a hooked backward runs
-        self._lean_rows: dict[int, tuple[torch.Tensor, float | None, float | None]] = {}
+        self._lean_rows: dict[int, SelectionStats] = {}  # lean mode: each parameter's selection this step
         if self.args.lean_selection and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
             raise ValueError(
                 "lean_selection works in one process: under DDP/FSDP a parameter's gradient is only reduced "
