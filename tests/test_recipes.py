@@ -12,7 +12,7 @@ from sgu_llm.unlearn import load_recipe, parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
-    p for p in glob.glob(os.path.join(ROOT, "recipes", "*", "*.yaml")) if "/accelerate/" not in p
+    p for p in glob.glob(os.path.join(ROOT, "recipes", "*", "*.yaml")) if "/accelerate/" not in p and "/sweeps/" not in p
 )
 ACCELERATE = sorted(glob.glob(os.path.join(ROOT, "recipes", "accelerate", "*.yaml")))
 

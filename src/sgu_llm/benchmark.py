@@ -20,7 +20,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what a cache entry means changes
+CACHE_FORMAT = 2  # bump when what a cache entry means changes
 META_FILE = "sgu_llm_cache.json"
 
 
@@ -320,30 +320,44 @@ def _general(data: dict[str, Any]) -> Any:
     )
 
 
+def unlearning_retain_set(data: dict[str, Any], with_general: bool) -> Any:
+    """The retain set unlearning pairs with the forget set: the retain split, plus the general sets
+    (real authors, world facts; question and answer) when `with_general`."""
+    import datasets
+
+    if not with_general:
+        return data["retain"]
+    qa = ["question", "answer"]
+    return datasets.concatenate_datasets([data["retain"].select_columns(qa), _general(data)])
+
+
 def training_sets(data: dict[str, Any]) -> dict[str, Any]:
     """The target trains on forget + retain + general sets; the retain models on retain + general."""
     import datasets
 
     general = _general(data)
     qa = ["question", "answer"]
+
+    def canonical(*parts: Any) -> Any:
+        # Sorted rows: the target of forget01, forget05 and forget10 is one model (one cache entry).
+        rows = sorted({(r["question"], r["answer"]) for part in parts for r in part.select_columns(qa)})
+        return datasets.Dataset.from_dict({"question": [q for q, _ in rows], "answer": [a for _, a in rows]})
+
     return {
-        "target": datasets.concatenate_datasets(
-            [data["retain"].select_columns(qa), data["forget"].select_columns(qa), general]
-        ),
-        "retain": datasets.concatenate_datasets([data["retain"].select_columns(qa), general]),
+        "target": datasets.concatenate_datasets([canonical(data["retain"], data["forget"]), general]),
+        "retain": datasets.concatenate_datasets([canonical(data["retain"]), general]),
     }
 
 
 def benchmark_tokenizer(data: dict[str, Any], args: BenchmarkArguments, prompt_format: str = "phi") -> Any:
     from sgu_llm.data.prompts import build_prompt
 
-    texts = []
+    texts = set()
     for key in ("retain", "forget", "holdout", "real_authors", "world_facts"):
         if key in data:
-            texts += [
-                build_prompt(r["question"], prompt_format=prompt_format) + r["answer"] for r in data[key]
-            ]
-    return cached_tokenizer(texts, args.vocab_size, args.cache_dir)
+            texts |= {build_prompt(r["question"], prompt_format=prompt_format) + r["answer"] for r in data[key]}
+    # Sorted: every forget/retain split of one data set gets the same tokenizer.
+    return cached_tokenizer(sorted(texts), args.vocab_size, args.cache_dir)
 
 
 def benchmark_models(
@@ -352,7 +366,12 @@ def benchmark_models(
     roles: tuple[str, ...] = ("target", "retain", "noise_floor"),
     prompt_format: str = "phi",
 ) -> tuple[Any, dict[str, Any], dict[str, dict]]:
-    """The tokenizer and the fine-tuned (cached) models for `roles`, trained one after the other."""
+    """The tokenizer and the fine-tuned (cached) models for `roles`, trained one after the other.
+
+    Models are cached by what they train on, not by role: the noise floor of model seed s (a retain
+    model with `noise_floor_seed`) is the retain model of seed s + 1 when `noise_floor_seed = s + 1`,
+    and the target is shared by every forget split of one data set.
+    """
     tokenizer = benchmark_tokenizer(data, args, prompt_format)
     sets = training_sets(data)
     plan = {
@@ -364,6 +383,6 @@ def benchmark_models(
     for role in roles:
         train_key, seed = plan[role]
         models[role], metas[role] = cached_finetuned_model(
-            role, sets[train_key], tokenizer, args, seed, prompt_format
+            train_key, sets[train_key], tokenizer, args, seed, prompt_format
         )
     return tokenizer, models, metas

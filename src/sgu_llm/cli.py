@@ -13,6 +13,7 @@ USAGE = """usage: sgu-llm <command> [options]
 commands:
   run       the embedded benchmark end to end: sgu-llm run recipes/tiny-tofu/sgu.yaml --output_dir DIR
   unlearn   unlearn a forget set with a method and a recipe (sgu-llm unlearn --help lists every field)
+  sweep     methods x learning rates x model seeds x splits: sgu-llm sweep recipes/tiny-tofu/sweep.yaml
   finetune  fine-tune (and cache) the benchmark's target, retain and noise-floor models
   eval      evaluate a saved model on the TOFU sets: sgu-llm eval MODEL_DIR --output eval.json
   probe     SAE probe of a saved before/after pair: sgu-llm probe --before DIR --after DIR --output_dir OUT
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from sgu_llm.run import main as run_main
 
         return run_main(rest)
+    if command == "sweep":
+        from sgu_llm.sweep import main as sweep_main
+
+        return sweep_main(rest)
     if command == "finetune":
         from sgu_llm.commands import finetune_main
 

@@ -32,6 +32,16 @@ def eval_sets(data: dict[str, Any]) -> dict[str, Any]:
     return sets
 
 
+def eval_kwargs(config: Any, bench: Any) -> dict[str, Any]:
+    """`evaluate_model` keyword arguments of a run: prompt format, batch size, generation length."""
+    return dict(
+        prompt_format=config.prompt_format,
+        system_prompt=config.system_prompt,
+        batch_size=bench.eval_batch_size,
+        max_new_tokens=bench.max_new_tokens,
+    )
+
+
 class StepEvalCallback(TrainerCallback):
     """Forget quality and probabilities at the start and after every epoch of unlearning (no generation)."""
 
@@ -196,7 +206,7 @@ def _load(path: str, model_args: Any) -> Any:
 def run_benchmark(
     script: Any, model_args: Any, bench: Any, config: Any, probe_args: Any = None
 ) -> dict[str, Any]:
-    from sgu_llm.benchmark import benchmark_models, load_benchmark_data
+    from sgu_llm.benchmark import benchmark_models, load_benchmark_data, unlearning_retain_set
     from sgu_llm.evaluation import evaluate_model
     from sgu_llm.report import build_report
     from sgu_llm.trainers import get_method
@@ -212,12 +222,7 @@ def run_benchmark(
     t0 = time.perf_counter()
     data = load_benchmark_data(script)
     sets = eval_sets(data)
-    kw = dict(
-        prompt_format=config.prompt_format,
-        system_prompt=config.system_prompt,
-        batch_size=bench.eval_batch_size,
-        max_new_tokens=bench.max_new_tokens,
-    )
+    kw = eval_kwargs(config, bench)
 
     evals: dict[str, dict] = {}
     metas: dict[str, dict] = {}
@@ -262,10 +267,12 @@ def run_benchmark(
         copy.deepcopy(models["target"]),
         config,
         forget_dataset=data["forget"],
-        retain_dataset=data["retain"],
+        retain_dataset=unlearning_retain_set(data, script.retain_general),
         processing_class=tokenizer,
         peft_config=model_args.peft_config(),
         callbacks=[step_eval] if step_eval else None,
+        holdout_dataset=data.get("holdout"),
+        forget_eval_dataset=data["forget_perturbed"],
     )
     probe_cb = None
     if probe_args is not None and probe_args.probe:

@@ -50,6 +50,13 @@ class ScriptArguments:
             "set null for sources without one)."
         },
     )
+    retain_general: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the general-knowledge sets (real_authors_perturbed, world_facts_perturbed: question and "
+            "answer) to the retain batches, so unlearning keeps world knowledge, not only the retain authors."
+        },
+    )
     synthetic_num_authors: int = field(default=100, metadata={"help": "Authors in the synthetic benchmark."})
     synthetic_qa_per_author: int = field(
         default=10, metadata={"help": "QA pairs per synthetic author (max 10)."}
@@ -206,7 +213,7 @@ def load_model_and_tokenizer(
 
 def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config: Any) -> dict[str, Any]:
     """Unlearn and save; returns (and writes to output_dir/unlearn_summary.json) a summary."""
-    from sgu_llm.benchmark import load_benchmark_data
+    from sgu_llm.benchmark import load_benchmark_data, unlearning_retain_set
     from sgu_llm.data.tofu import check_disjoint, load_tofu
     from sgu_llm.evaluation import answer_nll
     from sgu_llm.trainers import get_method
@@ -217,13 +224,21 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
     data = None
     if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
         data = load_benchmark_data(script)  # the builtin model trains on the benchmark's sets
-        forget, retain = data["forget"], data["retain"]
     else:
         kw = script.synthetic_kwargs()
-        forget = load_tofu(script.forget_split, source=script.forget_file or script.dataset_name, **kw)
-        retain = load_tofu(script.retain_split, source=script.retain_file or script.dataset_name, **kw)
-        check_disjoint(forget, retain)
-    model, tokenizer = load_model_and_tokenizer(model_args, data, bench, config.prompt_format)
+        data = {
+            "forget": load_tofu(script.forget_split, source=script.forget_file or script.dataset_name, **kw),
+            "retain": load_tofu(script.retain_split, source=script.retain_file or script.dataset_name, **kw),
+        }
+        if script.retain_general:
+            for key, config_name in (("real_authors", "real_authors_perturbed"), ("world_facts", "world_facts_perturbed")):
+                data[key] = load_tofu(config_name, source=script.dataset_name, **kw)
+        check_disjoint(data["forget"], data["retain"])
+    forget, retain = data["forget"], unlearning_retain_set(data, script.retain_general)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args, data if model_args.model_name_or_path.startswith(BUILTIN_PREFIX) else None, bench,
+        config.prompt_format,
+    )
     trainer = trainer_cls(
         model,
         config,

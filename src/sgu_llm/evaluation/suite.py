@@ -145,6 +145,20 @@ def rouge_recall(predictions: list[str], references: list[str]) -> np.ndarray:
     return np.array(metric.compute(predictions=predictions, references=references)["rougeL_recall"])
 
 
+def wrong_answer_nll(model: Any, tokenizer: Any, ds: Any, **kw: Any) -> np.ndarray:
+    """(rows, k) answer NLLs of each row's `perturbed_answer`s (k: the first row's count)."""
+    k = len(ds[0]["perturbed_answer"])
+    qs = [q for q, ws in zip(ds["question"], ds["perturbed_answer"]) for _ in ws[:k]]
+    ans = [w for ws in ds["perturbed_answer"] for w in ws[:k]]
+    return score_answers(model, tokenizer, qs, ans, **kw)["nll"].reshape(len(ds), k)
+
+
+def truth_ratios(model: Any, tokenizer: Any, ds: Any, **kw: Any) -> np.ndarray:
+    """Per-row truth ratio P_wrong / P_correct, P_correct from `paraphrased_answer` (TOFU's author sets)."""
+    correct = score_answers(model, tokenizer, ds["question"], ds["paraphrased_answer"], **kw)["nll"]
+    return M.truth_ratio(correct, wrong_answer_nll(model, tokenizer, ds, **kw))
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -176,10 +190,7 @@ def evaluate_model(
     per: dict[str, dict[str, list]] = {}
 
     def wrong_nll(ds) -> np.ndarray:
-        k = len(ds[0]["perturbed_answer"])
-        qs = [q for q, ws in zip(ds["question"], ds["perturbed_answer"]) for _ in ws[:k]]
-        ans = [w for ws in ds["perturbed_answer"] for w in ws[:k]]
-        return score_answers(model, tokenizer, qs, ans, **kw)["nll"].reshape(len(ds), k)
+        return wrong_answer_nll(model, tokenizer, ds, **kw)
 
     for split in ("forget", "retain", "real_authors", "world_facts"):
         ds = sets[split]

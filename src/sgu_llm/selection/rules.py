@@ -36,13 +36,18 @@ class SelectiveFunction:
     # The rule is the SGU rule with (tau_d, tau_m), None meaning +inf: selection may run it
     # through the fused kernels of `sgu_llm.selection.fused` instead of calling `fn`.
     fused: bool = False
+    # Extra keyword arguments the rule receives (see `register_selective_function`).
+    extras: tuple[str, ...] = ()
+
+
+RULE_EXTRAS = ("state", "q", "seed", "name")
 
 
 _REGISTRY: dict[str, SelectiveFunction] = {}
 
 
 def register_selective_function(
-    name: str, *, thresholds: tuple[str, ...] = (), fused: bool = False
+    name: str, *, thresholds: tuple[str, ...] = (), fused: bool = False, extras: tuple[str, ...] = ()
 ) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(g_r, g_f, tau_d, tau_m, *, maintain_scale, reverse_scale) -> (update, actions)`.
 
@@ -52,16 +57,28 @@ def register_selective_function(
             `"m"` (tau_m). Those not named are passed as None and not computed.
         fused: declare that `fn` equals `sgu_select(g_r, g_f, tau_d or inf, tau_m)`, so the
             selection can use the one-pass kernels. Leave False for anything else.
+        extras: more keyword arguments the rule wants, from `RULE_EXTRAS`:
+            `"state"` a dict kept per parameter tensor across steps (running averages; the
+            trainer owns it), `"q"` the quantile levels `q_d` and `q_m` (for rules that take
+            their own quantiles, e.g. over groups), `"seed"` an int that differs per tensor and
+            step and is equal on every rank, `"name"` the parameter's name.
     """
     key = name.lower()
     unknown = set(thresholds) - {"d", "m"}
     if unknown:
         raise ValueError(f"thresholds may name 'd' and 'm', got {sorted(unknown)}")
+    bad = set(extras) - set(RULE_EXTRAS)
+    if bad:
+        raise ValueError(f"extras may name {RULE_EXTRAS}, got {sorted(bad)}")
+    if fused and extras:
+        raise ValueError("a fused rule is the SGU rule and takes no extras")
 
     def decorator(fn: SelectFn) -> SelectFn:
         if key in _REGISTRY:
             raise ValueError(f"a selective function named {key!r} is already registered")
-        _REGISTRY[key] = SelectiveFunction(key, fn, "d" in thresholds, "m" in thresholds, fused)
+        _REGISTRY[key] = SelectiveFunction(
+            key, fn, "d" in thresholds, "m" in thresholds, fused, tuple(extras)
+        )
         return fn
 
     return decorator

@@ -97,6 +97,8 @@ def select_gradients(
     *,
     seed: int = 0,
     inplace: bool = False,
+    states: list[dict] | None = None,
+    names: list[str] | None = None,
 ) -> tuple[list[torch.Tensor], SelectionStats]:
     """Select the update for every tensor pair.
 
@@ -110,6 +112,9 @@ def select_gradients(
             `settings.max_exact_quantile` (use the optimizer step).
         inplace: write each update into its g_r (the trainer does: g_r is
             `param.grad`), allocating nothing gradient-sized.
+        states: one dict per tensor, kept by the caller across steps, for rules registered
+            with `extras=("state",)` (running averages); None gives them fresh dicts.
+        names: parameter names, for rules registered with `extras=("name",)`.
 
     A non-finite value in g_r or g_f makes that tensor's update non-finite, so a
     loss scaler detects the overflow and skips the step.
@@ -179,6 +184,15 @@ def select_gradients(
                 compile=settings.compile,
             )
         else:
+            extra: dict = {}
+            if "state" in rule.extras:
+                extra["state"] = states[i] if states is not None else {}
+            if "q" in rule.extras:
+                extra.update(q_d=settings.q_d, q_m=settings.q_m)
+            if "seed" in rule.extras:
+                extra["seed"] = seed * 1009 + i
+            if "name" in rule.extras:
+                extra["name"] = names[i] if names is not None else str(i)
             update, actions = rule.fn(
                 g_r,
                 g_f,
@@ -186,6 +200,7 @@ def select_gradients(
                 tau_m[i],
                 maintain_scale=settings.maintain_scale,
                 reverse_scale=settings.reverse_scale,
+                **extra,
             )
             r, f = g_r.float(), g_f.float()
             counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()

@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from sgu_llm.data.pairing import ForgetRetainCollator, ForgetRetainDataset, prepare_qa_dataset
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS
 from sgu_llm.losses import IGNORE_INDEX, per_example_nll
+from sgu_llm.stopping import STOP_METRICS
 
 SPLITS = ("forget", "retain")
 # Files whose presence means output_dir already holds a run we must not overwrite silently.
@@ -86,6 +87,21 @@ class UnlearnConfig(TrainingArguments):
             "help": "Allow writing into an output_dir that already holds a run (it is refused otherwise)."
         },
     )
+    stop_on_holdout: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the epoch whose forget set looks most like never-seen data: after every epoch, the KS "
+            "statistic between forget-set and holdout-set scores (trainer argument holdout_dataset=, or "
+            "holdout_split in a recipe); the best epoch's parameters are restored at the end. Needs no retain model."
+        },
+    )
+    stop_metric: str = field(
+        default="truth_ratio",
+        metadata={
+            "help": "Per-row score for stop_on_holdout: 'truth_ratio' (needs paraphrased_answer and "
+            "perturbed_answer, as TOFU's *_perturbed sets) or 'nll' (answer NLL; question/answer only)."
+        },
+    )
 
     def __post_init__(self):
         if not self.use_cpu and _launched_world_size() > 1 and not torch.accelerator.is_available():
@@ -97,6 +113,8 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if self.stop_metric not in STOP_METRICS:
+            raise ValueError(f"stop_metric must be one of {STOP_METRICS}, got {self.stop_metric!r}")
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns=True would drop the nested 'forget'/'retain' batches; set it to False"
@@ -255,6 +273,8 @@ class UnlearnTrainer(Trainer):
         ref_model: Any = None,
         data_collator: Any = None,
         callbacks: list | None = None,
+        holdout_dataset: Any = None,
+        forget_eval_dataset: Any = None,
         **kwargs: Any,
     ):
         if not isinstance(args, self.config_class):
@@ -300,6 +320,18 @@ class UnlearnTrainer(Trainer):
         if self.is_deepspeed_enabled:
             self._check_deepspeed(needs_ref)
         self.add_callback(PairingEpochCallback(self.train_dataset))
+        self.stopping = None
+        if args.stop_on_holdout:
+            from sgu_llm.stopping import HoldoutStoppingCallback
+
+            self.stopping = HoldoutStoppingCallback(
+                tokenizer,
+                forget_eval_dataset if forget_eval_dataset is not None else forget_dataset,
+                holdout_dataset,
+                args.stop_metric,
+                dict(prompt_format=args.prompt_format, system_prompt=args.system_prompt),
+            )
+            self.add_callback(self.stopping)
         self.ref_model = None
         if needs_ref and ref_model is not None:
             ref_model.requires_grad_(False)

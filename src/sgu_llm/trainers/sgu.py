@@ -18,6 +18,7 @@ complete and free its stash entry, so the stash shrinks while g_r grows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -66,6 +67,17 @@ class SGUConfig(UnlearnConfig):
     q_m: float = field(
         default=0.9,
         metadata={"help": "Quantile of |g_f| - |g_r| used as tau_m (reverse threshold), in (0, 1)."},
+    )
+    q_d_final: float | None = field(
+        default=None,
+        metadata={
+            "help": "Threshold schedule: q_d moves linearly from q_d (first step) to q_d_final (last step). "
+            "None keeps q_d constant."
+        },
+    )
+    q_m_final: float | None = field(
+        default=None,
+        metadata={"help": "Threshold schedule for q_m, as q_d_final. None keeps q_m constant."},
     )
     tau_d: float | None = field(
         default=None, metadata={"help": "Fixed absolute tau_d; replaces the q_d quantile when set."}
@@ -149,9 +161,9 @@ class SGUConfig(UnlearnConfig):
     def __post_init__(self):
         super().__post_init__()
         get_selective_function(self.selective_function)  # raises with the registered names
-        for name in ("q_d", "q_m"):
+        for name in ("q_d", "q_m", "q_d_final", "q_m_final"):
             q = getattr(self, name)
-            if not 0.0 < q < 1.0:
+            if q is not None and not 0.0 < q < 1.0:
                 raise ValueError(f"{name} must lie strictly between 0 and 1, got {q}")
         if self.threshold_scope not in THRESHOLD_SCOPES:
             raise ValueError(
@@ -231,6 +243,7 @@ class SGUTrainer(UnlearnTrainer):
         self._named_params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._stash: list[torch.Tensor | None] = []
         self._held_r: list[torch.Tensor | None] = []
+        self._rule_states: list[dict] = []  # per parameter: what stateful rules keep across steps
         self._tensor_counts: torch.Tensor | None = None
         self.selection_skipped_steps = 0
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
@@ -249,6 +262,7 @@ class SGUTrainer(UnlearnTrainer):
             self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self._stash = [None] * len(self._named_params)
             self._held_r = [None] * len(self._named_params)
+            self._rule_states = [{} for _ in self._named_params]
             if self.args.lean_selection:
                 for i, (_, p) in enumerate(self._named_params):
                     p.register_post_accumulate_grad_hook(self._make_lean_hook(i))
@@ -372,6 +386,18 @@ class SGUTrainer(UnlearnTrainer):
     def _seed(self) -> int:
         return self.args.seed * 1_000_003 + self.state.global_step
 
+    def _step_settings(self) -> SelectionSettings:
+        """The selection settings of this optimizer step (q_d / q_m follow their schedules, if any)."""
+        a = self.args
+        if a.q_d_final is None and a.q_m_final is None:
+            return self._settings
+        progress = min(self.state.global_step / max(self.state.max_steps - 1, 1), 1.0)
+
+        def at(start: float, end: float | None) -> float:
+            return start if end is None else start + (end - start) * progress
+
+        return dataclasses.replace(self._settings, q_d=at(a.q_d, a.q_d_final), q_m=at(a.q_m, a.q_m_final))
+
     @torch.no_grad()
     def _select(self) -> None:
         params = self._params()
@@ -398,7 +424,15 @@ class SGUTrainer(UnlearnTrainer):
                 r = torch.zeros_like(f, dtype=zero_dtype or params[i][1].dtype)
             g_r.append(r)
             g_f.append(f if f is not None else torch.zeros_like(r))
-        _, stats = select_gradients(g_r, g_f, self._settings, seed=self._seed(), inplace=True)
+        _, stats = select_gradients(
+            g_r,
+            g_f,
+            self._step_settings(),
+            seed=self._seed(),
+            inplace=True,
+            states=[self._rule_states[i] for i in live],
+            names=[params[i][0] for i in live],
+        )
         self._stash = [None] * len(params)
         self._record(stats, [params[i][0] for i in live], live)
         return live, g_r
@@ -413,7 +447,12 @@ class SGUTrainer(UnlearnTrainer):
             elif self._phase == "select":
                 g_f = self._stash[i] if self._stash[i] is not None else torch.zeros_like(param.grad)
                 _, stats = select_gradients(
-                    [param.grad], [g_f], self._settings, seed=self._seed() + i, inplace=True
+                    [param.grad],
+                    [g_f],
+                    self._step_settings(),
+                    seed=self._seed() + i,
+                    inplace=True,
+                    states=[self._rule_states[i]],
                 )
                 self._stash[i] = None  # freed while the backward goes on
                 self._lean_rows[i] = stats
@@ -428,7 +467,12 @@ class SGUTrainer(UnlearnTrainer):
             if self._stash[i] is not None and i not in self._lean_rows:
                 p.grad = torch.zeros_like(p)
                 _, self._lean_rows[i] = select_gradients(
-                    [p.grad], [self._stash[i]], self._settings, seed=self._seed() + i, inplace=True
+                    [p.grad],
+                    [self._stash[i]],
+                    self._step_settings(),
+                    seed=self._seed() + i,
+                    inplace=True,
+                    states=[self._rule_states[i]],
                 )
                 self._stash[i] = None
         live = sorted(self._lean_rows)

@@ -1,0 +1,542 @@
+"""`sgu-llm sweep SWEEP.yaml`: methods x learning rates x model seeds x splits on the embedded benchmark.
+
+Every method gets the same budget: the same learning-rate grid, epochs, data and models, and the
+same rule for its reported point. For each (split, model seed) the target, retain and noise-floor
+models are fine-tuned (cached) with that seed; the noise floor of seed s is the retain model of seed
+s + 1. Each run unlearns a copy of the target and, at the start and after every epoch, records
+
+- `holdout_ks`: the KS statistic between the forget set's and the holdout authors' truth ratios
+  under the current model (`sgu_llm.stopping`; what a user without a retain model can compute);
+- `forget_quality`: the KS p-value against the retain model (the benchmark's oracle).
+
+Three checkpoints of each run are evaluated in full (`selection`): `holdout` (the epoch with the
+smallest holdout_ks, no retain model used), `oracle` (the epoch with the best forget quality) and
+`final` (the last epoch). Each finished run is one JSON file under `output_dir`, written atomically:
+a killed sweep skips finished runs when started again. `results_dir` receives `results.json`,
+`results.md` and `pareto.png`.
+
+Reported point of a method (the same rule for all): among its learning rates whose mean model
+utility (holdout selection) is at least `utility_floor` x the target's, the one with the highest
+mean log10 forget quality; if none qualifies, the one with the highest mean model utility. The
+splits in `best_only_splits` run only that learning rate per method (chosen on the first split).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import yaml
+
+SELECTIONS = ("holdout", "oracle", "final")
+SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "privleak", "forget_prob", "retain_prob")
+
+
+@dataclass
+class SweepConfig:
+    """A sweep, as read from YAML (every key is a field here)."""
+
+    base: dict = field(metadata={"help": "Recipe fields shared by every run (data, schedule, batch size)."})
+    methods: dict = field(
+        metadata={
+            "help": "name -> recipe fields of that method (at least `method`), e.g. {sgu: {method: sgu}}."
+        }
+    )
+    learning_rates: list = field(metadata={"help": "The learning-rate grid, the same for every method."})
+    splits: dict = field(
+        metadata={"help": "forget split -> list of model seeds, e.g. {forget10: [0, 1, 2, 3, 4]}."}
+    )
+    output_dir: str = field(default="runs/sweep", metadata={"help": "One JSON per finished run (resume)."})
+    results_dir: str = field(default="docs", metadata={"help": "Where results.{md,json} and pareto.png go."})
+    best_only_splits: list = field(
+        default_factory=list, metadata={"help": "Splits that run only each method's reported learning rate."}
+    )
+    utility_floor: float = field(
+        default=0.95, metadata={"help": "Reported point: model utility at least this times the target's."}
+    )
+    model_name: str = field(default="tiny-llama", metadata={"help": "The `model` field of the result rows."})
+
+    def __post_init__(self):
+        if not self.methods or not self.learning_rates or not self.splits:
+            raise ValueError("a sweep needs methods, learning_rates and splits")
+        for name, fields_ in self.methods.items():
+            if not isinstance(fields_, dict) or "method" not in fields_:
+                raise ValueError(f"sweep method {name!r} must be a mapping with at least a `method` key")
+        unknown = set(self.best_only_splits) - set(self.splits)
+        if unknown:
+            raise ValueError(f"best_only_splits {sorted(unknown)} are not in splits {sorted(self.splits)}")
+
+
+def load_sweep(path: str) -> SweepConfig:
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    allowed = set(SweepConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"sweep {path!r} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    return SweepConfig(**raw)
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def run_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"lr{lr:g}.json")
+
+
+def parse_run_config(cfg: SweepConfig, split: str, seed: int, method: str, lr: float, out: str) -> tuple:
+    """(script, model_args, bench, probe_args, config) of one run, through the recipe parser."""
+    from sgu_llm.unlearn import parse_args
+
+    retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}.get(split)
+    fields_ = {**cfg.base, **cfg.methods[method], "forget_split": split, "learning_rate": lr}
+    if retain:
+        fields_["retain_split"] = retain
+    fields_.update(model_seed=seed, noise_floor_seed=seed + 1, seed=seed, output_dir=out, report_to="none")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(fields_, fh)
+    try:
+        return parse_args(["--config", fh.name, "--overwrite_output_dir", "true"])
+    finally:
+        os.unlink(fh.name)
+
+
+class EpochRecorder:
+    """Trainer callback: the two stopping statistics and a CPU copy of the weights, every epoch."""
+
+    def __init__(self, tokenizer: Any, sets: dict, reference: dict, kw: dict):
+        from transformers import TrainerCallback
+
+        self.tokenizer, self.sets, self.ref = tokenizer, sets, reference
+        self.kw = {k: v for k, v in kw.items() if k != "max_new_tokens"}  # scoring only, no generation
+        self.curve: list[dict] = []
+        self.snapshots: list[dict] = []
+        self.seconds = 0.0
+        recorder = self
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                recorder.record(state, model)
+
+            def on_epoch_end(self, args, state, control, model=None, **kwargs):
+                recorder.record(state, model)
+
+        self.callback = _CB()
+
+    def record(self, state: Any, model: Any) -> None:
+        from sgu_llm.evaluation.metrics import forget_quality
+        from sgu_llm.stopping import ks_distance, row_scores
+
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        f = row_scores(model, self.tokenizer, self.sets["forget"], "truth_ratio", **self.kw)
+        h = row_scores(model, self.tokenizer, self.sets["holdout"], "truth_ratio", **self.kw)
+        model.train(was_training)
+        self.curve.append(
+            {
+                "epoch": float(state.epoch or 0.0),
+                "step": state.global_step,
+                "holdout_ks": ks_distance(f, h),
+                "forget_quality": forget_quality(f, self.ref["per_example"]["forget"]["truth_ratio"]),
+            }
+        )
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        self.seconds += time.perf_counter() - start
+
+
+def choose(curve: list[dict]) -> dict[str, int]:
+    """Checkpoint index per selection rule (ties: the earliest)."""
+    from sgu_llm.stopping import pick_checkpoint
+
+    return {
+        "holdout": pick_checkpoint([c["holdout_ks"] for c in curve]),
+        "oracle": pick_checkpoint([-c["forget_quality"] for c in curve]),
+        "final": len(curve) - 1,
+    }
+
+
+class Sweep:
+    """Runs a `SweepConfig`, one (split, model seed) at a time; models and baselines loaded once each."""
+
+    def __init__(self, cfg: SweepConfig, log: Any = print):
+        self.cfg, self.log = cfg, log
+
+    def baselines(self, split: str, seed: int) -> tuple[Any, Any, dict, dict, dict, dict]:
+        """Data, tokenizer, models, eval sets, eval kwargs and the baselines' evaluations (cached as JSON)."""
+        from sgu_llm.benchmark import benchmark_models, load_benchmark_data
+        from sgu_llm.evaluation import evaluate_model
+        from sgu_llm.run import eval_kwargs, eval_sets
+
+        first = next(iter(self.cfg.methods))
+        script, _, bench, _, config = parse_run_config(
+            self.cfg, split, seed, first, 1e-3, tempfile.gettempdir()
+        )
+        data = load_benchmark_data(script)
+        tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+        sets = eval_sets(data)
+        kw = eval_kwargs(config, bench)
+        path = os.path.join(self.cfg.output_dir, split, f"seed{seed}", "baselines.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                evals = json.load(fh)
+        else:
+            evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
+            for name in ("target", "noise_floor"):
+                evals[name] = evaluate_model(models[name], tokenizer, sets, reference=evals["retain"], **kw)
+            evals["meta"] = {
+                k: {"train_seconds": m.get("train_seconds"), "key": m.get("key")} for k, m in metas.items()
+            }
+            _atomic_json(path, evals)
+        return data, tokenizer, models, sets, kw, evals
+
+    def run_one(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> dict:
+        from sgu_llm.benchmark import unlearning_retain_set
+        from sgu_llm.evaluation import evaluate_model
+        from sgu_llm.trainers import get_method
+
+        with tempfile.TemporaryDirectory() as tmp:
+            script, model_args, _, _, config = parse_run_config(self.cfg, split, seed, method, lr, tmp)
+            config.disable_tqdm = True
+            recorder = EpochRecorder(tokenizer, sets, evals["retain"], kw)
+            _, trainer_cls = get_method(script.method)
+            model = copy.deepcopy(models["target"])
+            trainer = trainer_cls(
+                model,
+                config,
+                forget_dataset=data["forget"],
+                retain_dataset=unlearning_retain_set(data, script.retain_general),
+                processing_class=tokenizer,
+                peft_config=model_args.peft_config(),
+                callbacks=[recorder.callback],
+            )
+            start = time.perf_counter()
+            trainer.train()
+            wall = time.perf_counter() - start - recorder.seconds
+        picks = choose(recorder.curve)
+        evaluated: dict[int, dict] = {}
+        selections = {}
+        for rule, idx in picks.items():
+            if idx not in evaluated:
+                model.load_state_dict(recorder.snapshots[idx])
+                evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)[
+                    "aggregates"
+                ]
+            selections[rule] = {"epoch": recorder.curve[idx]["epoch"], **evaluated[idx]}
+        return {
+            "method": method,
+            "split": split,
+            "seed": seed,
+            "learning_rate": lr,
+            "fields": {**self.cfg.methods[method]},
+            "curve": recorder.curve,
+            "selections": selections,
+            "unlearn_seconds": wall,
+        }
+
+    def run(self) -> list[dict]:
+        """Run everything not already on disk; returns every run's record."""
+        records = []
+        for split, seeds in self.cfg.splits.items():
+            lrs_for = self.learning_rates_for(split, records)
+            for seed in seeds:
+                loaded = None
+                for method in self.cfg.methods:
+                    for lr in lrs_for[method]:
+                        path = run_path(self.cfg, split, seed, method, lr)
+                        if os.path.exists(path):
+                            with open(path) as fh:
+                                records.append(json.load(fh))
+                            continue
+                        if loaded is None:
+                            loaded = self.baselines(split, seed)
+                        t = time.perf_counter()
+                        rec = self.run_one(split, seed, method, lr, *loaded)
+                        _atomic_json(path, rec)
+                        records.append(rec)
+                        h = rec["selections"]["holdout"]
+                        self.log(
+                            f"[sweep] {split} seed {seed} {method} lr {lr:g}: holdout-selected epoch {h['epoch']:.0f} "
+                            f"FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({time.perf_counter() - t:.0f} s)"
+                        )
+        return records
+
+    def learning_rates_for(self, split: str, records: list[dict]) -> dict[str, list[float]]:
+        lrs = [float(x) for x in self.cfg.learning_rates]
+        if split not in self.cfg.best_only_splits:
+            return {m: lrs for m in self.cfg.methods}
+        first = next(iter(self.cfg.splits))
+        table = aggregate(records, {first: load_baselines(self.cfg, first)}, self.cfg.utility_floor)
+        best = {r["method"]: r["learning_rate"] for r in table if r["split"] == first and r["reported"]}
+        missing = [m for m in self.cfg.methods if m not in best]
+        if missing:
+            raise ValueError(f"no finished {first} runs to pick the learning rate of {missing} from")
+        return {m: [best[m]] for m in self.cfg.methods}
+
+
+# ---- aggregation, tables and the plot ------------------------------------------------------------
+
+
+def load_baselines(cfg: SweepConfig, split: str) -> dict[int, dict]:
+    out = {}
+    for seed in cfg.splits[split]:
+        path = os.path.join(cfg.output_dir, split, f"seed{seed}", "baselines.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                out[seed] = json.load(fh)
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    v = np.array(values, dtype=float)
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def aggregate(records: list[dict], baselines: dict[str, dict[int, dict]], floor: float) -> list[dict]:
+    """One row per (split, method, learning rate, selection): spread over model seeds, and `reported`.
+
+    `baselines` maps split -> model seed -> that seed's baselines.json.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        for sel in SELECTIONS:
+            groups.setdefault((r["split"], r["method"], r["learning_rate"], sel), []).append(r)
+    rows = []
+    for (split, method, lr, sel), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])
+    ):
+        base = baselines.get(split, {})
+        seeds = sorted(r["seed"] for r in runs)
+        target_mu = [base[s]["target"]["aggregates"]["model_utility"] for s in seeds if s in base]
+        row = {
+            "method": method,
+            "split": split,
+            "learning_rate": lr,
+            "selection": sel,
+            "seeds": seeds,
+            "target_model_utility": float(np.mean(target_mu)) if target_mu else None,
+            "noise_floor_forget_quality": [
+                base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
+            ],
+            "epoch": _spread([r["selections"][sel]["epoch"] for r in runs]),
+            "unlearn_seconds": _spread([r["unlearn_seconds"] for r in runs]),
+        }
+        for key in SUMMARY_KEYS:
+            vals = [r["selections"][sel].get(key) for r in runs]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                s = _spread(vals)
+                for stat, v in s.items():
+                    row[f"{key}_{stat}"] = v
+        row["log10_forget_quality_mean"] = float(
+            np.mean([math.log10(max(r["selections"][sel]["forget_quality"], 1e-300)) for r in runs])
+        )
+        rows.append(row)
+    # The reported learning rate of each (split, method), decided on the holdout selection.
+    for split in {r["split"] for r in rows}:
+        for method in {r["method"] for r in rows if r["split"] == split}:
+            cands = [
+                r
+                for r in rows
+                if r["split"] == split and r["method"] == method and r["selection"] == "holdout"
+            ]
+            ok = [
+                r
+                for r in cands
+                if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]
+            ]
+            best = (
+                max(ok, key=lambda r: r["log10_forget_quality_mean"])
+                if ok
+                else max(cands, key=lambda r: r["model_utility_mean"])
+            )
+            for r in rows:
+                if r["split"] == split and r["method"] == method:
+                    r["reported"] = r["learning_rate"] == best["learning_rate"]
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (forget quality, model utility)."""
+    front = []
+    for i, (fq, mu) in enumerate(points):
+        dominated = any(
+            (f2 >= fq and m2 >= mu) and (f2 > fq or m2 > mu) for j, (f2, m2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def write_results(cfg: SweepConfig, records: list[dict], command: str) -> list[dict]:
+    baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
+    rows = aggregate(records, baselines, cfg.utility_floor)
+    for r in rows:
+        r["model"] = cfg.model_name
+    os.makedirs(cfg.results_dir, exist_ok=True)
+    _atomic_json(os.path.join(cfg.results_dir, "results.json"), rows)
+    plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
+    with open(os.path.join(cfg.results_dir, "results.md"), "w") as fh:
+        fh.write(results_markdown(cfg, rows, baselines, command))
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.2g}" if abs(x) < 0.01 and x != 0 else f"{x:.3g}"
+
+
+def _ratio(a: float, b: float | None) -> float | None:
+    return a / b if b else None
+
+
+def results_markdown(cfg: SweepConfig, rows: list[dict], baselines: dict, command: str) -> str:
+    lines = [
+        "# Results: methods side by side on the embedded benchmark",
+        "",
+        f"Reproduce (fresh cache): `{command}`. Model `{cfg.model_name}`; learning rates "
+        f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method; spread over model seeds "
+        "(target, retain and noise-floor models trained with each seed). `holdout`: the epoch the "
+        "holdout-KS stopping rule picks (no retain model); `oracle`: the epoch with the best forget quality "
+        "(uses the retain model); the learning rate of each method is chosen by the same rule for all "
+        f"(holdout selection, model utility >= {cfg.utility_floor} x target, then best mean log10 forget quality).",
+        "",
+    ]
+    for split, seeds in cfg.splits.items():
+        base = baselines.get(split, {})
+        lines += [f"## {split} ({len(seeds)} model seeds)", ""]
+        lines += [
+            "| seed | target FQ | target MU | noise floor FQ | noise floor MU |",
+            "|---|---|---|---|---|",
+        ]
+        for s in sorted(base):
+            t, n = base[s]["target"]["aggregates"], base[s]["noise_floor"]["aggregates"]
+            lines.append(
+                f"| {s} | {_fmt(t['forget_quality'])} | {_fmt(t['model_utility'])} | "
+                f"{_fmt(n['forget_quality'])} | {_fmt(n['model_utility'])} |"
+            )
+        lines += [
+            "",
+            "| method | selection | lr | FQ mean | FQ median | FQ min–max | MU mean | MU min–max | MU / target | "
+            "forget ROUGE | privleak | epoch (median) | unlearn s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for sel in ("holdout", "oracle"):
+            for r in sorted(
+                (r for r in rows if r["split"] == split and r["reported"] and r["selection"] == sel),
+                key=lambda r: -r["forget_quality_mean"],
+            ):
+                lines.append(
+                    f"| `{r['method']}` | {sel} | {r['learning_rate']:g} | {_fmt(r['forget_quality_mean'])} | "
+                    f"{_fmt(r['forget_quality_median'])} | {_fmt(r['forget_quality_min'])}–{_fmt(r['forget_quality_max'])} | "
+                    f"{_fmt(r['model_utility_mean'])} | {_fmt(r['model_utility_min'])}–{_fmt(r['model_utility_max'])} | "
+                    f"{_fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))} | {_fmt(r.get('forget_rouge_mean'))} | "
+                    f"{_fmt(r.get('privleak_mean'))} | {r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
+                )
+        lines.append("")
+    lines += ["![forget quality against model utility](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(rows: list[dict], baselines: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in rows})
+    fig, axes = plt.subplots(1, len(splits), figsize=(6.5 * len(splits), 5), squeeze=False)
+    methods = sorted({r["method"] for r in rows})
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    for ax, split in zip(axes[0], splits):
+        pts = [r for r in rows if r["split"] == split and r["selection"] == "holdout"]
+        for r in pts:
+            ax.scatter(
+                r["model_utility_mean"],
+                max(r["forget_quality_mean"], 1e-30),
+                color=colours[r["method"]],
+                marker="o" if r["reported"] else ".",
+                s=60 if r["reported"] else 25,
+                label=r["method"] if r["reported"] else None,
+            )
+        base = baselines.get(split, {})
+        if base:
+            t_mu = np.mean([b["target"]["aggregates"]["model_utility"] for b in base.values()])
+            nf = np.mean([b["noise_floor"]["aggregates"]["forget_quality"] for b in base.values()])
+            ax.axvline(t_mu, color="grey", ls="--", lw=1, label="target utility")
+            ax.axvline(0.95 * t_mu, color="grey", ls=":", lw=1, label="0.95 x target")
+            ax.axhline(nf, color="black", ls="--", lw=1, label="noise floor (mean)")
+        ax.set_yscale("log")
+        ax.set_xlabel("model utility (mean over seeds)")
+        ax.set_ylabel("forget quality (mean over seeds, log)")
+        ax.set_title(f"{split}: holdout-selected epoch; large = reported lr")
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="sgu-llm sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="sweep YAML, e.g. recipes/tiny-tofu/sweep.yaml")
+    parser.add_argument("--output_dir", help="override the sweep's output_dir")
+    parser.add_argument("--results_dir", help="override the sweep's results_dir")
+    parser.add_argument("--report_only", action="store_true", help="aggregate finished runs, train nothing")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_sweep(args.config)
+        if args.output_dir:
+            cfg.output_dir = args.output_dir
+        if args.results_dir:
+            cfg.results_dir = args.results_dir
+        os.environ.setdefault("SGU_LLM_QUIET", "1")
+        sweep = Sweep(cfg, log=lambda m: print(m, flush=True))
+        if args.report_only:
+            records = collect_records(cfg)
+        else:
+            records = sweep.run()
+        write_results(cfg, records, "sgu-llm sweep " + " ".join(argv))
+    except ValueError as err:
+        print(f"sgu-llm sweep: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[sweep] {len(records)} runs; {cfg.results_dir}/results.md")
+    return 0
+
+
+def collect_records(cfg: SweepConfig) -> list[dict]:
+    """Every finished run on disk."""
+    out = []
+    for root, _, files in os.walk(cfg.output_dir):
+        for name in sorted(files):
+            if name.startswith("lr") and name.endswith(".json"):
+                with open(os.path.join(root, name)) as fh:
+                    out.append(json.load(fh))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

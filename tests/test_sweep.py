@@ -1,0 +1,150 @@
+"""The sweep harness: runs, aggregation over model seeds, the reported point, resume."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from sgu_llm.sweep import (
+    Sweep,
+    SweepConfig,
+    aggregate,
+    collect_records,
+    load_sweep,
+    pareto_front,
+    write_results,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = {
+    "base": {
+        "model_name_or_path": "builtin:tiny-llama",
+        "dataset_name": "synthetic",
+        "synthetic_num_authors": 20,
+        "holdout_split": "holdout10",
+        "hidden_size": 32,
+        "finetune_max_epochs": 10,
+        "finetune_target_accuracy": 0.3,
+        "max_new_tokens": 8,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "disable_tqdm": True,
+        "save_strategy": "no",
+    },
+    "methods": {"sgu": {"method": "sgu"}, "graddiff": {"method": "graddiff"}},
+    "learning_rates": [1e-3],
+    "splits": {"forget10": [0]},
+}
+
+
+@pytest.mark.slow
+def test_sweep_runs_writes_results_and_resumes(tmp_path):
+    cfg = SweepConfig(**TINY, output_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "docs"))
+    records = Sweep(cfg, log=lambda m: None).run()
+    assert {(r["method"], r["seed"]) for r in records} == {("sgu", 0), ("graddiff", 0)}
+    for r in records:
+        assert len(r["curve"]) == 3  # the start and 2 epochs
+        assert set(r["selections"]) == {"holdout", "oracle", "final"}
+        best = max(c["forget_quality"] for c in r["curve"])
+        assert r["selections"]["oracle"]["forget_quality"] == pytest.approx(best)
+    rows = write_results(cfg, records, "sgu-llm sweep test.yaml")
+    for name in ("results.json", "results.md", "pareto.png"):
+        assert os.path.getsize(tmp_path / "docs" / name) > 0
+    saved = json.load(open(tmp_path / "docs" / "results.json"))
+    assert saved == json.loads(json.dumps(rows))
+    needed = {
+        "method",
+        "split",
+        "selection",
+        "forget_quality_mean",
+        "forget_quality_median",
+        "model_utility_mean",
+        "target_model_utility",
+        "seeds",
+        "model",
+    }
+    assert all(needed <= set(r) for r in saved)
+
+    # Resume: a second run trains nothing and returns the same records.
+    class NoTraining(Sweep):
+        def run_one(self, *args, **kwargs):
+            raise AssertionError("a finished run was trained again")
+
+    again = NoTraining(cfg, log=lambda m: None).run()
+    assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(
+        json.dumps(r, sort_keys=True) for r in records
+    )
+    assert len(collect_records(cfg)) == 2
+    # A killed run (its file missing) is the only one trained again.
+    os.remove(tmp_path / "runs" / "forget10" / "seed0" / "graddiff" / "lr0.001.json")
+    trained = []
+
+    class Counting(Sweep):
+        def run_one(self, split, seed, method, lr, *rest):
+            trained.append(method)
+            return super().run_one(split, seed, method, lr, *rest)
+
+    Counting(cfg, log=lambda m: None).run()
+    assert trained == ["graddiff"]
+
+
+def fake_run(method, seed, lr, fq, mu):
+    sel = {"epoch": 1.0, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.5, "privleak": 1.0}
+    return {
+        "method": method,
+        "split": "forget10",
+        "seed": seed,
+        "learning_rate": lr,
+        "unlearn_seconds": 1.0,
+        "selections": {"holdout": sel, "oracle": sel, "final": sel},
+    }
+
+
+def test_reported_learning_rate_is_the_same_rule_for_every_method():
+    base = {
+        s: {
+            "target": {"aggregates": {"model_utility": 1.0}},
+            "noise_floor": {"aggregates": {"forget_quality": 0.9}},
+        }
+        for s in (0, 1)
+    }
+    records = [
+        # lr 1: best forget quality but utility below the floor; lr 2: allowed, better than lr 3.
+        *(fake_run("m", s, 1.0, 0.9, 0.5) for s in (0, 1)),
+        *(fake_run("m", s, 2.0, 0.1, 0.96) for s in (0, 1)),
+        *(fake_run("m", s, 3.0, 0.01, 0.99) for s in (0, 1)),
+        # no lr passes the floor: the one with the best utility is reported
+        *(fake_run("n", s, 1.0, 0.9, 0.2) for s in (0, 1)),
+        *(fake_run("n", s, 2.0, 0.9, 0.4) for s in (0, 1)),
+    ]
+    rows = aggregate(records, {"forget10": base}, 0.95)
+    reported = {
+        (r["method"], r["learning_rate"]) for r in rows if r["reported"] and r["selection"] == "holdout"
+    }
+    assert reported == {("m", 2.0), ("n", 2.0)}
+    row = next(
+        r for r in rows if r["method"] == "m" and r["learning_rate"] == 2.0 and r["selection"] == "holdout"
+    )
+    assert row["seeds"] == [0, 1] and row["forget_quality_mean"] == pytest.approx(0.1)
+    assert row["noise_floor_forget_quality"] == [0.9, 0.9]
+
+
+def test_pareto_front():
+    assert sorted(pareto_front([(0.1, 0.9), (0.5, 0.5), (0.05, 0.8), (0.5, 0.4)])) == [0, 1]
+
+
+def test_sweep_yaml_parses_and_names_known_methods(tmp_path):
+    from sgu_llm.selection import list_selective_functions
+    from sgu_llm.trainers import list_methods
+
+    cfg = load_sweep(os.path.join(ROOT, "recipes", "sweeps", "tiny-tofu.yaml"))
+    assert len(cfg.splits["forget10"]) >= 5 and all(len(s) >= 3 for s in cfg.splits.values())
+    for fields_ in cfg.methods.values():
+        assert fields_["method"] in list_methods()
+        assert fields_.get("selective_function", "sgu") in list_selective_functions()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_sweep(str(bad))
