@@ -79,3 +79,28 @@ def test_config_validation():
         BenchmarkArguments(model_seed=1, noise_floor_seed=1)
     with pytest.raises(ValueError, match="finetune_target_accuracy"):
         BenchmarkArguments(finetune_target_accuracy=1.5)
+
+
+def test_models_are_shared_across_splits_and_seeds(tmp_path):
+    """Cached by what they train on: one target for every forget split of a data set, and the noise
+    floor of model seed s is the retain model of seed s + 1."""
+    from sgu_llm.benchmark import benchmark_models
+
+    s = synthetic_tofu(num_authors=10, qa_per_author=3, seed=0)
+
+    def data(forget, retain):
+        return {
+            "forget": s[forget],
+            "retain": s[retain],
+            "real_authors": s["real_authors_perturbed"],
+            "world_facts": s["world_facts_perturbed"],
+        }
+
+    _, _, m10 = benchmark_models(data("forget10", "retain90"), small_args(tmp_path, noise_floor_seed=1))
+    _, _, m05 = benchmark_models(data("forget05", "retain95"), small_args(tmp_path), roles=("target",))
+    _, _, seed1 = benchmark_models(
+        data("forget10", "retain90"), small_args(tmp_path, model_seed=1, noise_floor_seed=2), roles=("retain",)
+    )
+    assert m05["target"]["key"] == m10["target"]["key"]
+    assert seed1["retain"]["key"] == m10["noise_floor"]["key"] != m10["retain"]["key"]
+    assert len(os.listdir(tmp_path / "models")) == 3  # target, retain seed 0, retain seed 1

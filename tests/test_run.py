@@ -26,10 +26,15 @@ def sgu_llm_cli(env, *args, timeout=600):
     return proc
 
 
-def cached_model(env, role):
-    """Folder of the benchmark's cached `role` model (target-..., retain-...)."""
+def cached_model(env, role, seed=0):
+    """Folder of the benchmark's cached `role` model (target-..., retain-...) trained with `seed`."""
     models = os.path.join(env["SGU_LLM_CACHE"], "models")
-    return next(os.path.join(models, d) for d in os.listdir(models) if d.startswith(role + "-"))
+    for d in sorted(os.listdir(models)):
+        if d.startswith(role + "-"):
+            with open(os.path.join(models, d, "sgu_llm_cache.json")) as fh:
+                if json.load(fh)["material"]["seed"] == seed:
+                    return os.path.join(models, d)
+    raise AssertionError(f"no cached {role} model with seed {seed} in {models}")
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +191,15 @@ def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert [c["step"] for c in probe["state_counts"]] == [0, 1]
     assert "SAE probe" in (tmp_path / "probe" / "probe.html").read_text()
+
+
+def test_model_card_masks_tokens(tmp_path):
+    """The card `sgu-llm run` writes (and push_to_hub would publish) never holds a hub token."""
+    from sgu_llm.run import model_card
+    from sgu_llm.trainers import SGUConfig
+    from sgu_llm.unlearn import ScriptArguments
+
+    cfg = SGUConfig(output_dir=str(tmp_path), report_to="none", hub_token="hf_SECRET_123")
+    none = {k: None for k in ("unlearned", "target", "retain", "noise_floor")}
+    card = model_card({"method": "sgu", **none}, cfg, ScriptArguments())
+    assert "hf_SECRET_123" not in card and '"learning_rate"' in card

@@ -76,3 +76,4 @@ def test_callback_restores_the_chosen_epoch(model, tokenizer, splits, make_confi
     for a, b in zip(final, seen[best]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert trainer.state.log_history[-1]["stop/ks"] == spy.records[best]["ks"]
+

@@ -88,6 +88,16 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
 
     Counting(cfg, log=lambda m: None).run()
     assert trained == ["graddiff"]
+    # Models that differ from the ones the finished runs used (fine-tuned again elsewhere): the seed's
+    # runs are moved aside, not mixed, and run again.
+    base = tmp_path / "runs" / "forget10" / "seed0" / "baselines.json"
+    saved = json.loads(base.read_text())
+    saved["meta"]["target"]["weights"] = "0" * 16
+    base.write_text(json.dumps(saved))
+    trained.clear()
+    Counting(cfg, log=lambda m: None).run()
+    assert sorted(trained) == ["graddiff", "sgu"]
+    assert len(list((tmp_path / "runs" / "forget10").glob("seed0.stale-*"))) == 1
 
 
 def fake_run(method, seed, lr, fq, mu):

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from transformers import TrainerCallback
@@ -94,7 +93,8 @@ def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
     for key in ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "privleak"):
         cells = [(metrics[n] or {}).get(key) for n in ("unlearned", "target", "retain", "noise_floor")]
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
-    cfg = {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    # TrainingArguments.to_dict() masks every *_token field; dataclasses.asdict would not.
+    cfg = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool, type(None)))}
     lines += [
         "",
         "## Configuration",

@@ -9,9 +9,9 @@ s + 1. Each run unlearns a copy of the target and, at the start and after every 
   under the current model (`sgu_llm.stopping`; what a user without a retain model can compute);
 - `forget_quality`: the KS p-value against the retain model (the benchmark's oracle).
 
-Three checkpoints of each run are evaluated in full (`selection`): `holdout` (the epoch with the
-smallest holdout_ks, no retain model used), `oracle` (the epoch with the best forget quality) and
-`final` (the last epoch). Each finished run is one JSON file under `output_dir`, written atomically:
+Two checkpoints of each run are evaluated in full (`selection`): `holdout` (the epoch with the
+smallest holdout_ks, no retain model used) and `oracle` (the epoch with the best forget quality);
+`final` (the last epoch) keeps its forget quality and holdout_ks from the curve. Each finished run is one JSON file under `output_dir`, written atomically:
 a killed sweep skips finished runs when started again. `results_dir` receives `results.json`,
 `results.md` and `pareto.png`.
 
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-SELECTIONS = ("holdout", "oracle", "final")
+SELECTIONS = ("holdout", "oracle")  # evaluated in full; "final" keeps the curve's numbers only
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "privleak", "forget_prob", "retain_prob")
 
 
@@ -158,6 +158,19 @@ class EpochRecorder:
         self.seconds += time.perf_counter() - start
 
 
+def weights_fingerprint(model: Any) -> str:
+    """sha256 (16 hex digits) of a model's weights, bit for bit."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def choose(curve: list[dict]) -> dict[str, int]:
     """Checkpoint index per selection rule (ties: the earliest)."""
     from sgu_llm.stopping import pick_checkpoint
@@ -189,16 +202,35 @@ class Sweep:
         tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
         sets = eval_sets(data)
         kw = eval_kwargs(config, bench)
-        path = os.path.join(self.cfg.output_dir, split, f"seed{seed}", "baselines.json")
+        folder = os.path.join(self.cfg.output_dir, split, f"seed{seed}")
+        path = os.path.join(folder, "baselines.json")
+        weights = {role: weights_fingerprint(m) for role, m in models.items()}
+        evals = None
         if os.path.exists(path):
             with open(path) as fh:
                 evals = json.load(fh)
-        else:
+            stored = {role: m.get("weights") for role, m in evals.get("meta", {}).items()}
+            if set(stored.values()) == {None}:  # written before fingerprints existed: record them now
+                for role, meta in evals.get("meta", {}).items():
+                    meta["weights"] = weights.get(role)
+                _atomic_json(path, evals)
+                stored = weights
+            if stored != weights:
+                # Models fine-tuned again (another machine, another library version) differ in their last
+                # bits, and forget quality with them: a seed's runs must all use the same models.
+                stale = f"{folder}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(folder, stale)
+                self.log(
+                    f"[sweep] {split} seed {seed}: models differ from the finished runs'; moved them to {stale}"
+                )
+                evals = None
+        if evals is None:
             evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
             for name in ("target", "noise_floor"):
                 evals[name] = evaluate_model(models[name], tokenizer, sets, reference=evals["retain"], **kw)
             evals["meta"] = {
-                k: {"train_seconds": m.get("train_seconds"), "key": m.get("key")} for k, m in metas.items()
+                k: {"train_seconds": m.get("train_seconds"), "key": m.get("key"), "weights": weights[k]}
+                for k, m in metas.items()
             }
             _atomic_json(path, evals)
         return data, tokenizer, models, sets, kw, evals
@@ -230,12 +262,11 @@ class Sweep:
         evaluated: dict[int, dict] = {}
         selections = {}
         for rule, idx in picks.items():
-            if idx not in evaluated:
+            if rule in SELECTIONS and idx not in evaluated:  # full evaluation (with generation)
                 model.load_state_dict(recorder.snapshots[idx])
-                evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)[
-                    "aggregates"
-                ]
-            selections[rule] = {"epoch": recorder.curve[idx]["epoch"], **evaluated[idx]}
+                result = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)
+                evaluated[idx] = result["aggregates"]
+            selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
         return {
             "method": method,
             "split": split,
@@ -253,25 +284,25 @@ class Sweep:
         for split, seeds in self.cfg.splits.items():
             lrs_for = self.learning_rates_for(split, records)
             for seed in seeds:
-                loaded = None
-                for method in self.cfg.methods:
-                    for lr in lrs_for[method]:
-                        path = run_path(self.cfg, split, seed, method, lr)
-                        if os.path.exists(path):
-                            with open(path) as fh:
-                                records.append(json.load(fh))
-                            continue
-                        if loaded is None:
-                            loaded = self.baselines(split, seed)
-                        t = time.perf_counter()
-                        rec = self.run_one(split, seed, method, lr, *loaded)
-                        _atomic_json(path, rec)
-                        records.append(rec)
-                        h = rec["selections"]["holdout"]
-                        self.log(
-                            f"[sweep] {split} seed {seed} {method} lr {lr:g}: holdout-selected epoch {h['epoch']:.0f} "
-                            f"FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({time.perf_counter() - t:.0f} s)"
-                        )
+                todo = [(m, lr) for m in self.cfg.methods for lr in lrs_for[m]]
+                missing = [x for x in todo if not os.path.exists(run_path(self.cfg, split, seed, *x))]
+                # Loaded first: a seed whose models changed is moved aside and run again whole.
+                loaded = self.baselines(split, seed) if missing else None
+                for method, lr in todo:
+                    path = run_path(self.cfg, split, seed, method, lr)
+                    if os.path.exists(path):
+                        with open(path) as fh:
+                            records.append(json.load(fh))
+                        continue
+                    t = time.perf_counter()
+                    rec = self.run_one(split, seed, method, lr, *loaded)
+                    _atomic_json(path, rec)
+                    records.append(rec)
+                    h = rec["selections"]["holdout"]
+                    self.log(
+                        f"[sweep] {split} seed {seed} {method} lr {lr:g}: holdout-selected epoch {h['epoch']:.0f} "
+                        f"FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({time.perf_counter() - t:.0f} s)"
+                    )
         return records
 
     def learning_rates_for(self, split: str, records: list[dict]) -> dict[str, list[float]]:
@@ -298,6 +329,63 @@ def load_baselines(cfg: SweepConfig, split: str) -> dict[int, dict]:
             with open(path) as fh:
                 out[seed] = json.load(fh)
     return out
+
+
+BASELINE_METHODS = ("gradascent", "graddiff", "npo", "simnpo")
+CONTROL_RULES = ("retain_only", "random_mask")
+SIGN_GATING_RULES = ("sign_conflict", "sago")
+
+
+def family(fields_: dict) -> str:
+    """`baseline` (loss-based methods), `control`, `sign_gating` (SAGO, sign_conflict) or `sgu`."""
+    if fields_.get("method") in BASELINE_METHODS:
+        return "baseline"
+    rule = fields_.get("selective_function", "sgu")
+    if rule in CONTROL_RULES:
+        return "control"
+    return "sign_gating" if rule in SIGN_GATING_RULES else "sgu"
+
+
+def goal_check(rows: list[dict], split: str, floor: float, fq_goal: float = 0.5) -> str:
+    """One paragraph, computed from the rows: is an SGU-family method at forget quality >= `fq_goal`
+    with utility >= `floor` x target (holdout selection), and is it dominated by a baseline?"""
+    hold = [r for r in rows if r["split"] == split and r["selection"] == "holdout"]
+    fam = [r for r in hold if r.get("family") == "sgu"]
+    if not fam:
+        return "No SGU-family runs yet."
+    ok = [r for r in fam if (_ratio(r["model_utility_mean"], r["target_model_utility"]) or 0) >= floor]
+    best = max(ok, key=lambda r: r["forget_quality_mean"]) if ok else None
+    base_pts = [r for r in hold if r.get("family") == "baseline"]
+    out = []
+    if best is None:
+        out.append(f"No SGU-family configuration keeps model utility >= {floor} x the target's.")
+    else:
+        met = best["forget_quality_mean"] >= fq_goal
+        dominated = [
+            b["method"]
+            for b in base_pts
+            if b["forget_quality_mean"] >= best["forget_quality_mean"]
+            and b["model_utility_mean"] >= best["model_utility_mean"]
+        ]
+        out.append(
+            f"Goal (forget quality >= {fq_goal} at model utility >= {floor} x target, holdout selection, mean "
+            f"over seeds): **{'met' if met else 'missed'}**. Best SGU-family point within the utility bound: "
+            f"`{best['method']}` lr {best['learning_rate']:g}, forget quality {_fmt(best['forget_quality_mean'])} "
+            f"(median {_fmt(best['forget_quality_median'])}), utility {_fmt(best['model_utility_mean'])} "
+            f"({_fmt(_ratio(best['model_utility_mean'], best['target_model_utility']))} x target)"
+            + (
+                ""
+                if met
+                else f", {_fmt(fq_goal / max(best['forget_quality_mean'], 1e-300))}x short in forget quality"
+            )
+            + ". "
+            + (
+                f"Dominated by baseline point(s): {', '.join(sorted(set(dominated)))}."
+                if dominated
+                else "No baseline point (any learning rate) has both higher forget quality and higher utility."
+            )
+        )
+    return " ".join(out)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -336,6 +424,7 @@ def aggregate(records: list[dict], baselines: dict[str, dict[int, dict]], floor:
             "noise_floor_forget_quality": [
                 base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
             ],
+            "family": family(runs[0].get("fields", {})),
             "epoch": _spread([r["selections"][sel]["epoch"] for r in runs]),
             "unlearn_seconds": _spread([r["unlearn_seconds"] for r in runs]),
         }
@@ -423,7 +512,8 @@ def results_markdown(cfg: SweepConfig, rows: list[dict], baselines: dict, comman
     ]
     for split, seeds in cfg.splits.items():
         base = baselines.get(split, {})
-        lines += [f"## {split} ({len(seeds)} model seeds)", ""]
+        done = sorted({s for r in rows if r["split"] == split for s in r["seeds"]})
+        lines += [f"## {split} (model seeds finished: {len(done)} of {len(seeds)})", ""]
         lines += [
             "| seed | target FQ | target MU | noise floor FQ | noise floor MU |",
             "|---|---|---|---|---|",
@@ -452,7 +542,7 @@ def results_markdown(cfg: SweepConfig, rows: list[dict], baselines: dict, comman
                     f"{_fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))} | {_fmt(r.get('forget_rouge_mean'))} | "
                     f"{_fmt(r.get('privleak_mean'))} | {r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
                 )
-        lines.append("")
+        lines += ["", goal_check(rows, split, cfg.utility_floor), ""]
     lines += ["![forget quality against model utility](pareto.png)", ""]
     return "\n".join(lines)
 
