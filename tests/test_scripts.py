@@ -68,3 +68,16 @@ def test_threshold_accuracy_prints_rank_errors():
     lines = proc.stdout.strip().splitlines()
     assert sum("rank error rms=" in line for line in lines) == 4
     assert 0 <= float(re.fullmatch(r"rank_error=(\d+\.\d+)", lines[-1]).group(1)) < 0.1
+
+
+def test_check_kernels_compares_the_compiled_rule_with_the_readable_one():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "check_kernels.py"), "--device", "cpu", "--numel", "4099"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 6 and all(line.endswith(" ok") for line in lines)

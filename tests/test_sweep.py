@@ -141,6 +141,19 @@ def test_reported_learning_rate_is_the_same_rule_for_every_method():
     assert row["noise_floor_forget_quality"] == [0.9, 0.9]
 
 
+def test_only_complete_seeds_are_reported():
+    from sgu_llm.sweep import complete_seeds
+
+    cfg = SweepConfig(
+        **{**TINY, "learning_rates": [1.0, 2.0], "methods": {"m": {"method": "sgu"}, "n": {"method": "sgu"}}}
+    )
+    records = [fake_run(m, s, lr, 0.1, 0.9) for m in ("m", "n") for s in (0, 1) for lr in (1.0, 2.0)]
+    records = [
+        r for r in records if not (r["seed"] == 1 and r["method"] == "n" and r["learning_rate"] == 2.0)
+    ]
+    assert {r["seed"] for r in complete_seeds(cfg, records)} == {0}
+
+
 def test_pareto_front():
     assert sorted(pareto_front([(0.1, 0.9), (0.5, 0.5), (0.05, 0.8), (0.5, 0.4)])) == [0, 1]
 

@@ -475,9 +475,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def complete_seeds(cfg: SweepConfig, records: list[dict]) -> list[dict]:
+    """The records of (split, seed)s where every configured method has all its learning rates (for
+    `best_only_splits`: one), so every row of a split covers the same model seeds."""
+    have: dict[tuple, set] = {}
+    for r in records:
+        have.setdefault((r["split"], r["seed"]), set()).add((r["method"], r["learning_rate"]))
+    full = len(cfg.learning_rates)
+
+    def complete(split: str, seed: int) -> bool:
+        got = have.get((split, seed), set())
+        need = 1 if split in cfg.best_only_splits else full
+        return all(sum(m == method for m, _ in got) >= need for method in cfg.methods)
+
+    return [r for r in records if r["method"] in cfg.methods and complete(r["split"], r["seed"])]
+
+
 def write_results(cfg: SweepConfig, records: list[dict], command: str) -> list[dict]:
+    """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s."""
     baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
-    rows = aggregate(records, baselines, cfg.utility_floor)
+    rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor)
     for r in rows:
         r["model"] = cfg.model_name
     os.makedirs(cfg.results_dir, exist_ok=True)
