@@ -7,6 +7,7 @@ With ZERO_STAGE (0, 1 or 2) the run uses DeepSpeed with that ZeRO stage (launch 
 recipes/accelerate/deepspeed_zero2.yaml for stage 2).
 """
 
+import os
 import sys
 
 import torch
@@ -66,6 +67,11 @@ def main(
         file=sys.stderr,
         flush=True,
     )
+    # Leave without running C++ static destructors: 2-rank CPU runs occasionally abort in them
+    # ("terminate called without an active exception", after the line above, with the results already
+    # saved). That teardown crash is open in the reliability issue; these tests check the results.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class CountReductions(TrainerCallback):

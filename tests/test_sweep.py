@@ -88,12 +88,13 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
 
     Counting(cfg, log=lambda m: None).run()
     assert trained == ["graddiff"]
-    # Models that differ from the ones the finished runs used (fine-tuned again elsewhere): the seed's
-    # runs are moved aside, not mixed, and run again.
+    # A seed left unfinished, resumed with models that differ from the ones its finished runs used
+    # (fine-tuned again elsewhere): its runs are moved aside, not mixed, and the whole seed runs again.
     base = tmp_path / "runs" / "forget10" / "seed0" / "baselines.json"
     saved = json.loads(base.read_text())
     saved["meta"]["target"]["weights"] = "0" * 16
     base.write_text(json.dumps(saved))
+    os.remove(tmp_path / "runs" / "forget10" / "seed0" / "graddiff" / "lr0.001.json")
     trained.clear()
     Counting(cfg, log=lambda m: None).run()
     assert sorted(trained) == ["graddiff", "sgu"]

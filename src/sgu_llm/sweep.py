@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             records = collect_records(cfg)
         else:
             records = sweep.run()
-        write_results(cfg, records, "sgu-llm sweep " + " ".join(argv))
+        # The command that reproduces the outputs (--report_only or not: the same tables from the same runs).
+        write_results(cfg, records, f"sgu-llm sweep {args.config}")
     except ValueError as err:
         print(f"sgu-llm sweep: error: {err}", file=sys.stderr)
         return 2
