@@ -1,5 +1,6 @@
 """The SAE probe: hook mapping, a tiny SAE built locally, state classification, causal check, callback."""
 
+import numpy as np
 import pytest
 import torch
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
@@ -118,13 +119,22 @@ def test_causal_check_baseline_is_the_unmodified_model(model, tokenizer, small_s
         rows_r,
         features=torch.argsort(freq, descending=True)[:8].tolist(),
         freq=freq,
-        draws=2,
+        draws=3,
+        scales=(0.0, -2.0),
     )
     # Reconstruction + error term is the identity: clamping nothing changes nothing.
     assert result["baseline"]["forget_prob"] == pytest.approx(plain, abs=1e-5)
     # Clamping the 8 most frequent features of the only SAE does change the model.
     assert result["clamped_forget_drop"] != 0.0
     assert {"random_forget_drop", "random_retain_drop", "clamped_retain_drop"} <= set(result)
+    zero, negative = result["by_scale"]["0.0"], result["by_scale"]["-2.0"]
+    assert len(zero["random_effects"]) == 3 and 0.0 <= zero["random_at_least"] <= 1.0
+    assert zero["random_selectivity_min"] <= zero["random_mean"]["selectivity"] <= zero["random_selectivity_max"]
+    sel = [e["selectivity"] for e in zero["random_effects"]]
+    assert zero["random_at_least"] == pytest.approx(np.mean(np.array(sel) >= zero["clamped_effects"]["selectivity"]))
+    # Pushing the features past zero is a different intervention from switching them off.
+    assert negative["clamped"]["forget_nll"] != zero["clamped"]["forget_nll"]
+    assert result["clamped_forget_drop"] == zero["clamped_effects"]["forget_drop"]  # top level: the first factor
 
 
 def test_probe_callback_during_sgu(model, tokenizer, small_sets, make_config):

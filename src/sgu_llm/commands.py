@@ -17,9 +17,9 @@ def finetune_main(argv: list[str]) -> int:
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0], *argv[1:]]
     try:
-        script, _, bench, _, config = parse_args(argv)
+        script, model_args, bench, _, config = parse_args(argv)
         data = load_benchmark_data(script)
-        _, _, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+        _, _, metas = benchmark_models(data, bench, prompt_format=config.prompt_format, base=model_args)
     except ValueError as err:
         print(f"sgu-llm finetune: error: {err}", file=sys.stderr)
         return 2
@@ -161,6 +161,7 @@ def probe_main(argv: list[str]) -> int:
                 (start["forget"].freq + start["retain"].freq) / 2,
                 exclude=out["selected"],
                 draws=probe_args.causal_random_draws,
+                scales=tuple(probe_args.causal_scales),
             ),
             "causal_random_draws": probe_args.causal_random_draws,
         }

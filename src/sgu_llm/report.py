@@ -96,6 +96,15 @@ HEADLINE = (
 )
 
 
+def _known_line(known: dict[str, Any] | None) -> list[str]:
+    """'World facts stated' line: how much general knowledge each model keeps (greedy answers)."""
+    if not known or len(known) < 2:
+        return []
+    names = [n for n in ("base", "target", "retain", "noise_floor", "unlearned") if n in known]
+    cells = ", ".join(f"{n} {known[n]}" for n in names)
+    return [f"World facts stated in the greedy answer (of {known['of']}): {cells}.", ""]
+
+
 def build_report(
     metrics: dict[str, Any],
     evals: dict[str, dict],
@@ -120,6 +129,7 @@ def build_report(
         "",
         table_md,
         "",
+        *_known_line(metrics.get("world_facts_known")),
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()),
         "",
         "Plots are in report.html.",
@@ -262,19 +272,33 @@ def build_probe_section(probe: dict[str, Any]) -> tuple[str, str]:
             f"Causal check on the target model, clamping the {causal['n_features']} features unlearning switched off "
             "(pruned or reversed) through the SAE "
             f"(reconstruction + error term) against {probe['causal_random_draws']} draws of as many random features "
-            "of matched firing frequency:",
+            "of matched firing frequency. Each clamp multiplies the features by a factor (0: off; negative: pushed "
+            "past zero). Selectivity = forget NLL rise - retain NLL rise; \"random >= clamped\" is the fraction of "
+            "random draws at least as selective (an empirical p-value).",
             "",
-            "| clamped | forget prob | retain prob | forget prob drop | retain prob drop | forget NLL rise | retain NLL rise |",
-            "|---|---|---|---|---|---|---|",
-            f"| nothing | {causal['baseline']['forget_prob']:.4f} | {causal['baseline']['retain_prob']:.4f} | | | | |",
-            f"| pruned + reversed features | {causal['clamped']['forget_prob']:.4f} | {causal['clamped']['retain_prob']:.4f} | "
-            f"{causal['clamped_forget_drop']:.4g} | {causal['clamped_retain_drop']:.4g} | "
-            f"{causal['clamped_forget_nll_rise']:.4g} | {causal['clamped_retain_nll_rise']:.4g} |",
-            f"| matched random | {causal['random']['forget_prob']:.4f} | {causal['random']['retain_prob']:.4f} | "
-            f"{causal['random_forget_drop']:.4g} | {causal['random_retain_drop']:.4g} | "
-            f"{causal['random_forget_nll_rise']:.4g} | {causal['random_retain_nll_rise']:.4g} |",
+            f"Unclamped target: forget prob {causal['baseline']['forget_prob']:.4f}, "
+            f"retain prob {causal['baseline']['retain_prob']:.4f}.",
             "",
+            "| factor | features | forget prob drop | retain prob drop | forget NLL rise | retain NLL rise | "
+            "selectivity | random selectivity: std, min-max | random >= clamped |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        for scale, entry in causal.get("by_scale", {}).items():
+            spread = (
+                f"{entry['random_selectivity_std']:.3g}, {entry['random_selectivity_min']:.3g} to "
+                f"{entry['random_selectivity_max']:.3g}"
+            )
+            rows = (
+                ("removed", entry["clamped_effects"], "", f"{entry['random_at_least']:.2f}"),
+                ("matched random (mean)", entry["random_mean"], spread, ""),
+            )
+            for label, eff, spread_cell, p_cell in rows:
+                md.append(
+                    f"| {float(scale):g} | {label} | {eff['forget_drop']:.4g} | {eff['retain_drop']:.4g} | "
+                    f"{eff['forget_nll_rise']:.4g} | {eff['retain_nll_rise']:.4g} | {eff['selectivity']:.4g} | "
+                    f"{spread_cell} | {p_cell} |"
+                )
+        md.append("")
     else:
         md += [
             "Causal check: the probe called no feature pruned or reversed, so there was nothing to clamp.",

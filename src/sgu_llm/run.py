@@ -31,6 +31,54 @@ def eval_sets(data: dict[str, Any]) -> dict[str, Any]:
     return sets
 
 
+EVAL_CACHE_FORMAT = 1  # bump when evaluate_model's numbers change
+
+
+def evaluate_cached(
+    model: Any,
+    tokenizer: Any,
+    sets: dict[str, Any],
+    kw: dict[str, Any],
+    cache_dir: str,
+    model_key: str | None,
+    reference: dict | None = None,
+    reference_key: str | None = None,
+) -> dict[str, Any]:
+    """`evaluate_model`, cached beside the benchmark's models when the model has a cache key.
+
+    The key covers the model, the reference model, every evaluation row and the evaluation settings,
+    so a run whose models are cached skips re-evaluating them (on a pretrained model that is most of
+    a run's time).
+    """
+    from sgu_llm.benchmark import _atomic_save, fingerprint
+    from sgu_llm.evaluation import evaluate_model
+
+    if model_key is None or (reference is not None and reference_key is None):
+        return evaluate_model(model, tokenizer, sets, reference=reference, **kw)
+    key = fingerprint(
+        {
+            "format": EVAL_CACHE_FORMAT,
+            "model": model_key,
+            "reference": reference_key,
+            "sets": {name: fingerprint(ds.to_list()) for name, ds in sorted(sets.items())},
+            "kw": kw,
+        }
+    )
+    folder = os.path.join(cache_dir, "evals", key[:16])
+    path = os.path.join(folder, "eval.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            return json.load(fh)
+    result = evaluate_model(model, tokenizer, sets, reference=reference, **kw)
+
+    def save(tmp: str) -> None:
+        with open(os.path.join(tmp, "eval.json"), "w") as fh:
+            json.dump(result, fh)
+
+    _atomic_save(folder, save)
+    return json.loads(json.dumps(result))  # the same floats a cached run reads back
+
+
 def eval_kwargs(config: Any, bench: Any) -> dict[str, Any]:
     """`evaluate_model` keyword arguments of a run: prompt format, batch size, generation length."""
     return dict(
@@ -182,6 +230,7 @@ def probe_report(
         freq,
         exclude=out["selected"],
         draws=probe_args.causal_random_draws,
+        scales=tuple(probe_args.causal_scales),
     )
     out.update(
         {
@@ -197,6 +246,47 @@ def probe_report(
     return out
 
 
+def base_model_knowledge(model_args: Any, bench: Any, world_facts: Any, kw: dict[str, Any]) -> list[bool]:
+    """Which world facts the pretrained base model states before any fine-tuning (greedy answers)."""
+    from sgu_llm.evaluation import metrics as M
+    from sgu_llm.evaluation.suite import generate_answers
+    from sgu_llm.pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained(
+        model_args.model_name_or_path,
+        model_args.gguf_file,
+        dtype="float32",
+        trust_remote_code=model_args.trust_remote_code,
+        cache_dir=bench.cache_dir,
+    )
+    model.eval()
+    gens = generate_answers(
+        model,
+        tokenizer,
+        world_facts["question"],
+        prompt_format=kw["prompt_format"],
+        system_prompt=kw["system_prompt"],
+        max_new_tokens=kw["max_new_tokens"],
+        batch_size=kw["batch_size"],
+    )
+    return M.answer_known(gens, world_facts["answer"]).tolist()
+
+
+def world_facts_known(evals: dict[str, dict], sets: dict[str, Any], base: list[bool] | None) -> dict[str, Any]:
+    """Per model, how many world facts its greedy answer states (from the evaluations' generations)."""
+    from sgu_llm.evaluation import metrics as M
+
+    answers = sets["world_facts"]["answer"]
+    out: dict[str, Any] = {"of": len(answers)}
+    if base is not None:
+        out["base"] = int(sum(base))
+    for name, result in evals.items():
+        gens = result["per_example"]["world_facts"].get("generation")
+        if gens is not None:
+            out[name] = int(M.answer_known(gens, answers).sum())
+    return out
+
+
 def _load(path: str, model_args: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -208,9 +298,10 @@ def run_benchmark(
 ) -> dict[str, Any]:
     from sgu_llm.benchmark import benchmark_models, load_benchmark_data, unlearning_retain_set
     from sgu_llm.evaluation import evaluate_model
+    from sgu_llm.pretrained import is_benchmark_model
     from sgu_llm.report import build_report
     from sgu_llm.trainers import get_method
-    from sgu_llm.unlearn import BUILTIN_PREFIX
+    from sgu_llm.trainers.base import resume_argument
 
     out = config.output_dir
     if os.path.exists(os.path.join(out, "metrics.json")) and not config.overwrite_output_dir:
@@ -226,11 +317,17 @@ def run_benchmark(
 
     evals: dict[str, dict] = {}
     metas: dict[str, dict] = {}
-    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
-        tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+    def key_of(role: str) -> str | None:
+        """The cache key of a model the benchmark fine-tuned (None for models loaded as given)."""
+        return metas.get(role, {}).get("key")
+
+    if is_benchmark_model(model_args.model_name_or_path) or bench.finetune_base:
+        tokenizer, models, metas = benchmark_models(
+            data, bench, prompt_format=config.prompt_format, base=model_args
+        )
         timings["models"] = time.perf_counter() - t0
         t = time.perf_counter()
-        evals["retain"] = evaluate_model(models["retain"], tokenizer, sets, **kw)
+        evals["retain"] = evaluate_cached(models["retain"], tokenizer, sets, kw, bench.cache_dir, key_of("retain"))
     else:
         # A fine-tuned Hub or local target; the reference comes from a retain model or its saved eval.
         from sgu_llm.unlearn import load_model_and_tokenizer
@@ -254,9 +351,11 @@ def run_benchmark(
         if "retain" not in evals:
             evals["retain"] = evaluate_model(models["retain"], tokenizer, sets, **kw)
     ref = evals["retain"]
-    evals["target"] = evaluate_model(models["target"], tokenizer, sets, reference=ref, **kw)
-    if "noise_floor" in models:
-        evals["noise_floor"] = evaluate_model(models["noise_floor"], tokenizer, sets, reference=ref, **kw)
+    for role in ("target", "noise_floor"):
+        if role in models:
+            evals[role] = evaluate_cached(
+                models[role], tokenizer, sets, kw, bench.cache_dir, key_of(role), ref, key_of("retain")
+            )
     timings["evaluate_baselines"] = time.perf_counter() - t
 
     _, trainer_cls = get_method(script.method)
@@ -302,8 +401,13 @@ def run_benchmark(
             probe_args,
         )
         probe_cb = SAEProbeCallback(probe, probe_args.probe_every).attach(trainer)
+    base_known = None
+    if bench.finetune_base and not is_benchmark_model(model_args.model_name_or_path):
+        t = time.perf_counter()
+        base_known = base_model_knowledge(model_args, bench, sets["world_facts"], kw)
+        timings["base_knowledge"] = time.perf_counter() - t
     t = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_argument(config))
     timings["unlearn"] = time.perf_counter() - t
     unlearned = trainer.accelerator.unwrap_model(trainer.model)
     probe_json = None
@@ -328,6 +432,7 @@ def run_benchmark(
         "probe": {k: probe_json[k] for k in ("sae_quality", "probe_share", "state_counts", "causal")}
         if probe_json
         else None,
+        "world_facts_known": world_facts_known(evals, sets, base_known),
         "timings": timings,
         "models": {
             k: {"train_seconds": m.get("train_seconds"), "final_accuracy": m.get("final_accuracy")}

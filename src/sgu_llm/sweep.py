@@ -195,11 +195,13 @@ class Sweep:
         from sgu_llm.run import eval_kwargs, eval_sets
 
         first = next(iter(self.cfg.methods))
-        script, _, bench, _, config = parse_run_config(
+        script, model_args, bench, _, config = parse_run_config(
             self.cfg, split, seed, first, 1e-3, tempfile.gettempdir()
         )
         data = load_benchmark_data(script)
-        tokenizer, models, metas = benchmark_models(data, bench, prompt_format=config.prompt_format)
+        tokenizer, models, metas = benchmark_models(
+            data, bench, prompt_format=config.prompt_format, base=model_args
+        )
         sets = eval_sets(data)
         kw = eval_kwargs(config, bench)
         folder = os.path.join(self.cfg.output_dir, split, f"seed{seed}")

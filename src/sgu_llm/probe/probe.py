@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from sgu_llm.data.pairing import pad_batch
-from sgu_llm.losses import per_example_nll
+from sgu_llm.evaluation.scoring import score_rows
 from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.sae import collect_activations
 from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
@@ -71,7 +71,15 @@ class ProbeArguments:
         },
     )
     causal_random_draws: int = field(
-        default=5, metadata={"help": "Random matched-frequency feature sets to average."}
+        default=20,
+        metadata={"help": "Random matched-frequency feature sets the causal check compares against (its spread)."},
+    )
+    causal_scales: list[float] = field(
+        default_factory=lambda: [0.0, -2.0],
+        metadata={
+            "help": "Factors the causal check multiplies the removed features by: 0 switches them off, a negative "
+            "factor pushes them past zero."
+        },
     )
 
     def __post_init__(self):
@@ -81,6 +89,10 @@ class ProbeArguments:
             )
         if self.probe_every < 1 or self.probe_examples < 1:
             raise ValueError("probe_every and probe_examples must be positive")
+        if self.causal_random_draws < 2:
+            raise ValueError(f"causal_random_draws must be at least 2 (a spread), got {self.causal_random_draws}")
+        if not self.causal_scales or any(c >= 1 for c in self.causal_scales):
+            raise ValueError(f"causal_scales must be a non-empty list of factors below 1, got {self.causal_scales}")
         if not 0 < self.select_percentile < 100:
             raise ValueError(f"select_percentile must be in (0, 100), got {self.select_percentile}")
 
@@ -266,19 +278,38 @@ class SAEProbeCallback(TrainerCallback):
 @torch.no_grad()
 def answer_scores(model: Any, rows: list[dict], pad_token_id: int) -> tuple[float, float]:
     """(mean probability exp(-NLL), mean answer NLL) over tokenised rows."""
-    device = next(model.parameters()).device
-    batch = pad_batch(rows, pad_token_id)
-    logits = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).logits
-    nll, n = per_example_nll(logits, batch["labels"].to(device))
-    mean_nll = nll / n.clamp_min(1)
+    mean_nll = torch.from_numpy(score_rows(model, rows, pad_token_id)["nll"])
     return (-mean_nll).exp().mean().item(), mean_nll.mean().item()
 
 
 def answer_probability(model: Any, rows: list[dict], pad_token_id: int) -> float:
     """Mean exp(-mean answer NLL) over tokenised rows."""
     return answer_scores(model, rows, pad_token_id)[0]
+
+
+def _nearest(values: np.ndarray, target: float, taken: np.ndarray, k: int) -> list[int]:
+    """Indices of the `k` values closest to `target` among those not `taken`, ties in index order
+    (what a stable sort by distance gives), in linear time."""
+    dist = np.abs(values - target)
+    dist[taken] = np.inf
+    k = min(k, int((~taken).sum()))
+    kth = np.partition(dist, k - 1)[k - 1]
+    closer = np.flatnonzero(dist < kth)
+    ties = np.flatnonzero(dist == kth)[: k - len(closer)]
+    return sorted(np.concatenate([closer, ties]).tolist(), key=lambda i: (dist[i], i))
+
+
+def _effects(base: dict[str, float], r: dict[str, float]) -> dict[str, float]:
+    """Drops in probability, rises in NLL and the selectivity (forget NLL rise - retain NLL rise)."""
+    out = {
+        "forget_drop": base["forget_prob"] - r["forget_prob"],
+        "retain_drop": base["retain_prob"] - r["retain_prob"],
+        # Probabilities saturate near 1 on memorised data; the NLL rise shows smaller effects.
+        "forget_nll_rise": r["forget_nll"] - base["forget_nll"],
+        "retain_nll_rise": r["retain_nll"] - base["retain_nll"],
+    }
+    out["selectivity"] = out["forget_nll_rise"] - out["retain_nll_rise"]
+    return out
 
 
 @torch.no_grad()
@@ -294,25 +325,33 @@ def causal_check(
     exclude: list[int] | None = None,
     draws: int = 5,
     seed: int = 0,
+    scales: tuple[float, ...] = (0.0,),
 ) -> dict[str, Any]:
-    """Forget/retain probability with `features` clamped to 0 through the SAE, against matched random features.
+    """Forget/retain scores with `features` clamped through the SAE, against matched random feature sets.
 
-    The activation is replaced by decode(f') + (x - decode(encode(x))): the SAE's
-    reconstruction with the clamped features plus its error term, so with nothing
-    clamped the model is unchanged. Random sets match the firing frequency of each
-    clamped feature (the nearest-frequency unselected features, one drawn per clamped feature).
+    The activation is replaced by decode(f') + (x - decode(encode(x))): the SAE's reconstruction with
+    the clamped features plus its error term, so with nothing clamped the model is unchanged. Clamping
+    multiplies the features by each of `scales`: 0 switches them off, a negative scale pushes them
+    past zero (the SAE-unlearning literature finds zeroing often does little where a negative value
+    does). Each of `draws` random sets matches the firing frequency of every clamped feature (one of
+    the 5 nearest-frequency unselected features, drawn at random).
+
+    Selectivity is the forget NLL rise minus the retain NLL rise. Per scale, `by_scale[str(scale)]`
+    holds the clamped set's effects, every random draw's effects, their mean, spread (std, min, max)
+    and `random_at_least` (the fraction of draws whose selectivity reaches the clamped set's: an
+    empirical p-value). The top-level `clamped*` / `random*` keys are the first scale's.
     """
     was_training = model.training
     model.eval()
 
-    def run(clamp: list[int]) -> dict[str, float]:
+    def run(clamp: list[int], scale: float) -> dict[str, float]:
         idx = torch.tensor(clamp, dtype=torch.long)
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             f = sae.encode(x.to(sae.W_enc.dtype))
             err = x - sae.decode(f).to(x.dtype)
             f = f.clone()
-            f[..., idx] = 0
+            f[..., idx] = f[..., idx] * scale
             return sae.decode(f).to(x.dtype) + err
 
         with replace_activation(model, hook_name, fn):
@@ -320,31 +359,43 @@ def causal_check(
             rp, rnll = answer_scores(model, retain_rows, pad_token_id)
         return {"forget_prob": fp, "retain_prob": rp, "forget_nll": fnll, "retain_nll": rnll}
 
-    base = run([])
-    result: dict[str, Any] = {"n_features": len(features), "baseline": base}
+    base = run([], 1.0)
+    result: dict[str, Any] = {"n_features": len(features), "baseline": base, "scales": list(scales)}
     if features:
-        clamped = run(features)
         banned = set(features) | set(exclude or [])
-        pool = [i for i in torch.argsort(freq).tolist() if i not in banned]
+        pool = np.array([i for i in torch.argsort(freq).tolist() if i not in banned], dtype=np.int64)
+        pool_freq = freq.double().numpy()[pool]
         rng = random.Random(seed)
-        randoms = []
+        random_sets = []
         for _ in range(draws):
-            chosen = set()
+            taken = np.zeros(len(pool), dtype=bool)
             for f in features:
                 # nearest-frequency candidates not chosen yet; draw one at random among the 5 closest
-                cands = sorted(
-                    (i for i in pool if i not in chosen), key=lambda i: abs(freq[i] - freq[f]).item()
-                )[:5]
-                chosen.add(rng.choice(cands))
-            randoms.append(run(sorted(chosen)))
-        rand = {k: sum(r[k] for r in randoms) / len(randoms) for k in base}
-        result["clamped"] = clamped
-        result["random"] = rand
-        for name, r in (("clamped", clamped), ("random", rand)):
-            result[f"{name}_forget_drop"] = base["forget_prob"] - r["forget_prob"]
-            result[f"{name}_retain_drop"] = base["retain_prob"] - r["retain_prob"]
-            # Probabilities saturate near 1 on memorised data; the NLL rise shows smaller effects.
-            result[f"{name}_forget_nll_rise"] = r["forget_nll"] - base["forget_nll"]
-            result[f"{name}_retain_nll_rise"] = r["retain_nll"] - base["retain_nll"]
+                taken[rng.choice(_nearest(pool_freq, float(freq[f]), taken, 5))] = True
+            random_sets.append(sorted(pool[taken].tolist()))
+        by_scale = {}
+        for scale in scales:
+            clamped = run(features, scale)
+            randoms = [run(r, scale) for r in random_sets]
+            mine = _effects(base, clamped)
+            theirs = [_effects(base, r) for r in randoms]
+            sel = np.array([t["selectivity"] for t in theirs])
+            by_scale[str(scale)] = {
+                "clamped": clamped,
+                "clamped_effects": mine,
+                "random_effects": theirs,
+                "random_mean": {k: float(np.mean([t[k] for t in theirs])) for k in mine},
+                "random_selectivity_std": float(sel.std(ddof=1)) if len(sel) > 1 else float("nan"),
+                "random_selectivity_min": float(sel.min()),
+                "random_selectivity_max": float(sel.max()),
+                "random_at_least": float(np.mean(sel >= mine["selectivity"])),
+                "random": {k: float(np.mean([r[k] for r in randoms])) for k in base},
+            }
+        first = by_scale[str(scales[0])]
+        result["by_scale"] = by_scale
+        result["clamped"], result["random"] = first["clamped"], first["random"]
+        for name, eff in (("clamped", first["clamped_effects"]), ("random", first["random_mean"])):
+            for k, v in eff.items():
+                result[f"{name}_{k}"] = v
     model.train(was_training)
     return result

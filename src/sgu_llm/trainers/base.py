@@ -132,6 +132,26 @@ def _launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def resume_argument(args: Any) -> str | bool | None:
+    """`trainer.train(resume_from_checkpoint=...)` from the config field: 'true' or 'last' mean the last
+    checkpoint in output_dir, anything else is a checkpoint folder (checked to exist)."""
+    value = args.resume_from_checkpoint
+    if value is None or value is False or str(value).lower() in ("", "false", "none"):
+        return None
+    if value is True or str(value).lower() in ("true", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not os.path.isdir(args.output_dir) or get_last_checkpoint(args.output_dir) is None:
+            raise ValueError(
+                f"resume_from_checkpoint=true but {args.output_dir!r} holds no checkpoint-* folder: set save_strategy "
+                "(e.g. 'epoch') on the run to resume, or start without resume_from_checkpoint"
+            )
+        return True
+    if not os.path.isdir(value):
+        raise ValueError(f"resume_from_checkpoint={value!r} is not a checkpoint folder (nothing was written)")
+    return value
+
+
 def check_output_dir(args: UnlearnConfig) -> None:
     """Refuse an output_dir that already holds a run unless asked to overwrite or resume."""
     out = args.output_dir

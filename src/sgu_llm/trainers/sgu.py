@@ -38,6 +38,8 @@ from sgu_llm.selection import (
 from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_BLOCK, DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
 from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
 
+RULE_STATE_FILE = "sgu_rule_states.pt"  # in each checkpoint folder, when a stateful rule has state
+
 FORGET_LOSSES = ("nll", "npo")
 STASH_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -244,6 +246,7 @@ class SGUTrainer(UnlearnTrainer):
         self._stash: list[torch.Tensor | None] = []
         self._held_r: list[torch.Tensor | None] = []
         self._rule_states: list[dict] = []  # per parameter: what stateful rules keep across steps
+        self._resumed_states: list[dict] | None = None  # read from a checkpoint, taken by _params()
         self._tensor_counts: torch.Tensor | None = None
         self.selection_skipped_steps = 0
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
@@ -262,11 +265,37 @@ class SGUTrainer(UnlearnTrainer):
             self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self._stash = [None] * len(self._named_params)
             self._held_r = [None] * len(self._named_params)
-            self._rule_states = [{} for _ in self._named_params]
+            self._rule_states = self._resumed_states or [{} for _ in self._named_params]
+            if len(self._rule_states) != len(self._named_params):
+                raise ValueError(
+                    f"the checkpoint holds selection state for {len(self._rule_states)} parameter tensors but this "
+                    f"model trains {len(self._named_params)}: resume with the model and config that wrote it"
+                )
             if self.args.lean_selection:
                 for i, (_, p) in enumerate(self._named_params):
                     p.register_post_accumulate_grad_hook(self._make_lean_hook(i))
         return self._named_params
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint plus what stateful rules (fisher, gru) keep between steps."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and any(self._rule_states):
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            names = [n for n, _ in self._params()]
+            states = [
+                {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in st.items()} for st in self._rule_states
+            ]
+            torch.save({"names": names, "states": states}, os.path.join(folder, RULE_STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, RULE_STATE_FILE)
+        if os.path.exists(path):
+            saved = torch.load(path, weights_only=True)
+            device = self.args.device
+            self._resumed_states = [
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()} for st in saved["states"]
+            ]
 
     def _to_stash(self, grad: torch.Tensor) -> torch.Tensor:
         return grad if self._stash_dtype in (None, grad.dtype) else grad.to(self._stash_dtype)
