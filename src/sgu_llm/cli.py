@@ -13,10 +13,11 @@ USAGE = """usage: sgu-llm <command> [options]
 commands:
   run       the embedded benchmark end to end: sgu-llm run recipes/tiny-tofu/sgu.yaml --output_dir DIR
   unlearn   unlearn a forget set with a method and a recipe (sgu-llm unlearn --help lists every field)
-  sweep     methods x learning rates x model seeds x splits: sgu-llm sweep recipes/tiny-tofu/sweep.yaml
+  sweep     methods x learning rates x model seeds x splits: sgu-llm sweep recipes/sweeps/tiny-tofu.yaml
   finetune  fine-tune (and cache) the benchmark's target, retain and noise-floor models
   eval      evaluate a saved model on the TOFU sets: sgu-llm eval MODEL_DIR --output eval.json
   probe     SAE probe of a saved before/after pair: sgu-llm probe --before DIR --after DIR --output_dir OUT
+  attack    relearning and quantization attacks: sgu-llm attack MODEL_DIR --retain_model DIR --output OUT.json
   methods   list the registered unlearning methods and selective functions
 """
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from sgu_llm.commands import probe_main
 
         return probe_main(rest)
+    if command == "attack":
+        from sgu_llm.commands import attack_main
+
+        return attack_main(rest)
     if command == "methods":
         from sgu_llm.selection import list_selective_functions
         from sgu_llm.trainers import list_methods

@@ -95,12 +95,71 @@ def eval_main(argv: list[str]) -> int:
 
 
 @dataclass
+class AttackArguments:
+    model_path: str = field(metadata={"help": "Folder of the unlearned model (save_pretrained) or LoRA adapter."})
+    retain_model: str = field(
+        metadata={"help": "Folder of the retain model: attacked the same way, and the forget-quality reference."}
+    )
+    output: str = field(default="attacks.json", metadata={"help": "Where to write the attack report (JSON)."})
+    prompt_format: str = field(default="phi", metadata={"help": "phi, llama2 or chat_template."})
+    relearn_steps: int = field(default=10, metadata={"help": "AdamW steps of the relearning attack."})
+    relearn_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the relearning attack."})
+
+
+def attack_main(argv: list[str]) -> int:
+    """Relearning and int8/int4 quantization attacks on a saved model, next to the same on the retain model."""
+    from transformers import HfArgumentParser
+
+    from sgu_llm.attacks import attack_report, attack_table
+    from sgu_llm.benchmark import BenchmarkArguments, load_benchmark_data
+    from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT
+    from sgu_llm.evaluation.suite import truth_ratios
+    from sgu_llm.files import write_json
+    from sgu_llm.unlearn import ScriptArguments
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model_path", argv[0], *argv[1:]]
+    parser = HfArgumentParser((AttackArguments, ScriptArguments, BenchmarkArguments))
+    args, script, bench = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        forget = load_benchmark_data(script)["forget_perturbed"]
+        model, tokenizer = load_saved_model(args.model_path)
+        retain, _ = load_saved_model(args.retain_model)
+        kw = dict(
+            prompt_format=args.prompt_format,
+            system_prompt=DEFAULT_SYSTEM_PROMPT,
+            batch_size=bench.eval_batch_size,
+            max_new_tokens=bench.max_new_tokens,
+        )
+        score_kw = {k: kw[k] for k in ("prompt_format", "system_prompt", "batch_size")}
+        reference = truth_ratios(retain.eval(), tokenizer, forget, **score_kw)
+        report = attack_report(
+            {"unlearned": model, "retain": retain},
+            tokenizer,
+            forget,
+            reference,
+            kw,
+            relearn_steps=args.relearn_steps,
+            relearn_learning_rate=args.relearn_learning_rate,
+        )
+    except ValueError as err:
+        print(f"sgu-llm attack: error: {err}", file=sys.stderr)
+        return 2
+    write_json(args.output, report)
+    print("\n".join(attack_table(report)))
+    return 0
+
+
+@dataclass
 class ProbeCommandArguments:
     before: str = field(metadata={"help": "Folder of the model before unlearning (save_pretrained)."})
     after: str = field(
         metadata={"help": "Folder of the model after unlearning (full model or LoRA adapter)."}
     )
     output_dir: str = field(default="probe-report", metadata={"help": "Where probe.json and probe.html go."})
+    prompt_format: str = field(
+        default="phi", metadata={"help": "phi, llama2 or chat_template: the format the models were trained in."}
+    )
 
 
 def probe_main(argv: list[str]) -> int:
@@ -121,12 +180,13 @@ def probe_main(argv: list[str]) -> int:
         after, _ = load_saved_model(args.after)
         data = load_benchmark_data(script)
         sae, quality = prepare_sae(
-            before, tokenizer, training_sets(data)["target"], probe_args, bench, args.before, "phi"
+            before, tokenizer, training_sets(data)["target"], probe_args, bench, args.before, args.prompt_format
         )
         n = probe_args.probe_examples
-        forget = prepare_qa_dataset(data["forget"], tokenizer, "forget").to_list()
+        fmt = {"prompt_format": args.prompt_format}
+        forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
         retain = prepare_qa_dataset(
-            data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain"
+            data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt
         )
         retain = retain.to_list()
         probe = SAEProbe(sae, probe_args.sae_hook_name, tokenizer, forget[:n], retain[:n], probe_args)
@@ -166,15 +226,14 @@ def probe_main(argv: list[str]) -> int:
             "causal_random_draws": probe_args.causal_random_draws,
         }
     )
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "probe.json"), "w") as fh:
-        json.dump(out, fh)
+    from sgu_llm.files import write_json, write_text
+
+    write_json(os.path.join(args.output_dir, "probe.json"), out, indent=None)
     md, page = build_probe_section(out)
-    with open(os.path.join(args.output_dir, "probe.md"), "w") as fh:
-        fh.write(md)
-    with open(os.path.join(args.output_dir, "probe.html"), "w") as fh:
-        fh.write(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm probe</title></head><body>{page}</body></html>"
-        )
+    write_text(os.path.join(args.output_dir, "probe.md"), md)
+    write_text(
+        os.path.join(args.output_dir, "probe.html"),
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm probe</title></head><body>{page}</body></html>",
+    )
     print(md)
     return 0

@@ -53,6 +53,7 @@ def finetune(
         seed=seed,
         remove_unused_columns=False,
         disable_tqdm=True,
+        dataloader_pin_memory=torch.accelerator.is_available(),
         **training_kwargs,
     )
     collator = PadCollator(tokenizer.pad_token_id)

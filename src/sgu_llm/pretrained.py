@@ -105,7 +105,8 @@ def load_pretrained(
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
         return model, tokenizer
 
-    from sgu_llm.benchmark import _atomic_save, default_cache_dir, fingerprint
+    from sgu_llm.benchmark import default_cache_dir, fingerprint
+    from sgu_llm.files import atomic_dir
 
     material = {"format": CACHE_FORMAT, **_cache_key(source, gguf)}
     stem = os.path.splitext(os.path.basename(gguf))[0]
@@ -126,7 +127,7 @@ def load_pretrained(
             model.save_pretrained(folder)  # safetensors
             tokenizer.save_pretrained(folder)
 
-        _atomic_save(path, save)
+        atomic_dir(path, save)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or path, **kw)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     return model, tokenizer

@@ -96,6 +96,14 @@ HEADLINE = (
 )
 
 
+def _attack_lines(attacks: dict[str, Any] | None) -> list[str]:
+    if not attacks:
+        return []
+    from sgu_llm.attacks import attack_table
+
+    return ["## Attacks: does the forgotten come back?", "", *attack_table(attacks), ""]
+
+
 def _known_line(known: dict[str, Any] | None) -> list[str]:
     """'World facts stated' line: how much general knowledge each model keeps (greedy answers)."""
     if not known or len(known) < 2:
@@ -130,6 +138,7 @@ def build_report(
         table_md,
         "",
         *_known_line(metrics.get("world_facts_known")),
+        *_attack_lines(metrics.get("attacks")),
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()),
         "",
         "Plots are in report.html.",

@@ -50,8 +50,9 @@ def evaluate_cached(
     so a run whose models are cached skips re-evaluating them (on a pretrained model that is most of
     a run's time).
     """
-    from sgu_llm.benchmark import _atomic_save, fingerprint
+    from sgu_llm.benchmark import fingerprint
     from sgu_llm.evaluation import evaluate_model
+    from sgu_llm.files import atomic_dir
 
     if model_key is None or (reference is not None and reference_key is None):
         return evaluate_model(model, tokenizer, sets, reference=reference, **kw)
@@ -75,7 +76,7 @@ def evaluate_cached(
         with open(os.path.join(tmp, "eval.json"), "w") as fh:
             json.dump(result, fh)
 
-    _atomic_save(folder, save)
+    atomic_dir(folder, save)
     return json.loads(json.dumps(result))  # the same floats a cached run reads back
 
 
@@ -165,8 +166,9 @@ def prepare_sae(
     prompt_format: str,
 ) -> tuple[Any, dict[str, float]]:
     """The probe's SAE: a given sae-lens folder/release, or one trained on the target's activations (cached)."""
-    from sgu_llm.benchmark import _atomic_save, fingerprint
+    from sgu_llm.benchmark import fingerprint
     from sgu_llm.data.pairing import prepare_qa_dataset
+    from sgu_llm.files import atomic_dir
     from sgu_llm.probe import collect_activations, load_sae, sae_quality, save_sae, train_sae
 
     rows = prepare_qa_dataset(train_set, tokenizer, "SAE", prompt_format=prompt_format).to_list()
@@ -193,7 +195,7 @@ def prepare_sae(
                 epochs=probe_args.sae_epochs,
                 hook_name=probe_args.sae_hook_name,
             )
-            _atomic_save(path, lambda folder: save_sae(sae, folder))
+            atomic_dir(path, lambda folder: save_sae(sae, folder))
         sae = load_sae(path)  # through sae-lens' own loader, as a published SAE would be
     sae.eval()
     return sae, sae_quality(sae, acts)
@@ -298,6 +300,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     from sgu_llm.benchmark import benchmark_models, load_benchmark_data, unlearning_retain_set
     from sgu_llm.evaluation import evaluate_model
+    from sgu_llm.files import write_json, write_text
     from sgu_llm.pretrained import is_benchmark_model
     from sgu_llm.report import build_report
     from sgu_llm.trainers import get_method
@@ -418,6 +421,22 @@ def run_benchmark(
     t = time.perf_counter()
     evals["unlearned"] = evaluate_model(unlearned, tokenizer, sets, reference=ref, **kw)
     timings["evaluate_unlearned"] = time.perf_counter() - t
+    attacks = None
+    if bench.attacks and "retain" in models and trainer.is_world_process_zero():
+        from sgu_llm.attacks import attack_report
+
+        t = time.perf_counter()
+        attacks = attack_report(
+            {"unlearned": unlearned, "retain": models["retain"]},
+            tokenizer,
+            sets["forget"],
+            ref["per_example"]["forget"]["truth_ratio"],
+            kw,
+            relearn_steps=bench.attack_relearn_steps,
+            relearn_learning_rate=bench.attack_relearn_learning_rate,
+            seed=config.seed,
+        )
+        timings["attacks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
     metrics = {
@@ -433,30 +452,25 @@ def run_benchmark(
         if probe_json
         else None,
         "world_facts_known": world_facts_known(evals, sets, base_known),
+        "attacks": attacks,
         "timings": timings,
         "models": {
             k: {"train_seconds": m.get("train_seconds"), "final_accuracy": m.get("final_accuracy")}
             for k, m in metas.items()
         },
     }
+    # Every rank saves: under FSDP or DeepSpeed the weights are gathered from all of them (rank 0 writes).
+    trainer.save_unlearned_model(config.output_dir)
     if trainer.is_world_process_zero():
-        os.makedirs(os.path.join(out, "eval"), exist_ok=True)
         for name, result in evals.items():
-            with open(os.path.join(out, "eval", f"{name}.json"), "w") as fh:
-                json.dump(result, fh)
-        trainer.save_unlearned_model(config.output_dir)
-        with open(os.path.join(config.output_dir, "README.md"), "w") as fh:
-            fh.write(model_card(metrics, config, script))
-        with open(os.path.join(out, "metrics.json"), "w") as fh:
-            json.dump(metrics, fh, indent=2)
+            write_json(os.path.join(out, "eval", f"{name}.json"), result, indent=None)
+        write_text(os.path.join(config.output_dir, "README.md"), model_card(metrics, config, script))
         if probe_json is not None:
-            with open(os.path.join(out, "probe.json"), "w") as fh:
-                json.dump(probe_json, fh)
+            write_json(os.path.join(out, "probe.json"), probe_json, indent=None)
         md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history, probe_json)
-        with open(os.path.join(out, "report.md"), "w") as fh:
-            fh.write(md)
-        with open(os.path.join(out, "report.html"), "w") as fh:
-            fh.write(page)
+        write_text(os.path.join(out, "report.md"), md)
+        write_text(os.path.join(out, "report.html"), page)
+        write_json(os.path.join(out, "metrics.json"), metrics, indent=2)  # last: its presence marks a finished run
     config.output_dir = out
     return metrics
 

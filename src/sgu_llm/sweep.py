@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sgu_llm.files import write_json
+
 SELECTIONS = ("holdout", "oracle")  # evaluated in full; "final" keeps the curve's numbers only
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "privleak", "forget_prob", "retain_prob")
 
@@ -83,14 +85,6 @@ def load_sweep(path: str) -> SweepConfig:
     if unknown:
         raise ValueError(f"sweep {path!r} has unknown keys {unknown}; allowed: {sorted(allowed)}")
     return SweepConfig(**raw)
-
-
-def _atomic_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def run_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
@@ -215,7 +209,7 @@ class Sweep:
             if set(stored.values()) == {None}:  # written before fingerprints existed: record them now
                 for role, meta in evals.get("meta", {}).items():
                     meta["weights"] = weights.get(role)
-                _atomic_json(path, evals)
+                write_json(path, evals)
                 stored = weights
             if stored != weights:
                 # Models fine-tuned again (another machine, another library version) differ in their last
@@ -234,7 +228,7 @@ class Sweep:
                 k: {"train_seconds": m.get("train_seconds"), "key": m.get("key"), "weights": weights[k]}
                 for k, m in metas.items()
             }
-            _atomic_json(path, evals)
+            write_json(path, evals)
         return data, tokenizer, models, sets, kw, evals
 
     def run_one(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> dict:
@@ -298,7 +292,7 @@ class Sweep:
                         continue
                     t = time.perf_counter()
                     rec = self.run_one(split, seed, method, lr, *loaded)
-                    _atomic_json(path, rec)
+                    write_json(path, rec)
                     records.append(rec)
                     h = rec["selections"]["holdout"]
                     self.log(
@@ -500,7 +494,7 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str) -> list[d
     for r in rows:
         r["model"] = cfg.model_name
     os.makedirs(cfg.results_dir, exist_ok=True)
-    _atomic_json(os.path.join(cfg.results_dir, "results.json"), rows)
+    write_json(os.path.join(cfg.results_dir, "results.json"), rows)
     plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     with open(os.path.join(cfg.results_dir, "results.md"), "w") as fh:
         fh.write(results_markdown(cfg, rows, baselines, command))

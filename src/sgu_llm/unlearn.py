@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -287,15 +286,44 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
         "output_dir": out_dir,
     }
     if trainer.is_world_process_zero():
-        with open(os.path.join(out_dir, "unlearn_summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
+        from sgu_llm.files import write_json
+
+        write_json(os.path.join(out_dir, "unlearn_summary.json"), summary, indent=2)
     # Destroy the process group under torchrun/accelerate: a live gloo group can abort a rank at exit.
     trainer.accelerator.end_training()
     return summary
 
 
+# Fields `sgu-llm run` reads and `sgu-llm unlearn` does not: the probe, and the benchmark's evaluation.
+RUN_ONLY_FIELDS = (
+    "retain_model_name_or_path",
+    "retain_eval_file",
+    "noise_floor_model_name_or_path",
+    "eval_batch_size",
+    "max_new_tokens",
+    "eval_each_epoch",
+)
+
+
+def check_flags_used(argv: list[str]) -> None:
+    """Refuse command-line flags that `sgu-llm unlearn` would accept and ignore (recipes shared with
+    `sgu-llm run` may hold them; a flag typed on the command line is meant to do something)."""
+    from sgu_llm.probe.probe import ProbeArguments
+
+    ignored = {f.name for f in fields(ProbeArguments)} | set(RUN_ONLY_FIELDS)
+    given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    unused = sorted(given & ignored)
+    if unused:
+        raise ValueError(
+            f"sgu-llm unlearn does not use {', '.join('--' + u for u in unused)} (the SAE probe and the benchmark's "
+            "evaluation belong to sgu-llm run): drop the flag(s), or run `sgu-llm run` instead"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        check_flags_used(argv)
         script, model_args, bench, _, config = parse_args(argv)
     except ValueError as err:
         print(f"sgu-llm unlearn: error: {err}", file=sys.stderr)

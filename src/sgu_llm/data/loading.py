@@ -17,4 +17,13 @@ def load_local_split(path: str) -> Any:
         raise ValueError(f"unsupported data file {path!r}: use one of {sorted(LOCAL_FORMATS)}")
     if not os.path.exists(path):
         raise ValueError(f"data file {path!r} does not exist")
-    return datasets.load_dataset(LOCAL_FORMATS[ext], data_files=path, split="train")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"data file {path!r} is empty: it needs one TOFU row per line (JSONL) or a JSON list")
+    try:
+        return datasets.load_dataset(LOCAL_FORMATS[ext], data_files=path, split="train")
+    except Exception as err:  # datasets wraps parse errors without the file name
+        cause = err.__cause__ or err.__context__ or err
+        raise ValueError(
+            f"data file {path!r} could not be read as {LOCAL_FORMATS[ext]} ({type(cause).__name__}: "
+            f"{str(cause)[:200]}): fix or regenerate the file (JSON lines or a JSON list of rows with TOFU fields)"
+        ) from err

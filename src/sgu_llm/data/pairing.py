@@ -43,9 +43,15 @@ def prepare_qa_dataset(
         raise ValueError(f"the {name} set is empty: pass a dataset with at least one row")
     cols = set(dataset.column_names)
     if set(TOKENIZED_COLUMNS) <= cols:
-        tokenized = dataset
-        if "attention_mask" not in cols:
-            tokenized = tokenized.map(lambda row: {"attention_mask": [1] * len(row["input_ids"])})
+        # Tokenised rows are cut at max_length like tokenised QA pairs; the mask is rebuilt where missing.
+        tokenized = dataset.map(
+            lambda row: {
+                "input_ids": row["input_ids"][:max_length],
+                "labels": row["labels"][:max_length],
+                "attention_mask": (row.get("attention_mask") or [1] * len(row["input_ids"]))[:max_length],
+            },
+            desc=f"checking {name} set",
+        )
     elif set(QA_COLUMNS) <= cols:
         tokenized = dataset.map(
             lambda row: tokenize_qa(

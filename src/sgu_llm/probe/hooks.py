@@ -59,7 +59,10 @@ def resolve_hook(model: Any, hook_name: str) -> tuple[torch.nn.Module, str, str]
     layer, kind = int(match.group(1)), match.group(2)
     layers = decoder_layers(model)
     if layer >= len(layers):
-        raise ValueError(f"hook {hook_name!r} names layer {layer} but the model has {len(layers)} layers")
+        raise ValueError(
+            f"hook {hook_name!r} names layer {layer} but the model has {len(layers)} layers: set sae_hook_name to "
+            f"blocks.L.hook_... with L from 0 to {len(layers) - 1}"
+        )
     block = layers[layer]
     if kind == "resid_pre":
         return block, "input", f"layers.{layer}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import glob
 import os
 import re
@@ -108,6 +109,8 @@ class UnlearnConfig(TrainingArguments):
             # A multi-process launch on a machine without GPUs (e.g. recipes/accelerate/cpu_2proc.yaml):
             # without use_cpu Accelerate would treat every process as a separate single-process run.
             self.use_cpu = True
+        if self.use_cpu or not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to; torch warns once per DataLoader otherwise
         super().__post_init__()
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
@@ -132,6 +135,24 @@ def _launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+@contextlib.contextmanager
+def tokens_masked(args: Any):
+    """Within the block, every `*_token` string field of `args` reads `<FIELD_NAME>` (as `to_dict()` masks
+    them), so no file written from `args` (training_args.bin) holds a secret."""
+    saved = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(args)
+        if f.name.endswith("_token") and isinstance(getattr(args, f.name, None), str)
+    }
+    try:
+        for name in saved:
+            object.__setattr__(args, name, f"<{name.upper()}>")
+        yield args
+    finally:
+        for name, value in saved.items():
+            object.__setattr__(args, name, value)
+
+
 def resume_argument(args: Any) -> str | bool | None:
     """`trainer.train(resume_from_checkpoint=...)` from the config field: 'true' or 'last' mean the last
     checkpoint in output_dir, anything else is a checkpoint folder (checked to exist)."""
@@ -146,15 +167,54 @@ def resume_argument(args: Any) -> str | bool | None:
                 f"resume_from_checkpoint=true but {args.output_dir!r} holds no checkpoint-* folder: set save_strategy "
                 "(e.g. 'epoch') on the run to resume, or start without resume_from_checkpoint"
             )
+        check_checkpoint_matches(get_last_checkpoint(args.output_dir), args)
         return True
     if not os.path.isdir(value):
         raise ValueError(f"resume_from_checkpoint={value!r} is not a checkpoint folder (nothing was written)")
+    check_checkpoint_matches(value, args)
     return value
 
 
+def check_checkpoint_matches(folder: str, args: Any) -> None:
+    """Refuse to resume from a checkpoint written by another method (config class or selective function)."""
+    path = os.path.join(folder, "training_args.bin")
+    if not os.path.exists(path):
+        return
+    saved = torch.load(path, weights_only=False)  # the Trainer's own pickle of its arguments
+    mine = (type(args).__name__, getattr(args, "selective_function", None))
+    theirs = (type(saved).__name__, getattr(saved, "selective_function", None))
+    if mine != theirs:
+        raise ValueError(
+            f"checkpoint {folder!r} was written by {theirs[0]}"
+            + (f" (selective_function={theirs[1]!r})" if theirs[1] else "")
+            + f", but this run is {mine[0]}"
+            + (f" (selective_function={mine[1]!r})" if mine[1] else "")
+            + ": resume with the method that wrote it, or start a new run without resume_from_checkpoint"
+        )
+
+
+def _check_writable(folder: str) -> None:
+    """Create `folder` if needed and write (then remove) a probe file in it."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(
+            f"output_dir {folder!r} cannot be written ({type(err).__name__}: {err.strerror or err}): choose a "
+            "folder you can write to"
+        ) from err
+
+
 def check_output_dir(args: UnlearnConfig) -> None:
-    """Refuse an output_dir that already holds a run unless asked to overwrite or resume."""
+    """Refuse an output_dir that already holds a run unless asked to overwrite or resume, or that cannot be
+    written (checked before any work, so a long run does not fail at its end)."""
     out = args.output_dir
+    if out:
+        _check_writable(out)
     if not out or not os.path.isdir(out) or args.overwrite_output_dir or args.resume_from_checkpoint:
         return
     found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(out, m))]
@@ -164,6 +224,30 @@ def check_output_dir(args: UnlearnConfig) -> None:
             f"output_dir {out!r} already holds a previous run ({', '.join(found[:4])}); nothing was written. "
             "Choose another output_dir, pass overwrite_output_dir=True to replace it, or resume_from_checkpoint."
         )
+
+
+def check_causal_lm(model: Any) -> None:
+    """Unlearning needs next-token logits: refuse a model without a language-model head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(
+            f"the model is a {type(model).__name__}, which has no language-model head (no next-token logits): "
+            "load it with AutoModelForCausalLM.from_pretrained (or pass a *ForCausalLM model)"
+        )
+
+
+def check_fits_context(model: Any, sets: dict[str, Any]) -> None:
+    """Refuse rows longer than the model's context (position embeddings), naming max_length as the fix."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit:
+        return
+    for name, ds in sets.items():
+        longest = max(len(ids) for ids in ds["input_ids"])
+        if longest > limit:
+            raise ValueError(
+                f"the {name} set has rows of {longest} tokens but the model's context is {limit} tokens: set "
+                f"max_length to at most {limit} (rows are cut there) or use shorter rows"
+            )
 
 
 def is_peft_model(model: Any) -> bool:
@@ -311,6 +395,7 @@ class UnlearnTrainer(Trainer):
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
         from sgu_llm.evaluation.suite import check_tokenizer_matches
 
+        check_causal_lm(model)
         check_tokenizer_matches(model, tokenizer)
         model = prepare_model(model, peft_config, args.unlearn_params)
         fmt = dict(
@@ -318,6 +403,7 @@ class UnlearnTrainer(Trainer):
         )
         forget = prepare_qa_dataset(forget_dataset, tokenizer, "forget", **fmt)
         retain = prepare_qa_dataset(retain_dataset, tokenizer, "retain", **fmt)
+        check_fits_context(model, {"forget": forget, "retain": retain})
         # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
         needs_ref = self.needs_reference_model(args)
         if needs_ref and ref_model is None and not is_peft_model(model):
@@ -454,6 +540,11 @@ class UnlearnTrainer(Trainer):
         if "loss" in logs:  # a training log: merge what the steps since the last one gathered
             logs.update(self._metrics.pop(self.accelerator))
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model` (checkpoints too), with every `*_token` field masked in training_args.bin."""
+        with tokens_masked(self.args):
+            super().save_model(output_dir, _internal_call)
 
     def save_unlearned_model(self, output_dir: str | None = None) -> str:
         """Save the unlearned model and tokenizer with `save_pretrained`.

@@ -38,7 +38,11 @@ from sgu_llm.selection import (
 from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_BLOCK, DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
 from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
 
-RULE_STATE_FILE = "sgu_rule_states.pt"  # in each checkpoint folder, when a stateful rule has state
+RULE_STATE_FILE = "sgu_rule_states.pt"
+
+
+class NonFiniteGradientError(ValueError):
+    """Too many optimizer steps in a row with non-finite gradients (see `max_nonfinite_steps`)."""  # in each checkpoint folder, when a stateful rule has state
 
 FORGET_LOSSES = ("nll", "npo")
 STASH_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -159,10 +163,20 @@ class SGUConfig(UnlearnConfig):
             "help": "Append per-parameter-tensor action fractions to output_dir/sgu_actions.jsonl at each log."
         },
     )
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Optimizer steps in a row whose forget or retain gradient is non-finite before the run stops "
+            "with an error. Each such step is skipped (without fp16's loss scaler, its gradients are dropped so "
+            "no weight moves) and counted in sgu/nonfinite_frac."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         get_selective_function(self.selective_function)  # raises with the registered names
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be at least 1, got {self.max_nonfinite_steps}")
         for name in ("q_d", "q_m", "q_d_final", "q_m_final"):
             q = getattr(self, name)
             if q is not None and not 0.0 < q < 1.0:
@@ -249,6 +263,7 @@ class SGUTrainer(UnlearnTrainer):
         self._resumed_states: list[dict] | None = None  # read from a checkpoint, taken by _params()
         self._tensor_counts: torch.Tensor | None = None
         self.selection_skipped_steps = 0
+        self._nonfinite_in_row = 0  # consecutive skipped (non-finite) optimizer steps
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
         self.selection_observers: list = []
         self._phase: str | None = None  # lean mode: "forget" or "select" while a hooked backward runs
@@ -463,7 +478,8 @@ class SGUTrainer(UnlearnTrainer):
             names=[params[i][0] for i in live],
         )
         self._stash = [None] * len(params)
-        self._record(stats, [params[i][0] for i in live], live)
+        if not self._record(stats, [params[i][0] for i in live], live):
+            return [], []  # a dropped step: every param.grad is None and stays so
         return live, g_r
 
     def _make_lean_hook(self, i: int):
@@ -520,13 +536,32 @@ class SGUTrainer(UnlearnTrainer):
         )
         self._record(stats, [params[i][0] for i in live], live)
 
-    def _record(self, stats: SelectionStats, names: list[str], live: list[int]) -> None:
-        """Log a selection's statistics, unless its gradients were non-finite (the step is skipped)."""
+    def _record(self, stats: SelectionStats, names: list[str], live: list[int]) -> bool:
+        """Log a selection's statistics, unless its gradients were non-finite (the step is skipped).
+
+        Returns False when the step's gradients were dropped (non-finite, no loss scaler to skip it).
+        """
         if not torch.isfinite(stats.norm_r2 + stats.norm_f2):
-            # Overflow (e.g. fp16): the loss scaler skips this optimizer step, so it selected nothing.
             self.selection_skipped_steps += 1
+            self._nonfinite_in_row += 1
             self._metrics.add("sgu/nonfinite_frac", 1.0)
-            return
+            if getattr(self.accelerator, "scaler", None) is None:
+                # No loss scaler to skip this step (fp16's does, and lowers its scale): drop the gradients, so
+                # the optimizer moves no weight (AdamW skips parameters without a gradient).
+                for _, p in self._params():
+                    p.grad = None
+                dropped = True
+            else:
+                dropped = False
+            if self._nonfinite_in_row >= self.args.max_nonfinite_steps:
+                raise NonFiniteGradientError(
+                    f"{self._nonfinite_in_row} optimizer steps in a row had non-finite forget or retain gradients "
+                    f"(step {self.state.global_step}); each was skipped and the weights are the last finite ones. "
+                    "Lower learning_rate, use bf16 rather than fp16, or check the data for empty answers; raise "
+                    "max_nonfinite_steps to tolerate more."
+                )
+            return not dropped
+        self._nonfinite_in_row = 0
         for key, value in stats.summary().items():
             self._metrics.add(key, value)
         self._metrics.add("sgu/nonfinite_frac", 0.0)
@@ -538,6 +573,7 @@ class SGUTrainer(UnlearnTrainer):
             counts = torch.zeros(len(self._params()), 3, dtype=torch.long, device=stats.counts.device)
             counts[live] = stats.counts
             self._tensor_counts = counts if self._tensor_counts is None else self._tensor_counts + counts
+        return True
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._tensor_counts is not None:

@@ -1,0 +1,52 @@
+"""Atomic writes: a file or folder appears whole or not at all, so a crash never leaves half an output.
+
+Every JSON, report, model card and cache entry a run writes goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.txt")
+        >>> write_text(p, "hello"); open(p).read()
+        'hello'
+    """
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj: Any, indent: int | None = 1) -> None:
+    """`json.dump` through `write_text`."""
+    write_text(path, json.dumps(obj, indent=indent))
+
+
+def atomic_dir(target: str, save: Any) -> None:
+    """Build a folder with `save(tmp_folder)` and move it in place (replacing an old one)."""
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target) or ".", prefix=".tmp-")
+    try:
+        save(tmp)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
