@@ -104,6 +104,27 @@ def _attack_lines(attacks: dict[str, Any] | None) -> list[str]:
     return ["## Attacks: does the forgotten come back?", "", *attack_table(attacks), ""]
 
 
+def _attack_html(attacks: dict[str, Any] | None) -> str:
+    """The attack table as HTML, from the report's data."""
+    if not attacks:
+        return ""
+    from sgu_llm.attacks import attack_table
+
+    intro = attack_table(attacks)[0]
+    cells = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{attack}</td><td>{m['forget_prob']:.4f}</td>"
+        f"<td>{m['forget_rouge']:.4f}</td><td>{m['forget_quality']:.3g}</td></tr>"
+        for name, entry in attacks["models"].items()
+        for attack, m in entry.items()
+    )
+    return (
+        "<h2>Attacks: does the forgotten come back?</h2>"
+        f"<p>{html.escape(intro)}</p>"
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>model</th><th>attack</th>"
+        f"<th>forget prob</th><th>forget ROUGE</th><th>forget quality</th></tr>{cells}</table>"
+    )
+
+
 def _known_line(known: dict[str, Any] | None) -> list[str]:
     """'World facts stated' line: how much general knowledge each model keeps (greedy answers)."""
     if not known or len(known) < 2:
@@ -218,6 +239,8 @@ def build_report(
     body = (
         "\n".join(f"<p>{html.escape(line)}</p>" for line in md[2:5] if line)
         + table_html
+        + "".join(f"<p>{html.escape(line)}</p>" for line in _known_line(metrics.get("world_facts_known")) if line)
+        + _attack_html(metrics.get("attacks"))
         + "".join(f"<div>{p}</div>" for p in plots)
     )
     probe_md, probe_html = build_probe_section(probe) if probe else ("", "")
