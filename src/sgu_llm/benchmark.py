@@ -348,12 +348,15 @@ def _trainable_part(model: Any, train_layers: int | None, lora_r: int) -> Any:
     n = len(layers) if train_layers is None else min(train_layers, len(layers))
     trained = list(range(len(layers) - n, len(layers)))
     if lora_r:
+        import torch
         from peft import LoraConfig, get_peft_model
 
+        # The linear modules of a decoder layer, by name (PEFT takes layers_to_transform only with names).
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)})
         cfg = LoraConfig(
             r=lora_r,
             lora_alpha=2 * lora_r,
-            target_modules="all-linear",
+            target_modules=names,
             layers_to_transform=trained,
             task_type="CAUSAL_LM",
         )
