@@ -27,10 +27,17 @@ def write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str, obj: Any, indent: int | None = 1) -> None:
@@ -44,6 +51,7 @@ def atomic_dir(target: str, save: Any) -> None:
     tmp = tempfile.mkdtemp(dir=os.path.dirname(target) or ".", prefix=".tmp-")
     try:
         save(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if os.path.exists(target):
             shutil.rmtree(target)
         os.replace(tmp, target)
