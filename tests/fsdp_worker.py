@@ -4,8 +4,8 @@ torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT.json
 
 Every rank holds a tiny Llama sharded with `fully_shard` (gloo, CPU) and an unsharded copy. One
 optimizer step's worth of SGU runs on both: 2 micro-batches per rank (the global batch is split
-over ranks), forget and retain backward passes kept apart by swapping `param.grad` with a stash,
-as `SGUTrainer` does, gradients reduce-scattered on every backward. The selected updates of the
+over ranks), forget and retain backward passes kept apart by `SGUTrainer`'s `StashPairing` (its FSDP2
+option: gradients reduce-scattered on every backward). The selected updates of the
 sharded path are gathered and compared with the unsharded selection over the whole global batch.
 """
 
@@ -24,6 +24,7 @@ from sgu_llm.data.synthetic import synthetic_tofu
 from sgu_llm.losses import per_example_nll
 from sgu_llm.models import tiny_llama, train_tokenizer
 from sgu_llm.selection import SelectionSettings, same_sign, select_gradients
+from sgu_llm.trainers.gradient_pairing import StashPairing
 
 MICRO, PER_RANK = 2, 4  # micro-batches per step, examples per rank and micro-batch
 
@@ -52,23 +53,26 @@ def tokens(step_batches):
 
 
 def two_gradients(model, forget, retain, rank, world, sharded):
-    """g_r in param.grad, g_f in the returned stash, each summed over all micro-batches (and ranks)."""
+    """g_r in param.grad, g_f in the stash, each summed over all micro-batches (and ranks), held apart by
+    SGUTrainer's own `StashPairing` (with its FSDP2 option on the sharded model)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    stash = [None] * len(params)
-    n_f, n_r = tokens(forget), tokens(retain)
+    totals = {"forget": tokens(forget), "retain": tokens(retain)}
+    # FSDP2 averages over ranks when it reduce-scatters: scale by the world size to get the sum.
+    scale = world if sharded else 1.0
+
+    def backward(model, inputs, sizes):
+        ((split, batch),) = inputs.items()
+        loss = loss_of(model, batch, totals[split], scale)
+        loss.backward()
+        return loss.detach()
+
+    pairing = StashPairing(params, backward, select_window=None, fsdp2=sharded)
     for m in range(MICRO):
         parts = [(forget[m][rank], retain[m][rank])] if sharded else list(zip(forget[m], retain[m]))
-        # FSDP2 averages over ranks when it reduce-scatters: scale by the world size to get the sum.
-        scale = world if sharded else 1.0
         for f_batch, r_batch in parts:
-            held = [p.grad for p in params]
-            for i, p in enumerate(params):
-                p.grad = stash[i]
-            loss_of(model, f_batch, n_f, scale).backward()
-            for i, p in enumerate(params):
-                stash[i], p.grad = p.grad, held[i]
-            loss_of(model, r_batch, n_r, scale).backward()
-    return params, stash
+            pairing.forget_pass(model, f_batch, None)
+            pairing.retain_pass(model, r_batch, None, last=False)
+    return params, pairing.stash
 
 
 def full(t):

@@ -30,7 +30,7 @@ def test_import_is_lazy():
 def test_help_lists_config_fields():
     out = run_cli("unlearn", "--config", TINY, "--help")
     assert out.returncode == 0
-    for flag in ("--q_d", "--selective_function", "--threshold_population", "--use_lora", "--learning_rate"):
+    for flag in ("--q_d", "--selective_function", "--threshold_population", "--use_peft", "--learning_rate"):
         assert flag in out.stdout
 
 

@@ -11,7 +11,7 @@ def _held_bytes(trainer) -> int:
     """Gradient bytes alive right now: param.grad plus the stashed forget gradients."""
     params = trainer._params()
     grads = sum(p.grad.nbytes for _, p in params if p.grad is not None)
-    return grads + sum(s.nbytes for s in trainer._stash if s is not None)
+    return grads + sum(s.nbytes for s in trainer.pairing.stash if s is not None)
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -34,30 +34,26 @@ def test_lean_selection_never_holds_two_full_gradients(model, splits, sgu_update
 
     def watch_stash_mode(key):
         def watch(trainer):
-            select = trainer._select
+            pairing = trainer.pairing
+            select = pairing.select
 
             def measured():
                 peaks[key] = _held_bytes(trainer)
                 select()
 
-            trainer._select = measured
+            pairing.select = measured
 
         return watch
 
     def watch_lean(trainer):
-        make_hook = trainer._make_lean_hook
+        pairing = trainer.pairing
+        select_one = pairing.select_one
 
-        def make(i):
-            hook = make_hook(i)
+        def measured(i, g_r, g_f):  # called by parameter i's hook, before its stash entry is freed
+            peaks["lean"] = max(peaks.get("lean", 0), _held_bytes(trainer))
+            return select_one(i, g_r, g_f)
 
-            def measured(param):
-                if trainer._phase == "select":
-                    peaks["lean"] = max(peaks.get("lean", 0), _held_bytes(trainer))
-                hook(param)
-
-            return measured
-
-        trainer._make_lean_hook = make
+        pairing.select_one = measured
 
     sgu_update(model, forget, retain, watch=watch_stash_mode("fp32"))
     model.load_state_dict(finetuned_state)

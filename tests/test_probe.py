@@ -171,3 +171,15 @@ def test_probe_callback_during_sgu(model, tokenizer, small_sets, make_config):
     assert "model.layers.0.mlp.down_proj.weight" in names
     assert not any(".layers.1." in n for n in names)
     assert probe.seconds > 0
+
+
+def test_causal_check_falls_back_to_the_largest_forget_drops():
+    """With nothing pruned or reversed, the causal check clamps the features whose forget activation fell most."""
+    from sgu_llm.run import largest_forget_drops
+
+    def feature(f, start, end):
+        return {"feature": f, "steps": [{"forget_mean_act": start}, {"forget_mean_act": end}]}
+
+    feats = [feature(1, 1.0, 0.5), feature(2, 2.0, 0.2), feature(3, 1.0, 1.5), feature(4, 0.0, 0.0)]
+    assert largest_forget_drops(feats, 5) == [2, 1]  # relative drops 0.9 and 0.5; rises and dead features out
+    assert largest_forget_drops(feats, 1) == [2] and largest_forget_drops(feats, 0) == []

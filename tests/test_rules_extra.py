@@ -202,12 +202,36 @@ def test_registry_names_and_extras():
     assert get_selective_function("sgu_row").extras == ("q",)
     assert get_selective_function("fisher_reverse").extras == ("state", "q", "seed")
     assert get_selective_function("gru").extras == ("state",)
-    assert not any(get_selective_function(n).fused for n in ("sgu_row", "fisher", "gru"))
+    assert all(get_selective_function(n).per_tensor for n in ("sgu_row", "fisher", "gru", "pcgrad"))
+    assert not any(get_selective_function(n).per_tensor for n in ("sgu", "sgu_reverse", "sign_conflict", "sago"))
     with pytest.raises(ValueError, match="extras may name"):
         register_selective_function("test_bad_extra", extras=("state", "bogus"))
-    with pytest.raises(ValueError, match="fused rule"):
-        register_selective_function("test_fused_state", fused=True, extras=("state",))
-    assert not {"test_bad_extra", "test_fused_state"} & set(list_selective_functions())
+    with pytest.raises(TypeError):
+        register_selective_function("test_fused_flag", fused=True)  # the flag is gone: a rule is never replaced
+    assert not {"test_bad_extra", "test_fused_flag"} & set(list_selective_functions())
+
+
+def test_a_user_rule_is_the_one_that_runs():
+    """A user rule registered with the SGU rule's thresholds runs as written, with the fused kernels on."""
+    from sgu_llm.selection import SelectionSettings, select_gradients
+
+    @register_selective_function("test_user_double", thresholds=("d",))
+    def double(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
+        return 2 * g_r, torch.ones_like(g_r, dtype=torch.int8)
+
+    g_r, g_f = torch.randn(1000), torch.randn(1000)
+    settings = SelectionSettings(function="test_user_double", fused=True)
+    updates, _ = select_gradients([g_r.clone()], [g_f], settings)
+    assert torch.equal(updates[0], 2 * g_r)
+
+
+def test_a_per_tensor_rule_is_refused_on_shards(monkeypatch):
+    """On FSDP2 shards a per-tensor rule would see part of each tensor: refused, naming what runs there."""
+    from sgu_llm.selection import SelectionSettings, select_gradients, selector
+
+    monkeypatch.setattr(selector, "local_shards", lambda grads: (grads, [2 * g.numel() for g in grads], object()))
+    with pytest.raises(ValueError, match="per-tensor.*FSDP2"):
+        select_gradients([torch.randn(4)], [torch.randn(4)], SelectionSettings(function="pcgrad"))
 
 
 def test_non_finite_gradients_do_not_poison_the_history():

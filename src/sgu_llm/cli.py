@@ -18,6 +18,7 @@ commands:
   eval      evaluate a saved model on the TOFU sets: sgu-llm eval MODEL_DIR --output eval.json
   probe     SAE probe of a saved before/after pair: sgu-llm probe --before DIR --after DIR --output_dir OUT
   attack    relearning and quantization attacks: sgu-llm attack MODEL_DIR --retain_model DIR --output OUT.json
+  vision    SGU on an image classifier (8x8 digits): sgu-llm vision --output docs/vision.md
   methods   list the registered unlearning methods and selective functions
 """
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from sgu_llm.commands import attack_main
 
         return attack_main(rest)
+    if command == "vision":
+        from sgu_llm.vision import main as vision_main
+
+        return vision_main(rest)
     if command == "methods":
         from sgu_llm.selection import list_selective_functions
         from sgu_llm.trainers import list_methods

@@ -168,9 +168,9 @@ def probe_main(argv: list[str]) -> int:
 
     from sgu_llm.benchmark import BenchmarkArguments, load_benchmark_data, training_sets
     from sgu_llm.data.pairing import prepare_qa_dataset
-    from sgu_llm.probe.probe import ProbeArguments, SAEProbe, causal_check
+    from sgu_llm.probe.probe import ProbeArguments, SAEProbe
     from sgu_llm.report import build_probe_section
-    from sgu_llm.run import prepare_sae
+    from sgu_llm.run import prepare_sae, probe_report
     from sgu_llm.unlearn import ScriptArguments
 
     parser = HfArgumentParser((ProbeCommandArguments, ScriptArguments, BenchmarkArguments, ProbeArguments))
@@ -195,37 +195,7 @@ def probe_main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"sgu-llm probe: error: {err}", file=sys.stderr)
         return 2
-    out = probe.to_json()
-    for f in out["features"]:
-        if f["state"] in ("pruned", "reversed"):
-            f["contexts"] = probe.top_contexts(f["feature"])
-    start = probe.history[0]
-    pruned = [f["feature"] for f in out["features"] if f["state"] in ("pruned", "reversed")]
-    from sgu_llm.probe.hooks import resolve_hook
-
-    out.update(
-        {
-            "hf_module": resolve_hook(before, probe.hook_name)[2],
-            "sae_quality": quality,
-            "actions": [],
-            "unlearn_seconds_without_probe": float("nan"),
-            "probe_share": float("nan"),
-            "causal": causal_check(
-                before,
-                sae,
-                probe.hook_name,
-                tokenizer.pad_token_id,
-                forget,
-                retain,
-                pruned,
-                (start["forget"].freq + start["retain"].freq) / 2,
-                exclude=out["selected"],
-                draws=probe_args.causal_random_draws,
-                scales=tuple(probe_args.causal_scales),
-            ),
-            "causal_random_draws": probe_args.causal_random_draws,
-        }
-    )
+    out = probe_report(probe, before, tokenizer, forget, retain, probe_args, quality)
     from sgu_llm.files import write_json, write_text
 
     write_json(os.path.join(args.output_dir, "probe.json"), out, indent=None)

@@ -6,15 +6,7 @@ from typing import Any
 
 import torch
 
-from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
-
-
-class PadCollator:
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return pad_batch(rows, self.pad_token_id)
+from sgu_llm.data.pairing import PadCollator, prepare_qa_dataset
 
 
 def finetune(

@@ -1,88 +1,21 @@
-"""The run report: `report.md` and a self-contained `report.html` with inline SVG plots (no plotting library)."""
+"""The run report: `report.md` and a self-contained `report.html` with plots drawn by matplotlib (inline SVG).
+
+Both files are rendered from one list of blocks built from the run's data: headings, paragraphs, tables
+(every cell formatted once, so the two files show the same numbers) and plots (HTML only).
+"""
 
 from __future__ import annotations
 
 import html
+import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-W, H, PAD, LEGEND_W = 620, 300, 48, 120
+import numpy as np
 
-
-def _scale(lo: float, hi: float, a: float, b: float):
-    span = (hi - lo) or 1.0
-    return lambda v: a + (v - lo) / span * (b - a)
-
-
-def svg_lines(
-    series: dict[str, tuple[list[float], list[float]]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    logy: bool = False,
-    points: bool = False,
-) -> str:
-    """Line (or scatter, with `points`) plot of named series as an SVG string."""
-
-    def ty(v):
-        return math.log10(max(v, 1e-300)) if logy else v
-
-    xs = [x for s in series.values() for x in s[0]]
-    ys = [ty(y) for s in series.values() for y in s[1] if y is not None and math.isfinite(ty(y))]
-    if not xs or not ys:
-        return f"<p><em>{html.escape(title)}: no data</em></p>"
-    right = W - LEGEND_W  # the legend sits to the right of the plot area, never on the lines
-    sx = _scale(min(xs), max(xs), PAD, right)
-    lo, hi = min(ys), max(ys)
-    if lo == hi:
-        lo, hi = lo - 1, hi + 1
-    sy = _scale(lo, hi, H - PAD, 24)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
-        f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{right}" y2="{H - PAD}" stroke="#333"/>',
-        f'<line x1="{PAD}" y1="24" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>',
-        f'<text x="{(PAD + right) / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
-        f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
-        f"{html.escape(ylabel + (' (log10)' if logy else ''))}</text>",
-    ]
-    for i in range(5):
-        v = lo + (hi - lo) * i / 4
-        out.append(f'<text x="{PAD - 4}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-        xv = min(xs) + (max(xs) - min(xs)) * i / 4
-        out.append(f'<text x="{sx(xv):.1f}" y="{H - PAD + 14}" text-anchor="middle">{xv:.3g}</text>')
-    for k, (name, (sxs, sys_)) in enumerate(series.items()):
-        color = COLORS[k % len(COLORS)]
-        pts = [(sx(x), sy(ty(y))) for x, y in zip(sxs, sys_) if y is not None and math.isfinite(ty(y))]
-        if points:
-            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}"/>' for x, y in pts]
-        elif pts:
-            out.append(
-                f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
-                + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-                + '"/>'
-            )
-        out.append(f'<text x="{right + 10}" y="{30 + 14 * k}" fill="{color}">{html.escape(name)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def histogram(values: list[float], lo: float, hi: float, bins: int = 30) -> tuple[list[float], list[float]]:
-    width = (hi - lo) / bins
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
-    total = max(1, len(values))
-    return [lo + (i + 0.5) * width for i in range(bins)], [c / total for c in counts]
-
-
-def _fmt(v: Any) -> str:
-    """Numbers to 3 significant digits, None as a dash."""
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return "–" if v is None else str(v)
-
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 HEADLINE = (
     "forget_quality",
@@ -94,44 +27,232 @@ HEADLINE = (
     "retain_rouge",
     "privleak",
 )
+MODELS = ("target", "retain", "noise_floor", "unlearned")
+ACTIONS = ("sgu/maintain_frac", "sgu/prune_frac", "sgu/reverse_frac", "sgu/conflict_frac")
+STATES = ("maintained", "pruned", "reversed", "collateral")  # as sgu_llm.probe.stats (which needs torch)
+PAGE_STYLE = "body{font-family:sans-serif;max-width:1100px;margin:0 auto;padding:0 1em}"
+TABLE_ATTRS = "border='1' cellpadding='4' style='border-collapse:collapse;margin:8px 0'"
+
+Block = tuple[str, Any]  # (kind, content): h1, h2, p (lines), table (header, rows), plot (title, Figure), md
 
 
-def _attack_lines(attacks: dict[str, Any] | None) -> list[str]:
-    if not attacks:
-        return []
-    from sgu_llm.attacks import attack_table
+def _fmt(v: Any) -> str:
+    """Numbers to 3 significant digits, None as a dash."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "–" if v is None else str(v)
 
-    return ["## Attacks: does the forgotten come back?", "", *attack_table(attacks), ""]
+
+# Plots: matplotlib Figure objects (never pyplot's global state), saved as SVG when the page is rendered.
 
 
-def _attack_html(attacks: dict[str, Any] | None) -> str:
-    """The attack table as HTML, from the report's data."""
-    if not attacks:
-        return ""
-    from sgu_llm.attacks import attack_table
+def use_log_scale(values: list[float]) -> bool:
+    """A log axis for positive values spanning more than two orders of magnitude (e.g. forget quality)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return len(finite) > 1 and min(finite) > 0 and max(finite) / min(finite) > 100
 
-    intro = attack_table(attacks)[0]
-    cells = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{attack}</td><td>{m['forget_prob']:.4f}</td>"
-        f"<td>{m['forget_rouge']:.4f}</td><td>{m['forget_quality']:.3g}</td></tr>"
-        for name, entry in attacks["models"].items()
-        for attack, m in entry.items()
+
+def _figure(height: float = 3.4) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, height))
+    return fig, fig.add_subplot()
+
+
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, steps: bool = False) -> Figure:
+    """Labels, a light grid, whole-number ticks on a step axis, and the legend above the plot, off the data."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if steps:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True))
+    labels = ax.get_legend_handles_labels()[1]
+    if len(labels) > 1:
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=min(4, len(labels)), frameon=False)
+    return fig
+
+
+def line_figure(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str) -> Figure:
+    """Named (x, y) series over optimizer steps; a log y axis where the values span orders of magnitude."""
+    fig, ax = _figure()
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o" if len(xs) <= 20 else None, markersize=4, label=name)
+    if use_log_scale([y for _, ys in series.values() for y in ys]):
+        ax.set_yscale("log")
+    return _finish(fig, ax, xlabel, ylabel, steps=True)
+
+
+def scatter_figure(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str) -> Figure:
+    fig, ax = _figure()
+    for name, (xs, ys) in series.items():
+        ax.scatter(xs, ys, s=40, alpha=0.8, edgecolors="white", label=name)
+    ax.margins(0.08)  # no point on an axis
+    return _finish(fig, ax, xlabel, ylabel)
+
+
+def histogram_figure(samples: dict[str, list[float]], xlabel: str) -> Figure:
+    """Step histograms on shared bins, as fractions of each sample; log bins where values span decades."""
+    values = [v for vs in samples.values() for v in vs]
+    log = use_log_scale(values)
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.geomspace(lo, hi, 31) if log else np.linspace(lo, hi, 31)
+    fig, ax = _figure()
+    for name, vs in samples.items():
+        weights = np.full(len(vs), 1 / max(1, len(vs)))
+        ax.hist(vs, bins=edges, weights=weights, histtype="step", linewidth=2, label=name)
+    if log:
+        ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, "fraction of examples")
+
+
+def heatmap_figure(rows: list[str], steps: list[int], values: list[list[float]], label: str) -> Figure:
+    """Rows x steps grid coloured by a value in [0, 1]."""
+    fig, ax = _figure(height=1.2 + 0.25 * len(rows))
+    mesh = ax.pcolormesh(
+        steps, range(len(rows)), values, shading="nearest", cmap="Blues", vmin=0, vmax=1, rasterized=True
     )
-    return (
-        "<h2>Attacks: does the forgotten come back?</h2>"
-        f"<p>{html.escape(intro)}</p>"
-        "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>model</th><th>attack</th>"
-        f"<th>forget prob</th><th>forget ROUGE</th><th>forget quality</th></tr>{cells}</table>"
-    )
+    ax.set_yticks(range(len(rows)), [name[-58:] for name in rows], fontsize=8)
+    ax.invert_yaxis()
+    fig.colorbar(mesh, ax=ax, label=label, pad=0.01)
+    _finish(fig, ax, "optimizer step", "", steps=True)
+    ax.grid(False)
+    return fig
 
 
-def _known_line(known: dict[str, Any] | None) -> list[str]:
+def svg(fig: Figure, salt: str) -> str:
+    """The figure as an inline <svg> element as wide as the page (no XML prolog; ids derived from `salt`)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg") :].replace("<svg ", '<svg style="width:100%;height:auto" ', 1)
+
+
+# Blocks -> markdown and HTML
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    return f"<table {TABLE_ATTRS}>" + row(header, "th") + "".join(row(r, "td") for r in rows) + "</table>"
+
+
+def _plot_html(title: str, fig: Figure) -> str:
+    return f"<h3>{html.escape(title)}</h3>\n<div>{svg(fig, title)}</div>"
+
+
+MARKDOWN = {
+    "h1": lambda text: f"# {text}",
+    "h2": lambda text: f"## {text}",
+    "p": "\n".join,
+    "table": lambda table: _md_table(*table),
+    "md": str,  # markdown only
+}
+HTML = {
+    "h1": lambda text: f"<h1>{html.escape(text)}</h1>",
+    "h2": lambda text: f"<h2>{html.escape(text)}</h2>",
+    "p": lambda lines: "<p>" + "<br>\n".join(html.escape(line) for line in lines) + "</p>",
+    "table": lambda table: _html_table(*table),
+    "plot": lambda plot: _plot_html(*plot),
+}
+
+
+def _p(*lines: str) -> Block:
+    return "p", list(lines)
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    return "\n\n".join(MARKDOWN[kind](content) for kind, content in blocks if kind in MARKDOWN) + "\n"
+
+
+def to_html(blocks: list[Block]) -> str:
+    return "\n".join(HTML[kind](content) for kind, content in blocks if kind in HTML)
+
+
+# The run report
+
+
+def _models(evals: dict[str, dict]) -> list[str]:
+    return [n for n in MODELS if n in evals]
+
+
+def _headline_table(evals: dict[str, dict]) -> Block:
+    names = _models(evals)
+    rows = [[key] + [_fmt(evals[n]["aggregates"].get(key)) for n in names] for key in HEADLINE]
+    return "table", (["metric", *names], rows)
+
+
+def _known_line(known: dict[str, Any] | None) -> list[Block]:
     """'World facts stated' line: how much general knowledge each model keeps (greedy answers)."""
     if not known or len(known) < 2:
         return []
-    names = [n for n in ("base", "target", "retain", "noise_floor", "unlearned") if n in known]
+    names = [n for n in ("base", *MODELS) if n in known]
     cells = ", ".join(f"{n} {known[n]}" for n in names)
-    return [f"World facts stated in the greedy answer (of {known['of']}): {cells}.", ""]
+    return [_p(f"World facts stated in the greedy answer (of {known['of']}): {cells}.")]
+
+
+def _attack_blocks(attacks: dict[str, Any] | None) -> list[Block]:
+    if not attacks:
+        return []
+    from sgu_llm.attacks import attack_table
+
+    rows = [
+        [name, attack, f"{m['forget_prob']:.4f}", f"{m['forget_rouge']:.4f}", f"{m['forget_quality']:.3g}"]
+        for name, entry in attacks["models"].items()
+        for attack, m in entry.items()
+    ]
+    return [
+        ("h2", "Attacks: does the forgotten come back?"),
+        _p(attack_table(attacks)[0]),
+        ("table", (["model", "attack", "forget prob", "forget ROUGE", "forget quality"], rows)),
+    ]
+
+
+def _over_steps(records: list[dict], keys: tuple[str, ...]) -> dict[str, tuple[list, list]]:
+    """Named (steps, values) series from per-step records ("sgu/maintain_frac" is named "maintain frac")."""
+    xs = [r["step"] for r in records]
+    return {k.split("/")[-1].replace("_", " "): (xs, [r[k] for r in records]) for k in keys}
+
+
+def run_plots(evals: dict[str, dict], steps: list[dict], log_history: list[dict]) -> dict[str, Figure]:
+    """Truth ratios and probabilities of the models; forget quality, probabilities and SGU's actions over the
+    unlearning steps where they were recorded."""
+    names = _models(evals)
+    ratios = {
+        n: [r for r in evals[n]["per_example"]["forget"]["truth_ratio"] if math.isfinite(r)] for n in names
+    }
+    probs = {
+        n: ([evals[n]["aggregates"]["forget_prob"]], [evals[n]["aggregates"]["retain_prob"]]) for n in names
+    }
+    plots = {}
+    if any(ratios.values()):
+        plots["Forget-set truth ratio distributions"] = histogram_figure(ratios, "truth ratio")
+    plots["Forget vs retain probability"] = scatter_figure(probs, "forget probability", "retain probability")
+    if steps:
+        fq = _over_steps(steps, ("forget_quality",))
+        plots["Forget quality over unlearning"] = line_figure(fq, "optimizer step", "forget quality")
+        values = _over_steps(steps, ("forget_prob", "retain_prob", "forget_truth_ratio"))
+        plots["Probabilities over unlearning"] = line_figure(values, "optimizer step", "value")
+    acts = [h for h in log_history if ACTIONS[0] in h]
+    if acts:
+        fractions = _over_steps(acts, ACTIONS)
+        plots["SGU action fractions over steps"] = line_figure(
+            fractions, "optimizer step", "fraction of coordinates"
+        )
+    return plots
 
 
 def build_report(
@@ -142,287 +263,170 @@ def build_report(
     probe: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Markdown and HTML reports from a run's metrics, the four models' evals and the per-step records."""
-    names = [n for n in ("target", "retain", "noise_floor", "unlearned") if n in evals]
-    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for key in HEADLINE:
-        rows.append(f"| {key} | " + " | ".join(_fmt(evals[n]["aggregates"].get(key)) for n in names) + " |")
-    table_md = "\n".join(rows)
-    md = [
-        f"# sgu-llm run: {metrics['method']}",
-        "",
-        f"Forget quality {_fmt(metrics['forget_quality'])} (noise floor: {_fmt(metrics['noise_floor_forget_quality'])}), "
-        f"model utility {_fmt(metrics['model_utility'])} (target: {_fmt(metrics['target']['model_utility'])}).",
-        "",
-        "The noise floor is a second retain model trained with another seed: a forget quality at or above it is "
-        "as indistinguishable from the retain model as retraining gets.",
-        "",
-        table_md,
-        "",
+    blocks: list[Block] = [
+        ("h1", f"sgu-llm run: {metrics['method']}"),
+        _p(
+            f"Forget quality {_fmt(metrics['forget_quality'])} "
+            f"(noise floor: {_fmt(metrics['noise_floor_forget_quality'])}), "
+            f"model utility {_fmt(metrics['model_utility'])} (target: {_fmt(metrics['target']['model_utility'])})."
+        ),
+        _p(
+            "The noise floor is a second retain model trained with another seed: a forget quality at or above "
+            "it is as indistinguishable from the retain model as retraining gets."
+        ),
+        _headline_table(evals),
         *_known_line(metrics.get("world_facts_known")),
-        *_attack_lines(metrics.get("attacks")),
-        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()),
-        "",
-        "Plots are in report.html.",
+        *_attack_blocks(metrics.get("attacks")),
+        _p("Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())),
+        *(("plot", plot) for plot in run_plots(evals, steps, log_history).items()),
+        ("md", "Plots are in report.html."),
+        *(_probe_blocks(probe) if probe else []),
     ]
-    # Plots
-    logs = {
-        n: [math.log10(max(r, 1e-12)) for r in evals[n]["per_example"]["forget"]["truth_ratio"]]
-        for n in names
-    }
-    allv = [v for vs in logs.values() for v in vs]
-    lo, hi = (min(allv), max(allv)) if allv else (0, 1)
-    tr_plot = svg_lines(
-        {n: histogram(v, lo, hi) for n, v in logs.items()},
-        "Forget-set truth ratio distributions",
-        "log10 truth ratio",
-        "fraction of examples",
-    )
-    prob_plot = svg_lines(
-        {
-            n: ([evals[n]["aggregates"]["forget_prob"]], [evals[n]["aggregates"]["retain_prob"]])
-            for n in names
-        },
-        "Forget vs retain probability",
-        "forget probability",
-        "retain probability",
-        points=True,
-    )
-    plots = [tr_plot, prob_plot]
-    if steps:
-        xs = [s["step"] for s in steps]
-        plots.append(
-            svg_lines(
-                {"forget quality": (xs, [s["forget_quality"] for s in steps])},
-                "Forget quality over unlearning",
-                "optimizer step",
-                "forget quality",
-                logy=True,
-            )
-        )
-        plots.append(
-            svg_lines(
-                {
-                    k: (xs, [s[k] for s in steps])
-                    for k in ("forget_prob", "retain_prob", "forget_truth_ratio")
-                },
-                "Probabilities over unlearning",
-                "optimizer step",
-                "value",
-            )
-        )
-    acts = [h for h in log_history if "sgu/maintain_frac" in h]
-    if acts:
-        xs = [h["step"] for h in acts]
-        plots.append(
-            svg_lines(
-                {
-                    k.split("/")[1]: (xs, [h[k] for h in acts])
-                    for k in ("sgu/maintain_frac", "sgu/prune_frac", "sgu/reverse_frac", "sgu/conflict_frac")
-                },
-                "SGU action fractions over steps",
-                "optimizer step",
-                "fraction of coordinates",
-            )
-        )
-    table_html = (
-        "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>metric</th>"
-        + "".join(f"<th>{n}</th>" for n in names)
-        + "</tr>"
-        + "".join(
-            f"<tr><td>{k}</td>"
-            + "".join(f"<td>{_fmt(evals[n]['aggregates'].get(k))}</td>" for n in names)
-            + "</tr>"
-            for k in HEADLINE
-        )
-        + "</table>"
-    )
-    body = (
-        "\n".join(f"<p>{html.escape(line)}</p>" for line in md[2:5] if line)
-        + table_html
-        + "".join(f"<p>{html.escape(line)}</p>" for line in _known_line(metrics.get("world_facts_known")) if line)
-        + _attack_html(metrics.get("attacks"))
-        + "".join(f"<div>{p}</div>" for p in plots)
-    )
-    probe_md, probe_html = build_probe_section(probe) if probe else ("", "")
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm report</title></head>"
-        f"<body style='font-family:sans-serif;max-width:1100px'><h1>sgu-llm run: {html.escape(metrics['method'])}</h1>"
-        f"{body}{probe_html}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>sgu-llm report</title>"
+        f"<style>{PAGE_STYLE}</style></head><body>\n{to_html(blocks)}\n</body></html>"
     )
-    return "\n".join(md) + "\n" + ("\n" + probe_md if probe_md else ""), page
+    return to_markdown(blocks), page
 
 
-def svg_heatmap(rows: list[str], cols: list[int], values: list[list[float]], title: str) -> str:
-    """Rows x columns grid coloured by value in [0, 1] (white -> blue)."""
-    if not rows or not cols:
-        return f"<p><em>{html.escape(title)}: no data</em></p>"
-    label_w, cell_h = 330, 14
-    cell_w = max(3, min(24, (W + 200 - label_w) // len(cols)))
-    height = 40 + cell_h * len(rows)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + cell_w * len(cols) + 20}" height="{height}" '
-        'font-family="sans-serif" font-size="10">',
-        f'<text x="4" y="14" font-size="13">{html.escape(title)} (white 0, blue 1; hover for values)</text>',
+# The SAE probe section
+
+
+def _probe_summary(probe: dict[str, Any]) -> Block:
+    q = probe["sae_quality"]
+    counts = probe["state_counts"]
+    final = counts[-1] if counts else {}
+    if probe["probe_share"] == probe["probe_share"]:  # nan for a static before/after probe
+        cost = (
+            f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
+            f"without it ({probe['unlearn_seconds_without_probe']:.1f} s of training steps, per-epoch evaluation "
+            "excluded)."
+        )
+    else:
+        cost = f"Probe cost: {probe['probe_seconds']:.1f} s (before/after probe, no unlearning run)."
+    return _p(
+        f"SAE on `{probe['hook_name']}` ({probe['hf_module']}): explained variance {q['explained_variance']:.3f}, "
+        f"L0 {q['l0']:.1f}, dead features {q['dead_fraction']:.3f} of {q['d_sae']}.",
+        f"{len(probe['selected'])} forget-specific features; at the end: "
+        + ", ".join(f"{s} {final.get(s, 0)}" for s in STATES)
+        + ".",
+        cost,
+    )
+
+
+def _causal_blocks(probe: dict[str, Any]) -> list[Block]:
+    causal = probe.get("causal") or {}
+    if not causal.get("n_features"):
+        return [
+            _p("Causal check: the probe called no feature pruned or reversed and no feature's forget activation "
+               "fell, so there was nothing to clamp.")
+        ]
+    largest_drop = causal.get("clamped_from") == "largest_drop"
+    which = (
+        "whose forget activation fell most during unlearning (the probe called none pruned or reversed)"
+        if largest_drop
+        else "unlearning switched off (pruned or reversed)"
+    )
+    clamped_label = "largest drop" if largest_drop else "removed"
+    header = [
+        "factor",
+        "features",
+        "forget prob drop",
+        "retain prob drop",
+        "forget NLL rise",
+        "retain NLL rise",
+        "selectivity",
+        "random selectivity: std, min-max",
+        "random >= clamped",
     ]
-    for r, name in enumerate(rows):
-        y = 28 + r * cell_h
-        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{html.escape(name[-58:])}</text>')
-        for c, v in enumerate(values[r]):
-            shade = int(255 * (1 - max(0.0, min(1.0, v))))
-            out.append(
-                f'<rect x="{label_w + c * cell_w}" y="{y}" width="{cell_w}" height="{cell_h - 1}" '
-                f'fill="rgb({shade},{shade},255)"><title>step {cols[c]}: {v:.3f}</title></rect>'
+    effects = ("forget_drop", "retain_drop", "forget_nll_rise", "retain_nll_rise", "selectivity")
+    rows = []
+    for scale, entry in causal.get("by_scale", {}).items():
+        spread = (
+            f"{entry['random_selectivity_std']:.3g}, {entry['random_selectivity_min']:.3g} to "
+            f"{entry['random_selectivity_max']:.3g}"
+        )
+        for label, eff, spread_cell, p_cell in (
+            (clamped_label, entry["clamped_effects"], "", f"{entry['random_at_least']:.2f}"),
+            ("matched random (mean)", entry["random_mean"], spread, ""),
+        ):
+            rows.append(
+                [f"{float(scale):g}", label, *(f"{eff[k]:.4g}" for k in effects), spread_cell, p_cell]
             )
-    out.append("</svg>")
-    return "\n".join(out)
+    return [
+        _p(
+            f"Causal check on the target model, clamping the {causal['n_features']} features {which} through the SAE "
+            f"(reconstruction + error term) against {probe['causal_random_draws']} draws of as many random "
+            "features of matched firing frequency. Each clamp multiplies the features by a factor (0: off; "
+            'negative: pushed past zero). Selectivity = forget NLL rise - retain NLL rise; "random >= clamped" '
+            "is the fraction of random draws at least as selective (an empirical p-value)."
+        ),
+        _p(
+            f"Unclamped target: forget prob {causal['baseline']['forget_prob']:.4f}, "
+            f"retain prob {causal['baseline']['retain_prob']:.4f}."
+        ),
+        ("table", (header, rows)),
+    ]
+
+
+def _top_features(probe: dict[str, Any]) -> list[Block]:
+    """The first ten features unlearning switched off, with their activations and top forget contexts."""
+    top = [f for f in probe["features"] if f["state"] in ("pruned", "reversed")][:10]
+    if not top:
+        return []
+    header = ["feature", "state", "forget act start -> end", "retain act start -> end", "top forget contexts"]
+    rows = [
+        [
+            str(f["feature"]),
+            f["state"],
+            f"{f['steps'][0]['forget_mean_act']:.3f} -> {f['steps'][-1]['forget_mean_act']:.3f}",
+            f"{f['steps'][0]['retain_mean_act']:.3f} -> {f['steps'][-1]['retain_mean_act']:.3f}",
+            " / ".join(f.get("contexts", [])),
+        ]
+        for f in top
+    ]
+    return [("table", (header, rows))]
+
+
+def probe_plots(probe: dict[str, Any]) -> dict[str, Figure]:
+    """Feature states over steps, forget vs retain activation, SGU's maintain fractions."""
+    plots = {}
+    if probe["state_counts"]:
+        states = _over_steps(probe["state_counts"], STATES)
+        plots["Forget-specific feature states over steps"] = line_figure(states, "optimizer step", "features")
+    feats = probe["features"]
+    if feats:
+        acts = {
+            when: (
+                [f["steps"][i]["forget_mean_act"] for f in feats],
+                [f["steps"][i]["retain_mean_act"] for f in feats],
+            )
+            for when, i in (("before", 0), ("after", -1))
+        }
+        plots["Selected features: forget vs retain mean activation"] = scatter_figure(
+            acts, "forget mean activation", "retain mean activation"
+        )
+    actions = probe.get("actions") or []
+    if actions:
+        names = sorted({n for a in actions for n in a["tensors"]})
+        grid = [[a["tensors"].get(n, [0, 0, 0])[1] for a in actions] for n in names]
+        plots["Maintain fraction per parameter tensor feeding the probed layer x step"] = heatmap_figure(
+            names, [a["step"] for a in actions], grid, "maintain fraction"
+        )
+    return plots
+
+
+def _probe_blocks(probe: dict[str, Any]) -> list[Block]:
+    return [
+        ("h2", "SAE probe"),
+        _probe_summary(probe),
+        *_causal_blocks(probe),
+        *_top_features(probe),
+        *(("plot", plot) for plot in probe_plots(probe).items()),
+    ]
 
 
 def build_probe_section(probe: dict[str, Any]) -> tuple[str, str]:
     """Markdown and HTML for the SAE probe: quality, states over steps, scatter, top features, heatmap, causal table."""
-    q = probe["sae_quality"]
-    counts = probe["state_counts"]
-    final = counts[-1] if counts else {}
-    causal = probe.get("causal") or {}
-    md = [
-        "## SAE probe",
-        "",
-        f"SAE on `{probe['hook_name']}` ({probe['hf_module']}): explained variance {q['explained_variance']:.3f}, "
-        f"L0 {q['l0']:.1f}, dead features {q['dead_fraction']:.3f} of {q['d_sae']}.",
-        f"{len(probe['selected'])} forget-specific features; at the end: "
-        + ", ".join(f"{s} {final.get(s, 0)}" for s in ("maintained", "pruned", "reversed", "collateral"))
-        + ".",
-        (
-            f"Probe cost: {probe['probe_seconds']:.1f} s, {100 * probe['probe_share']:.1f} % of the unlearning time "
-            f"without it ({probe['unlearn_seconds_without_probe']:.1f} s of training steps, per-epoch evaluation excluded)."
-            if probe["probe_share"] == probe["probe_share"]  # nan for a static before/after probe
-            else f"Probe cost: {probe['probe_seconds']:.1f} s (before/after probe, no unlearning run)."
-        ),
-        "",
-    ]
-    if causal.get("n_features"):
-        md += [
-            f"Causal check on the target model, clamping the {causal['n_features']} features unlearning switched off "
-            "(pruned or reversed) through the SAE "
-            f"(reconstruction + error term) against {probe['causal_random_draws']} draws of as many random features "
-            "of matched firing frequency. Each clamp multiplies the features by a factor (0: off; negative: pushed "
-            "past zero). Selectivity = forget NLL rise - retain NLL rise; \"random >= clamped\" is the fraction of "
-            "random draws at least as selective (an empirical p-value).",
-            "",
-            f"Unclamped target: forget prob {causal['baseline']['forget_prob']:.4f}, "
-            f"retain prob {causal['baseline']['retain_prob']:.4f}.",
-            "",
-            "| factor | features | forget prob drop | retain prob drop | forget NLL rise | retain NLL rise | "
-            "selectivity | random selectivity: std, min-max | random >= clamped |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for scale, entry in causal.get("by_scale", {}).items():
-            spread = (
-                f"{entry['random_selectivity_std']:.3g}, {entry['random_selectivity_min']:.3g} to "
-                f"{entry['random_selectivity_max']:.3g}"
-            )
-            rows = (
-                ("removed", entry["clamped_effects"], "", f"{entry['random_at_least']:.2f}"),
-                ("matched random (mean)", entry["random_mean"], spread, ""),
-            )
-            for label, eff, spread_cell, p_cell in rows:
-                md.append(
-                    f"| {float(scale):g} | {label} | {eff['forget_drop']:.4g} | {eff['retain_drop']:.4g} | "
-                    f"{eff['forget_nll_rise']:.4g} | {eff['retain_nll_rise']:.4g} | {eff['selectivity']:.4g} | "
-                    f"{spread_cell} | {p_cell} |"
-                )
-        md.append("")
-    else:
-        md += [
-            "Causal check: the probe called no feature pruned or reversed, so there was nothing to clamp.",
-            "",
-        ]
-    top = [f for f in probe["features"] if f["state"] in ("pruned", "reversed")][:10]
-    if top:
-        md += [
-            "| feature | state | forget act start -> end | retain act start -> end | top forget contexts |",
-            "|---|---|---|---|---|",
-        ]
-        for f in top:
-            s0, s1 = f["steps"][0], f["steps"][-1]
-            ctx = " / ".join(f.get("contexts", []))
-            md.append(
-                f"| {f['feature']} | {f['state']} | {s0['forget_mean_act']:.3f} -> {s1['forget_mean_act']:.3f} | "
-                f"{s0['retain_mean_act']:.3f} -> {s1['retain_mean_act']:.3f} | {ctx.replace('|', '/')} |"
-            )
-        md.append("")
-    # HTML
-    plots = []
-    if counts:
-        xs = [c["step"] for c in counts]
-        plots.append(
-            svg_lines(
-                {s: (xs, [c[s] for c in counts]) for s in ("maintained", "pruned", "reversed", "collateral")},
-                "Forget-specific feature states over steps",
-                "optimizer step",
-                "features",
-            )
-        )
-    feats = probe["features"]
-    if feats:
-        plots.append(
-            svg_lines(
-                {
-                    "before": (
-                        [f["steps"][0]["forget_mean_act"] for f in feats],
-                        [f["steps"][0]["retain_mean_act"] for f in feats],
-                    ),
-                    "after": (
-                        [f["steps"][-1]["forget_mean_act"] for f in feats],
-                        [f["steps"][-1]["retain_mean_act"] for f in feats],
-                    ),
-                },
-                "Selected features: forget vs retain mean activation",
-                "forget mean activation",
-                "retain mean activation",
-                points=True,
-            )
-        )
-    acts = probe.get("actions") or []
-    if acts:
-        names = sorted({n for a in acts for n in a["tensors"]})
-        steps = [a["step"] for a in acts]
-        grid = [[a["tensors"].get(n, [0, 0, 0])[1] for a in acts] for n in names]
-        plots.append(
-            svg_heatmap(
-                names, steps, grid, "Maintain fraction per parameter tensor feeding the probed layer x step"
-            )
-        )
-    body = "".join(
-        f"<p>{html.escape(line)}</p>"
-        for line in md
-        if line and not line.startswith("|") and not line.startswith("#")
-    )
-    tables = [line for line in md if line.startswith("|")]
-    table_html = ""
-    if tables:
-        blocks, cur = [], []
-        for line in md:
-            if line.startswith("|"):
-                cur.append(line)
-            elif cur:
-                blocks.append(cur)
-                cur = []
-        if cur:
-            blocks.append(cur)
-        for block in blocks:
-            header = [c.strip() for c in block[0].strip("|").split("|")]
-            rows_html = "".join(
-                "<tr>"
-                + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r.strip("|").split("|"))
-                + "</tr>"
-                for r in block[2:]
-            )
-            table_html += (
-                "<table border='1' cellpadding='4' style='border-collapse:collapse;margin:8px 0'><tr>"
-                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                + "</tr>"
-                + rows_html
-                + "</table>"
-            )
-    page = "<h2>SAE probe</h2>" + body + table_html + "".join(f"<div>{p}</div>" for p in plots)
-    return "\n".join(md) + "\n", page
+    blocks = _probe_blocks(probe)
+    return to_markdown(blocks), to_html(blocks)

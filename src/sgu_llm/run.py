@@ -34,6 +34,26 @@ def eval_sets(data: dict[str, Any]) -> dict[str, Any]:
 EVAL_CACHE_FORMAT = 1  # bump when evaluate_model's numbers change
 
 
+def cached_json(cache_dir: str, kind: str, material: dict, compute: Any, filename: str = "result.json") -> Any:
+    """`compute()`'s JSON result, cached under `cache_dir/kind/<hash of material>` (atomic write)."""
+    from sgu_llm.benchmark import fingerprint
+    from sgu_llm.files import atomic_dir
+
+    folder = os.path.join(cache_dir, kind, fingerprint(material)[:16])
+    path = os.path.join(folder, filename)
+    if os.path.exists(path):
+        with open(path) as fh:
+            return json.load(fh)
+    result = compute()
+
+    def save(tmp: str) -> None:
+        with open(os.path.join(tmp, filename), "w") as fh:
+            json.dump(result, fh)
+
+    atomic_dir(folder, save)
+    return json.loads(json.dumps(result))  # the same floats a cached run reads back
+
+
 def evaluate_cached(
     model: Any,
     tokenizer: Any,
@@ -52,32 +72,20 @@ def evaluate_cached(
     """
     from sgu_llm.benchmark import fingerprint
     from sgu_llm.evaluation import evaluate_model
-    from sgu_llm.files import atomic_dir
+
+    def compute() -> dict[str, Any]:
+        return evaluate_model(model, tokenizer, sets, reference=reference, **kw)
 
     if model_key is None or (reference is not None and reference_key is None):
-        return evaluate_model(model, tokenizer, sets, reference=reference, **kw)
-    key = fingerprint(
-        {
-            "format": EVAL_CACHE_FORMAT,
-            "model": model_key,
-            "reference": reference_key,
-            "sets": {name: fingerprint(ds.to_list()) for name, ds in sorted(sets.items())},
-            "kw": kw,
-        }
-    )
-    folder = os.path.join(cache_dir, "evals", key[:16])
-    path = os.path.join(folder, "eval.json")
-    if os.path.exists(path):
-        with open(path) as fh:
-            return json.load(fh)
-    result = evaluate_model(model, tokenizer, sets, reference=reference, **kw)
-
-    def save(tmp: str) -> None:
-        with open(os.path.join(tmp, "eval.json"), "w") as fh:
-            json.dump(result, fh)
-
-    atomic_dir(folder, save)
-    return json.loads(json.dumps(result))  # the same floats a cached run reads back
+        return compute()
+    material = {
+        "format": EVAL_CACHE_FORMAT,
+        "model": model_key,
+        "reference": reference_key,
+        "sets": {name: fingerprint(ds.to_list()) for name, ds in sorted(sets.items())},
+        "kw": kw,
+    }
+    return cached_json(cache_dir, "evals", material, compute, "eval.json")
 
 
 def eval_kwargs(config: Any, bench: Any) -> dict[str, Any]:
@@ -124,36 +132,24 @@ class StepEvalCallback(TrainerCallback):
             self._record(state, model)
 
 
-def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [unlearning, sgu-llm, " + metrics["method"] + "]",
-        "---",
-        f"# Unlearned with sgu-llm ({metrics['method']})",
-        "",
-        f"Forget set `{script.forget_split}`, retain set `{script.retain_split}` from `{script.dataset_name}`.",
-        "",
-        "## Measured",
-        "",
-        "| metric | unlearned | target | retain model | noise floor |",
-        "|---|---|---|---|---|",
-    ]
+def measured_table(metrics: dict[str, Any]) -> str:
+    """The model card's numbers: the unlearned model next to the target, retain model and noise floor."""
+    lines = ["| metric | unlearned | target | retain model | noise floor |", "|---|---|---|---|---|"]
     for key in ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "privleak"):
         cells = [(metrics[n] or {}).get(key) for n in ("unlearned", "target", "retain", "noise_floor")]
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
-    # TrainingArguments.to_dict() masks every *_token field; dataclasses.asdict would not.
-    cfg = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool, type(None)))}
-    lines += [
-        "",
-        "## Configuration",
-        "",
-        "```json",
-        json.dumps(cfg, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
     return "\n".join(lines)
+
+
+def data_line(script: Any) -> str:
+    return f"Forget set `{script.forget_split}`, retain set `{script.retain_split}` from `{script.dataset_name}`."
+
+
+def model_card(metrics: dict[str, Any], config: Any, script: Any) -> str:
+    """The card `sgu-llm run` writes beside the unlearned model (the trainer writes the same on save)."""
+    from sgu_llm.card import build_card
+
+    return build_card(metrics["method"], config, data=data_line(script), measured=measured_table(metrics))
 
 
 def prepare_sae(
@@ -168,80 +164,118 @@ def prepare_sae(
     """The probe's SAE: a given sae-lens folder/release, or one trained on the target's activations (cached)."""
     from sgu_llm.benchmark import fingerprint
     from sgu_llm.data.pairing import prepare_qa_dataset
-    from sgu_llm.files import atomic_dir
+    from sgu_llm.files import atomic_dir, write_json
     from sgu_llm.probe import collect_activations, load_sae, sae_quality, save_sae, train_sae
 
     rows = prepare_qa_dataset(train_set, tokenizer, "SAE", prompt_format=prompt_format).to_list()
-    acts, _ = collect_activations(target, rows, probe_args.sae_hook_name, tokenizer.pad_token_id)
+
+    def activations() -> Any:
+        return collect_activations(target, rows, probe_args.sae_hook_name, tokenizer.pad_token_id)[0]
+
     if probe_args.sae_path:
-        sae = load_sae(probe_args.sae_path, probe_args.sae_id)
-    else:
-        key = fingerprint(
-            {
-                "target": target_key,
-                "hook": probe_args.sae_hook_name,
-                "expansion": probe_args.sae_expansion,
-                "l1": probe_args.sae_l1_coefficient,
-                "epochs": probe_args.sae_epochs,
-                "format": 1,
-            }
-        )
-        path = os.path.join(bench.cache_dir, "saes", key[:16])
-        if not os.path.exists(os.path.join(path, "cfg.json")):
-            sae = train_sae(
-                acts,
-                expansion=probe_args.sae_expansion,
-                l1_coefficient=probe_args.sae_l1_coefficient,
-                epochs=probe_args.sae_epochs,
-                hook_name=probe_args.sae_hook_name,
-            )
-            atomic_dir(path, lambda folder: save_sae(sae, folder))
-        sae = load_sae(path)  # through sae-lens' own loader, as a published SAE would be
-    sae.eval()
-    return sae, sae_quality(sae, acts)
+        sae = load_sae(probe_args.sae_path, probe_args.sae_id).eval()
+        return sae, sae_quality(sae, activations())
+    key = fingerprint(
+        {
+            "target": target_key,
+            "hook": probe_args.sae_hook_name,
+            "expansion": probe_args.sae_expansion,
+            "l1": probe_args.sae_l1_coefficient,
+            "epochs": probe_args.sae_epochs,
+            "format": 1,
+        }
+    )
+    path = os.path.join(bench.cache_dir, "saes", key[:16])
+    quality_file = os.path.join(path, "quality.json")
+    if not os.path.exists(os.path.join(path, "cfg.json")):
+        acts = activations()
+        sae = train_sae(
+            acts,
+            expansion=probe_args.sae_expansion,
+            l1_coefficient=probe_args.sae_l1_coefficient,
+            epochs=probe_args.sae_epochs,
+            hook_name=probe_args.sae_hook_name,
+        ).eval()
+        quality = sae_quality(sae, acts)
+
+        def save(folder: str) -> None:
+            save_sae(sae, folder)
+            write_json(os.path.join(folder, "quality.json"), quality)
+
+        atomic_dir(path, save)
+    elif not os.path.exists(quality_file):  # cached before the quality was kept beside it
+        write_json(quality_file, sae_quality(load_sae(path).eval(), activations()))
+    with open(quality_file) as fh:
+        quality = json.load(fh)
+    # Loaded through sae-lens' own loader, as a published SAE would be; its quality is read from the cache
+    # (measured on the target's activations when it was trained), so a cached run skips those forwards.
+    return load_sae(path).eval(), quality
+
+
+def largest_forget_drops(features: list[dict], k: int) -> list[int]:
+    """The `k` probed features whose mean forget activation fell most, relative to its start (drops only)."""
+    drops = []
+    for f in features:
+        first, last = f["steps"][0]["forget_mean_act"], f["steps"][-1]["forget_mean_act"]
+        if first > 0 and last < first:
+            drops.append(((first - last) / first, f["feature"]))
+    return [feature for _, feature in sorted(drops, reverse=True)[:k]]
 
 
 def probe_report(
-    callback: Any, target: Any, tokenizer: Any, trainer: Any, probe_args: Any, quality: dict, step_eval: Any
+    probe: Any,
+    target: Any,
+    tokenizer: Any,
+    forget_rows: list[dict],
+    retain_rows: list[dict],
+    probe_args: Any,
+    quality: dict,
+    *,
+    actions: list | None = None,
+    train_seconds: float | None = None,
+    other_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """The probe's JSON: features with states and per-step statistics, SGU actions, cost and the causal check."""
+    """The probe's JSON (`sgu-llm run` and `sgu-llm probe`): feature states and per-step statistics, the top
+    contexts of the removed features, SGU actions, the probe's cost and the causal check on the target."""
     from sgu_llm.probe import causal_check
     from sgu_llm.probe.hooks import resolve_hook
 
-    probe = callback.probe
     out = probe.to_json()
-    states = {f["feature"]: f["state"] for f in out["features"]}
     for f in out["features"]:
         if f["state"] in ("pruned", "reversed"):
             f["contexts"] = probe.top_contexts(f["feature"])
-    other = probe.seconds + (step_eval.seconds if step_eval else 0.0)
-    without = max(callback.train_seconds - other, 1e-9)
-    # The features unlearning switched off on the forget set: pruned, and reversed (pushed past zero).
-    pruned = [f for f, s in states.items() if s in ("pruned", "reversed")]
+    # The features unlearning switched off on the forget set: pruned, and reversed (pushed past zero). When
+    # none reached those states, the check clamps the features whose forget activation fell most instead
+    # (and says so): the effect of what unlearning reduced, not of what it removed.
+    removed = [f["feature"] for f in out["features"] if f["state"] in ("pruned", "reversed")]
+    clamped_from = "removed"
+    if not removed:
+        removed, clamped_from = largest_forget_drops(out["features"], probe_args.causal_fallback_features), "largest_drop"
     start = probe.history[0]
-    freq = (start["forget"].freq + start["retain"].freq) / 2
-    pairs = trainer.train_dataset
     causal = causal_check(
         target,
         probe.sae,
         probe.hook_name,
         tokenizer.pad_token_id,
-        pairs.forget.to_list(),
-        pairs.retain.select(range(min(100, len(pairs.retain)))).to_list(),
-        pruned,
-        freq,
+        forget_rows,
+        retain_rows,
+        removed,
+        (start["forget"].freq + start["retain"].freq) / 2,
         exclude=out["selected"],
         draws=probe_args.causal_random_draws,
         scales=tuple(probe_args.causal_scales),
+    )
+    without = (
+        float("nan") if train_seconds is None else max(train_seconds - probe.seconds - other_seconds, 1e-9)
     )
     out.update(
         {
             "hf_module": resolve_hook(target, probe.hook_name)[2],
             "sae_quality": quality,
-            "actions": callback.actions,
+            "actions": actions or [],
             "unlearn_seconds_without_probe": without,
             "probe_share": probe.seconds / without,
-            "causal": causal,
+            "causal": {**causal, "clamped_from": clamped_from},
             "causal_random_draws": probe_args.causal_random_draws,
         }
     )
@@ -274,7 +308,9 @@ def base_model_knowledge(model_args: Any, bench: Any, world_facts: Any, kw: dict
     return M.answer_known(gens, world_facts["answer"]).tolist()
 
 
-def world_facts_known(evals: dict[str, dict], sets: dict[str, Any], base: list[bool] | None) -> dict[str, Any]:
+def world_facts_known(
+    evals: dict[str, dict], sets: dict[str, Any], base: list[bool] | None
+) -> dict[str, Any]:
     """Per model, how many world facts its greedy answer states (from the evaluations' generations)."""
     from sgu_llm.evaluation import metrics as M
 
@@ -295,152 +331,185 @@ def _load(path: str, model_args: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
 
 
-def run_benchmark(
-    script: Any, model_args: Any, bench: Any, config: Any, probe_args: Any = None
-) -> dict[str, Any]:
-    from sgu_llm.benchmark import benchmark_models, load_benchmark_data, unlearning_retain_set
-    from sgu_llm.evaluation import evaluate_model
-    from sgu_llm.files import write_json, write_text
-    from sgu_llm.pretrained import is_benchmark_model
-    from sgu_llm.report import build_report
-    from sgu_llm.trainers import get_method
-    from sgu_llm.trainers.base import resume_argument
-
-    out = config.output_dir
+def check_run_folder(out: str, config: Any) -> None:
     if os.path.exists(os.path.join(out, "metrics.json")) and not config.overwrite_output_dir:
         raise ValueError(
             f"{out!r} already holds a run (metrics.json); choose another --output_dir or pass "
             "--overwrite_output_dir true"
         )
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = load_benchmark_data(script)
-    sets = eval_sets(data)
-    kw = eval_kwargs(config, bench)
 
-    evals: dict[str, dict] = {}
-    metas: dict[str, dict] = {}
-    def key_of(role: str) -> str | None:
-        """The cache key of a model the benchmark fine-tuned (None for models loaded as given)."""
-        return metas.get(role, {}).get("key")
+
+def load_models(data: dict, model_args: Any, bench: Any, config: Any) -> tuple[Any, dict, dict, dict]:
+    """(tokenizer, models by role, fine-tuning metadata by role, evaluations given as files).
+
+    The benchmark's own models (tiny or fine-tuned from a base model, cached), or a Hub/local target with a
+    retain model (or its saved evaluation) and optionally a noise-floor model.
+    """
+    from sgu_llm.benchmark import benchmark_models
+    from sgu_llm.pretrained import is_benchmark_model
 
     if is_benchmark_model(model_args.model_name_or_path) or bench.finetune_base:
         tokenizer, models, metas = benchmark_models(
             data, bench, prompt_format=config.prompt_format, base=model_args
         )
-        timings["models"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        evals["retain"] = evaluate_cached(models["retain"], tokenizer, sets, kw, bench.cache_dir, key_of("retain"))
-    else:
-        # A fine-tuned Hub or local target; the reference comes from a retain model or its saved eval.
-        from sgu_llm.unlearn import load_model_and_tokenizer
+        return tokenizer, models, metas, {}
+    from sgu_llm.unlearn import load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(model_args, None, bench, config.prompt_format)
-        models = {"target": model}
-        if bench.retain_eval_file:
-            with open(bench.retain_eval_file) as fh:
-                evals["retain"] = json.load(fh)
-        elif bench.retain_model_name_or_path:
-            models["retain"] = _load(bench.retain_model_name_or_path, model_args)
-        else:
-            raise ValueError(
-                "with a Hub or local target model, give retain_model_name_or_path or retain_eval_file: "
-                "forget quality compares against a model never trained on the forget set"
-            )
-        if bench.noise_floor_model_name_or_path:
-            models["noise_floor"] = _load(bench.noise_floor_model_name_or_path, model_args)
-        timings["models"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        if "retain" not in evals:
-            evals["retain"] = evaluate_model(models["retain"], tokenizer, sets, **kw)
-    ref = evals["retain"]
+    model, tokenizer = load_model_and_tokenizer(model_args, None, bench, config.prompt_format)
+    models, given = {"target": model}, {}
+    if bench.retain_eval_file:
+        with open(bench.retain_eval_file) as fh:
+            given["retain"] = json.load(fh)
+    elif bench.retain_model_name_or_path:
+        models["retain"] = _load(bench.retain_model_name_or_path, model_args)
+    else:
+        raise ValueError(
+            "with a Hub or local target model, give retain_model_name_or_path or retain_eval_file: "
+            "forget quality compares against a model never trained on the forget set"
+        )
+    if bench.noise_floor_model_name_or_path:
+        models["noise_floor"] = _load(bench.noise_floor_model_name_or_path, model_args)
+    return tokenizer, models, {}, given
+
+
+def evaluate_baselines(
+    models: dict, tokenizer: Any, sets: dict, kw: dict, bench: Any, metas: dict, given: dict
+) -> dict[str, dict]:
+    """The retain model first (the reference of forget quality), then the target and the noise floor."""
+    key = {role: metas.get(role, {}).get("key") for role in ("target", "retain", "noise_floor")}
+    evals = dict(given)
+    if "retain" not in evals:
+        evals["retain"] = evaluate_cached(
+            models["retain"], tokenizer, sets, kw, bench.cache_dir, key["retain"]
+        )
     for role in ("target", "noise_floor"):
         if role in models:
             evals[role] = evaluate_cached(
-                models[role], tokenizer, sets, kw, bench.cache_dir, key_of(role), ref, key_of("retain")
+                models[role], tokenizer, sets, kw, bench.cache_dir, key[role], evals["retain"], key["retain"]
             )
-    timings["evaluate_baselines"] = time.perf_counter() - t
+    return evals
+
+
+def make_trainer(
+    script: Any,
+    model_args: Any,
+    bench: Any,
+    config: Any,
+    data: dict,
+    models: dict,
+    tokenizer: Any,
+    callbacks: list,
+) -> Any:
+    """The method's trainer on a copy of the target, writing into `<output_dir>/unlearned` (a copy of config)."""
+    from sgu_llm.benchmark import unlearning_retain_set
+    from sgu_llm.trainers import get_method
 
     _, trainer_cls = get_method(script.method)
-    config.output_dir = os.path.join(out, "unlearned")
-    config.overwrite_output_dir = True  # inside a run folder we already checked
-    step_eval = StepEvalCallback(tokenizer, sets, ref, kw) if bench.eval_each_epoch else None
-    trainer = trainer_cls(
+    args = copy.copy(config)  # the caller's config keeps its output_dir
+    args.output_dir = os.path.join(config.output_dir, "unlearned")
+    args.overwrite_output_dir = True  # inside a run folder the caller checked
+    return trainer_cls(
         copy.deepcopy(models["target"]),
-        config,
+        args,
         forget_dataset=data["forget"],
         retain_dataset=unlearning_retain_set(data, script.retain_general),
         processing_class=tokenizer,
         peft_config=model_args.peft_config(),
-        callbacks=[step_eval] if step_eval else None,
+        callbacks=callbacks or None,
         holdout_dataset=data.get("holdout"),
         forget_eval_dataset=data["forget_perturbed"],
     )
-    probe_cb = None
-    if probe_args is not None and probe_args.probe:
-        from sgu_llm.benchmark import training_sets
-        from sgu_llm.probe import SAEProbe, SAEProbeCallback
 
-        t = time.perf_counter()
-        target_key = metas.get("target", {}).get("key", model_args.model_name_or_path)
-        sae, quality = prepare_sae(
-            models["target"],
-            tokenizer,
-            training_sets(data)["target"],
-            probe_args,
-            bench,
-            target_key,
-            config.prompt_format,
-        )
-        timings["sae"] = time.perf_counter() - t
-        pairs = trainer.train_dataset
-        n = probe_args.probe_examples
-        probe = SAEProbe(
-            sae,
-            probe_args.sae_hook_name,
-            tokenizer,
-            pairs.forget.select(range(min(n, len(pairs.forget)))).to_list(),
-            pairs.retain.select(range(min(n, len(pairs.retain)))).to_list(),
-            probe_args,
-        )
-        probe_cb = SAEProbeCallback(probe, probe_args.probe_every).attach(trainer)
-    base_known = None
-    if bench.finetune_base and not is_benchmark_model(model_args.model_name_or_path):
-        t = time.perf_counter()
-        base_known = base_model_knowledge(model_args, bench, sets["world_facts"], kw)
-        timings["base_knowledge"] = time.perf_counter() - t
-    t = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_argument(config))
-    timings["unlearn"] = time.perf_counter() - t
-    unlearned = trainer.accelerator.unwrap_model(trainer.model)
-    probe_json = None
-    if probe_cb is not None:
-        probe_json = probe_report(
-            probe_cb, models["target"], tokenizer, trainer, probe_args, quality, step_eval
-        )
-    t = time.perf_counter()
-    evals["unlearned"] = evaluate_model(unlearned, tokenizer, sets, reference=ref, **kw)
-    timings["evaluate_unlearned"] = time.perf_counter() - t
-    attacks = None
-    if bench.attacks and "retain" in models and trainer.is_world_process_zero():
-        from sgu_llm.attacks import attack_report
 
-        t = time.perf_counter()
-        attacks = attack_report(
-            {"unlearned": unlearned, "retain": models["retain"]},
+def attach_probe(
+    trainer: Any,
+    models: dict,
+    tokenizer: Any,
+    data: dict,
+    metas: dict,
+    model_args: Any,
+    bench: Any,
+    probe_args: Any,
+    prompt_format: str,
+) -> tuple[Any, dict, float]:
+    """Train (or load) the SAE on the target's activations and attach the probe: (callback, quality, seconds)."""
+    from sgu_llm.benchmark import training_sets
+    from sgu_llm.probe import SAEProbe, SAEProbeCallback
+
+    t = time.perf_counter()
+    target_key = metas.get("target", {}).get("key", model_args.model_name_or_path)
+    sae, quality = prepare_sae(
+        models["target"],
+        tokenizer,
+        training_sets(data)["target"],
+        probe_args,
+        bench,
+        target_key,
+        prompt_format,
+    )
+    seconds = time.perf_counter() - t
+    pairs, n = trainer.train_dataset, probe_args.probe_examples
+    probe = SAEProbe(
+        sae,
+        probe_args.sae_hook_name,
+        tokenizer,
+        pairs.forget.select(range(min(n, len(pairs.forget)))).to_list(),
+        pairs.retain.select(range(min(n, len(pairs.retain)))).to_list(),
+        probe_args,
+    )
+    return SAEProbeCallback(probe, probe_args.probe_every).attach(trainer), quality, seconds
+
+
+def run_attacks(
+    unlearned: Any, models: dict, tokenizer: Any, sets: dict, ref: dict, kw: dict, bench: Any, seed: int,
+    retain_key: str | None,
+) -> dict | None:
+    """Relearning and quantization on the unlearned model and on the retain model (cached when it has a key)."""
+    from sgu_llm.attacks import attack_report
+    from sgu_llm.benchmark import fingerprint
+
+    if not bench.attacks or "retain" not in models:
+        return None
+
+    def attack(name: str, model: Any) -> dict:
+        return attack_report(
+            {name: model},
             tokenizer,
             sets["forget"],
             ref["per_example"]["forget"]["truth_ratio"],
             kw,
             relearn_steps=bench.attack_relearn_steps,
             relearn_learning_rate=bench.attack_relearn_learning_rate,
-            seed=config.seed,
+            seed=seed,
         )
-        timings["attacks"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
 
-    metrics = {
-        "method": script.method,
+    report = attack("unlearned", unlearned)
+    if retain_key is None:
+        retain = attack("retain", models["retain"])
+    else:
+        material = {
+            "model": retain_key,
+            "forget": fingerprint(sets["forget"].to_list()),
+            "kw": kw,
+            "relearn": [bench.attack_relearn_steps, bench.attack_relearn_learning_rate, seed],
+        }
+        retain = cached_json(bench.cache_dir, "attacks", material, lambda: attack("retain", models["retain"]))
+    report["models"]["retain"] = retain["models"]["retain"]
+    return report
+
+
+def collect_metrics(
+    method: str,
+    evals: dict,
+    step_eval: Any,
+    probe_json: dict | None,
+    world: dict,
+    attacks: dict | None,
+    timings: dict,
+    metas: dict,
+) -> dict[str, Any]:
+    return {
+        "method": method,
         "forget_quality": evals["unlearned"]["aggregates"]["forget_quality"],
         "model_utility": evals["unlearned"]["aggregates"]["model_utility"],
         "noise_floor_forget_quality": evals["noise_floor"]["aggregates"]["forget_quality"]
@@ -451,7 +520,7 @@ def run_benchmark(
         "probe": {k: probe_json[k] for k in ("sae_quality", "probe_share", "state_counts", "causal")}
         if probe_json
         else None,
-        "world_facts_known": world_facts_known(evals, sets, base_known),
+        "world_facts_known": world,
         "attacks": attacks,
         "timings": timings,
         "models": {
@@ -459,19 +528,106 @@ def run_benchmark(
             for k, m in metas.items()
         },
     }
-    # Every rank saves: under FSDP or DeepSpeed the weights are gathered from all of them (rank 0 writes).
-    trainer.save_unlearned_model(config.output_dir)
+
+
+def write_outputs(
+    out: str, trainer: Any, metrics: dict, evals: dict, probe_json: dict | None, script: Any
+) -> None:
+    """The unlearned model and its card (every rank: FSDP/DeepSpeed gather), then rank 0's files; metrics last."""
+    from sgu_llm.files import write_json, write_text
+    from sgu_llm.report import build_report
+
+    trainer.card_measured, trainer.card_data = measured_table(metrics), data_line(script)
+    trainer.save_unlearned_model(trainer.args.output_dir)
+    if not trainer.is_world_process_zero():
+        return
+    for name, result in evals.items():
+        write_json(os.path.join(out, "eval", f"{name}.json"), result, indent=None)
+    if probe_json is not None:
+        write_json(os.path.join(out, "probe.json"), probe_json, indent=None)
+    md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history, probe_json)
+    write_text(os.path.join(out, "report.md"), md)
+    write_text(os.path.join(out, "report.html"), page)
+    write_json(
+        os.path.join(out, "metrics.json"), metrics, indent=2
+    )  # last: its presence marks a finished run
+
+
+def run_benchmark(
+    script: Any, model_args: Any, bench: Any, config: Any, probe_args: Any = None
+) -> dict[str, Any]:
+    """Data, models, baseline evaluations, unlearning (with the probe), evaluation, attacks, files."""
+    from sgu_llm.benchmark import load_benchmark_data
+    from sgu_llm.evaluation import evaluate_model
+    from sgu_llm.pretrained import is_benchmark_model
+    from sgu_llm.trainers.base import resume_argument
+
+    out = config.output_dir
+    check_run_folder(out, config)
+    timings: dict[str, float] = {}
+    t0 = t = time.perf_counter()
+    data = load_benchmark_data(script)
+    sets, kw = eval_sets(data), eval_kwargs(config, bench)
+    tokenizer, models, metas, given = load_models(data, model_args, bench, config)
+    timings["models"] = time.perf_counter() - t
+    t = time.perf_counter()
+    evals = evaluate_baselines(models, tokenizer, sets, kw, bench, metas, given)
+    ref = evals["retain"]
+    timings["evaluate_baselines"] = time.perf_counter() - t
+
+    step_eval = StepEvalCallback(tokenizer, sets, ref, kw) if bench.eval_each_epoch else None
+    trainer = make_trainer(
+        script, model_args, bench, config, data, models, tokenizer, [step_eval] if step_eval else []
+    )
+    probe_cb = None
+    if probe_args is not None and probe_args.probe:
+        probe_cb, quality, timings["sae"] = attach_probe(
+            trainer, models, tokenizer, data, metas, model_args, bench, probe_args, config.prompt_format
+        )
+    base_known = None
+    if bench.finetune_base and not is_benchmark_model(model_args.model_name_or_path):
+        t = time.perf_counter()
+        base_known = base_model_knowledge(model_args, bench, sets["world_facts"], kw)
+        timings["base_knowledge"] = time.perf_counter() - t
+    t = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_argument(trainer.args))
+    timings["unlearn"] = time.perf_counter() - t
+    unlearned = trainer.accelerator.unwrap_model(trainer.model)
+    probe_json = None
+    if probe_cb is not None:
+        t = time.perf_counter()
+        pairs = trainer.train_dataset
+        probe_json = probe_report(
+            probe_cb.probe,
+            models["target"],
+            tokenizer,
+            pairs.forget.to_list(),
+            pairs.retain.select(range(min(100, len(pairs.retain)))).to_list(),
+            probe_args,
+            quality,
+            actions=probe_cb.actions,
+            train_seconds=probe_cb.train_seconds,
+            other_seconds=step_eval.seconds if step_eval else 0.0,
+        )
+        timings["probe_report"] = time.perf_counter() - t
+    t = time.perf_counter()
+    evals["unlearned"] = evaluate_model(unlearned, tokenizer, sets, reference=ref, **kw)
+    timings["evaluate_unlearned"] = time.perf_counter() - t
+    attacks = None
     if trainer.is_world_process_zero():
-        for name, result in evals.items():
-            write_json(os.path.join(out, "eval", f"{name}.json"), result, indent=None)
-        write_text(os.path.join(config.output_dir, "README.md"), model_card(metrics, config, script))
-        if probe_json is not None:
-            write_json(os.path.join(out, "probe.json"), probe_json, indent=None)
-        md, page = build_report(metrics, evals, metrics["steps"], trainer.state.log_history, probe_json)
-        write_text(os.path.join(out, "report.md"), md)
-        write_text(os.path.join(out, "report.html"), page)
-        write_json(os.path.join(out, "metrics.json"), metrics, indent=2)  # last: its presence marks a finished run
-    config.output_dir = out
+        t = time.perf_counter()
+        attacks = run_attacks(
+            unlearned, models, tokenizer, sets, ref, kw, bench, config.seed, metas.get("retain", {}).get("key")
+        )
+        timings["attacks"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    world = world_facts_known(evals, sets, base_known)
+    metrics = collect_metrics(script.method, evals, step_eval, probe_json, world, attacks, timings, metas)
+    stops = [h for h in trainer.state.log_history if "stop/epoch" in h]  # the holdout rule's chosen epoch
+    metrics["stop"] = {k.split("/")[1]: v for k, v in stops[-1].items()} if stops else None
+    write_outputs(out, trainer, metrics, evals, probe_json, script)
+    # Destroy the process group under torchrun/accelerate: a live gloo group can abort a rank at exit.
+    trainer.accelerator.end_training()
     return metrics
 
 

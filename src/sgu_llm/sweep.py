@@ -394,14 +394,16 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def aggregate(records: list[dict], baselines: dict[str, dict[int, dict]], floor: float) -> list[dict]:
+def aggregate(
+    records: list[dict], baselines: dict[str, dict[int, dict]], floor: float, selections: tuple = SELECTIONS
+) -> list[dict]:
     """One row per (split, method, learning rate, selection): spread over model seeds, and `reported`.
 
     `baselines` maps split -> model seed -> that seed's baselines.json.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        for sel in SELECTIONS:
+        for sel in selections:
             groups.setdefault((r["split"], r["method"], r["learning_rate"], sel), []).append(r)
     rows = []
     for (split, method, lr, sel), runs in sorted(
@@ -421,7 +423,9 @@ def aggregate(records: list[dict], baselines: dict[str, dict[int, dict]], floor:
                 base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
             ],
             "family": family(runs[0].get("fields", {})),
-            "epoch": _spread([r["selections"][sel]["epoch"] for r in runs]),
+            "epoch": _spread([r["selections"][sel]["epoch"] for r in runs])
+            if all(r["selections"][sel].get("epoch") is not None for r in runs)
+            else None,
             "unlearn_seconds": _spread([r["unlearn_seconds"] for r in runs]),
         }
         for key in SUMMARY_KEYS:
@@ -494,13 +498,39 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str) -> list[d
     for r in rows:
         r["model"] = cfg.model_name
     os.makedirs(cfg.results_dir, exist_ok=True)
-    write_json(os.path.join(cfg.results_dir, "results.json"), rows)
+    merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
     plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
     )
     return rows
+
+
+def merge_rows(path: str, rows: list[dict], model: str) -> None:
+    """Write `rows` into results.json in place of that model's rows, keeping every other model's."""
+    kept = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            kept = [r for r in json.load(fh) if r.get("model") != model]
+    write_json(path, kept + rows)
+
+
+def run_record(metrics: dict, name: str, fields: dict, learning_rate: float, split: str, seed: int) -> tuple:
+    """A finished `sgu-llm run` as a sweep record (its one selection: the holdout stop) and its baselines."""
+    unlearned = metrics["unlearned"]
+    chosen = {key: unlearned.get(key) for key in SUMMARY_KEYS}
+    chosen["epoch"] = (metrics.get("stop") or {}).get("epoch")
+    record = {
+        "method": name,
+        "split": split,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "fields": fields,
+        "selections": {"holdout": chosen},
+        "unlearn_seconds": metrics["timings"]["unlearn"],
+    }
+    return record, {"target": {"aggregates": metrics["target"]}, "noise_floor": {"aggregates": metrics["noise_floor"]}}
 
 
 def _fmt(x: float | None) -> str:

@@ -102,8 +102,11 @@ class ModelArguments:
         default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Passed to from_pretrained."})
-    use_lora: bool = field(
-        default=False, metadata={"help": "Unlearn LoRA adapters instead of full parameters."}
+    use_peft: bool = field(
+        default=False, metadata={"help": "Unlearn LoRA adapters instead of full parameters (TRL's name)."}
+    )
+    use_lora: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of use_peft (it sets use_peft and warns)."}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -114,6 +117,11 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.use_lora is not None:
+            import warnings
+
+            warnings.warn("use_lora is deprecated; use use_peft (TRL's name)", FutureWarning, stacklevel=2)
+            self.use_peft = self.use_peft or self.use_lora
         check_model_name(self.model_name_or_path)
         if self.gguf_file is not None and is_benchmark_model(self.model_name_or_path):
             raise ValueError(f"{self.model_name_or_path} is built here, not read from a file; unset gguf_file")
@@ -121,7 +129,7 @@ class ModelArguments:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
     def peft_config(self) -> Any:
-        if not self.use_lora:
+        if not self.use_peft:
             return None
         from peft import LoraConfig
 
@@ -276,7 +284,7 @@ def run(script: ScriptArguments, model_args: ModelArguments, bench: Any, config:
     summary = {
         "method": script.method,
         "model": model_args.model_name_or_path,
-        "lora": model_args.use_lora,
+        "lora": model_args.use_peft,
         "before": before,
         "after": after,
         "train_runtime_s": result.metrics.get("train_runtime"),

@@ -121,13 +121,21 @@ def pad_batch(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, 
     }
 
 
-class ForgetRetainCollator:
-    """Collate paired items into `{"forget": batch, "retain": batch}`."""
+class PadCollator:
+    """Collate QA rows into one right-padded batch (`pad_batch`): the one padding collator of the package."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return pad_batch(rows, self.pad_token_id)
+
+
+class ForgetRetainCollator(PadCollator):
+    """Collate paired items into `{"forget": batch, "retain": batch}`, each split padded by `PadCollator`."""
+
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {
-            split: pad_batch([it[split] for it in items], self.pad_token_id) for split in ("forget", "retain")
+            split: super(ForgetRetainCollator, self).__call__([it[split] for it in items])
+            for split in ("forget", "retain")
         }

@@ -74,6 +74,13 @@ class ProbeArguments:
         default=20,
         metadata={"help": "Random matched-frequency feature sets the causal check compares against (its spread)."},
     )
+    causal_fallback_features: int = field(
+        default=20,
+        metadata={
+            "help": "When no probed feature was pruned or reversed, the causal check clamps this many features "
+            "whose forget activation fell most (the report says which set it clamped); 0 skips the check then."
+        },
+    )
     causal_scales: list[float] = field(
         default_factory=lambda: [0.0, -2.0],
         metadata={
@@ -89,6 +96,8 @@ class ProbeArguments:
             )
         if self.probe_every < 1 or self.probe_examples < 1:
             raise ValueError("probe_every and probe_examples must be positive")
+        if self.causal_fallback_features < 0:
+            raise ValueError(f"causal_fallback_features must be 0 or more, got {self.causal_fallback_features}")
         if self.causal_random_draws < 2:
             raise ValueError(f"causal_random_draws must be at least 2 (a spread), got {self.causal_random_draws}")
         if not self.causal_scales or any(c >= 1 for c in self.causal_scales):

@@ -107,13 +107,13 @@ def _row_select(
     return update.reshape(shape), actions.expand(r_rows.shape).reshape(shape)
 
 
-@register_selective_function("sgu_row", extras=("q",))
+@register_selective_function("sgu_row", extras=("q",), per_tensor=True)
 def sgu_row(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0, q_d=0.9, q_m=0.9):
     """SGU per row (output neuron): maintain conflicting or retain-dominated rows, prune the rest."""
     return _row_select(g_r, g_f, q_d, None, maintain_scale, reverse_scale)
 
 
-@register_selective_function("sgu_row_reverse", extras=("q",))
+@register_selective_function("sgu_row_reverse", extras=("q",), per_tensor=True)
 def sgu_row_reverse(
     g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0, q_d=0.9, q_m=0.9
 ):

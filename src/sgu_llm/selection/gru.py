@@ -30,7 +30,7 @@ from sgu_llm.selection.importance import BETA, next_step, update_average
 from sgu_llm.selection.rules import register_selective_function
 
 
-@register_selective_function("gru", extras=("state",))
+@register_selective_function("gru", extras=("state",), per_tensor=True)
 def gru(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0, state=None):
     """Retain descent plus forget ascent, the ascent projected off the average retain gradient on conflict."""
     state = {} if state is None else state

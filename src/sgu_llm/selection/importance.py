@@ -97,7 +97,7 @@ def _fisher_select(g_r, g_f, state, q_d, q_m, seed, maintain_scale, reverse_scal
     return masked_update(g_r, g_f, maintain, reverse, maintain_scale, reverse_scale)
 
 
-@register_selective_function("fisher", extras=("state", "q", "seed"))
+@register_selective_function("fisher", extras=("state", "q", "seed"), per_tensor=True)
 def fisher(
     g_r,
     g_f,
@@ -115,7 +115,7 @@ def fisher(
     return _fisher_select(g_r, g_f, state, q_d, None, seed, maintain_scale, reverse_scale)
 
 
-@register_selective_function("fisher_reverse", extras=("state", "q", "seed"))
+@register_selective_function("fisher_reverse", extras=("state", "q", "seed"), per_tensor=True)
 def fisher_reverse(
     g_r,
     g_f,

@@ -33,11 +33,11 @@ class SelectiveFunction:
     fn: SelectFn
     uses_tau_d: bool = False
     uses_tau_m: bool = False
-    # The rule is the SGU rule with (tau_d, tau_m), None meaning +inf: selection may run it
-    # through the fused kernels of `sgu_llm.selection.fused` instead of calling `fn`.
-    fused: bool = False
     # Extra keyword arguments the rule receives (see `register_selective_function`).
     extras: tuple[str, ...] = ()
+    # A coordinate's update depends on other coordinates of its tensor (dot products, rows, own
+    # quantiles): such a rule cannot run on FSDP2 shards, which hold part of each tensor.
+    per_tensor: bool = False
 
 
 RULE_EXTRAS = ("state", "q", "seed", "name")
@@ -47,7 +47,7 @@ _REGISTRY: dict[str, SelectiveFunction] = {}
 
 
 def register_selective_function(
-    name: str, *, thresholds: tuple[str, ...] = (), fused: bool = False, extras: tuple[str, ...] = ()
+    name: str, *, thresholds: tuple[str, ...] = (), extras: tuple[str, ...] = (), per_tensor: bool = False
 ) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(g_r, g_f, tau_d, tau_m, *, maintain_scale, reverse_scale) -> (update, actions)`.
 
@@ -55,13 +55,17 @@ def register_selective_function(
         name: lowercase registry key, used as `SGUConfig.selective_function`.
         thresholds: which adaptive thresholds the function reads: `"d"` (tau_d),
             `"m"` (tau_m). Those not named are passed as None and not computed.
-        fused: declare that `fn` equals `sgu_select(g_r, g_f, tau_d or inf, tau_m)`, so the
-            selection can use the one-pass kernels. Leave False for anything else.
         extras: more keyword arguments the rule wants, from `RULE_EXTRAS`:
             `"state"` a dict kept per parameter tensor across steps (running averages; the
             trainer owns it), `"q"` the quantile levels `q_d` and `q_m` (for rules that take
             their own quantiles, e.g. over groups), `"seed"` an int that differs per tensor and
             step and is equal on every rank, `"name"` the parameter's name.
+        per_tensor: the update of a coordinate depends on other coordinates of the same tensor
+            (dot products, rows, quantiles the rule takes itself). Such a rule is refused on
+            FSDP2-sharded gradients instead of silently running per shard.
+
+    The registered `fn` is what runs: the selection layer uses its fused kernels only for the
+    built-in functions it knows they implement (`FUSED_IMPLEMENTATIONS`), never for a user's rule.
     """
     key = name.lower()
     unknown = set(thresholds) - {"d", "m"}
@@ -70,14 +74,12 @@ def register_selective_function(
     bad = set(extras) - set(RULE_EXTRAS)
     if bad:
         raise ValueError(f"extras may name {RULE_EXTRAS}, got {sorted(bad)}")
-    if fused and extras:
-        raise ValueError("a fused rule is the SGU rule and takes no extras")
 
     def decorator(fn: SelectFn) -> SelectFn:
         if key in _REGISTRY:
             raise ValueError(f"a selective function named {key!r} is already registered")
         _REGISTRY[key] = SelectiveFunction(
-            key, fn, "d" in thresholds, "m" in thresholds, fused, tuple(extras)
+            key, fn, "d" in thresholds, "m" in thresholds, tuple(extras), per_tensor
         )
         return fn
 
@@ -150,17 +152,17 @@ def sgu_select(
     return update, actions
 
 
-@register_selective_function("sgu", thresholds=("d",), fused=True)
+@register_selective_function("sgu", thresholds=("d",))
 def _sgu(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
     return sgu_select(g_r, g_f, tau_d, None, maintain_scale=maintain_scale)
 
 
-@register_selective_function("sgu_reverse", thresholds=("d", "m"), fused=True)
+@register_selective_function("sgu_reverse", thresholds=("d", "m"))
 def _sgu_reverse(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.0):
     return sgu_select(g_r, g_f, tau_d, tau_m, maintain_scale=maintain_scale, reverse_scale=reverse_scale)
 
 
-@register_selective_function("sign_conflict", fused=True)
+@register_selective_function("sign_conflict")
 def sign_conflict(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0):
     """Keep g_r only where it conflicts in sign with g_f; prune everywhere else."""
     conflict = _conflict(g_r, g_f)
@@ -168,7 +170,7 @@ def sign_conflict(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, rever
     return update, conflict.to(torch.int8)
 
 
-@register_selective_function("pcgrad")
+@register_selective_function("pcgrad", per_tensor=True)
 def pcgrad(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0):
     """Per tensor, remove from g_r its component along g_f when they agree.
 
@@ -184,3 +186,9 @@ def pcgrad(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scal
     coef = torch.where((dot > 0) & (norm_f > 0), dot / norm_f.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
     update = ((r - coef * f) * maintain_scale).to(g_r.dtype)
     return update, torch.full_like(g_r, int(Action.MAINTAIN), dtype=torch.int8)
+
+
+# The functions above that equal `sgu_select(g_r, g_f, tau_d or inf, tau_m or inf)` for the thresholds they
+# read: the selection layer may run these (and only these) through the one-pass kernels of
+# `sgu_llm.selection.fused`; tests/test_selection.py checks that the two agree on every dtype.
+FUSED_IMPLEMENTATIONS = frozenset({_sgu, _sgu_reverse, sign_conflict})

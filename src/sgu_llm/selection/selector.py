@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sgu_llm.selection.fused import sgu_select_
-from sgu_llm.selection.rules import get_selective_function
+from sgu_llm.selection.rules import FUSED_IMPLEMENTATIONS, get_selective_function
 from sgu_llm.selection.sharded import local_shards
 from sgu_llm.selection.thresholds import (
     DEFAULT_SAMPLE_BLOCK,
@@ -23,8 +23,9 @@ class SelectionSettings:
     """Everything a selection step needs besides the gradients.
 
     `tau_d` / `tau_m` fixed absolute thresholds replace the quantile ones when set.
-    `fused` runs rules registered with `fused=True` through the one-pass kernels
-    (`sgu_llm.selection.fused`), compiled when `compile` is set.
+    `fused` runs the built-in rules the one-pass kernels implement (`rules.FUSED_IMPLEMENTATIONS`)
+    through those kernels (`sgu_llm.selection.fused`), compiled when `compile` is set; every other
+    rule, a user's included, runs as registered.
     """
 
     function: str = "sgu"
@@ -130,11 +131,19 @@ def select_gradients(
         ([1.0, -2.0], 1.0)
     """
     rule = get_selective_function(settings.function)
+    # The registered function is the contract; the fused kernel is used only where it implements it.
+    fused = settings.fused and rule.fn in FUSED_IMPLEMENTATIONS
     n = len(grads_r)
     local_r, global_numels, group = local_shards(grads_r)
     local_f, _, group_f = local_shards(grads_f)
     if (group is None) != (group_f is None):
         raise ValueError("g_r and g_f must both be sharded DTensors or both plain tensors")
+    if rule.per_tensor and group is not None:
+        raise ValueError(
+            f"selective function {rule.name!r} is per-tensor (a coordinate's update depends on the rest of its "
+            "tensor) and the gradients are FSDP2 shards: it would run on each shard alone. Use a per-coordinate "
+            "rule (sgu, sgu_reverse, sign_conflict, sago, ...) under FSDP2, or DDP / DeepSpeed ZeRO-1/2."
+        )
     tau_d: list[float | None] = [settings.tau_d] * n
     tau_m: list[float | None] = [settings.tau_m] * n
     need_q_d = rule.uses_tau_d and settings.tau_d is None
@@ -172,7 +181,7 @@ def select_gradients(
     rows = []  # per tensor: fused.STAT_COLUMNS
     updates = []
     for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
-        if rule.fused and settings.fused:
+        if fused:
             out = g_r if inplace and g_r.is_contiguous() else g_r.clone(memory_format=torch.contiguous_format)
             row = sgu_select_(
                 out,

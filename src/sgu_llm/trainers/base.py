@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from sgu_llm.data.pairing import ForgetRetainCollator, ForgetRetainDataset, prepare_qa_dataset
+from sgu_llm.card import card_tags
+from sgu_llm.data.pairing import ForgetRetainDataset
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS
-from sgu_llm.losses import IGNORE_INDEX, per_example_nll
 from sgu_llm.stopping import STOP_METRICS
+from sgu_llm.tasks import get_task
 
 SPLITS = ("forget", "retain")
 # Files whose presence means output_dir already holds a run we must not overwrite silently.
@@ -369,41 +370,45 @@ class UnlearnTrainer(Trainer):
     def __init__(
         self,
         model: Any,
-        args: UnlearnConfig,
-        forget_dataset: Any,
-        retain_dataset: Any,
-        processing_class: Any,
+        args: UnlearnConfig | None = None,
+        forget_dataset: Any = None,
+        retain_dataset: Any = None,
+        processing_class: Any = None,
         peft_config: Any = None,
         ref_model: Any = None,
         data_collator: Any = None,
         callbacks: list | None = None,
         holdout_dataset: Any = None,
         forget_eval_dataset: Any = None,
+        task: str | Any = "causal_lm",
         **kwargs: Any,
     ):
+        if kwargs.get("eval_dataset") is not None:
+            raise ValueError(
+                "eval_dataset is not used by unlearning trainers: evaluate with sgu_llm.evaluation.evaluate_model "
+                "(or `sgu-llm run`), and pass holdout_dataset to stop on the forget/holdout gap"
+            )
+        kwargs.pop("eval_dataset", None)
+        if forget_dataset is None or retain_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs forget_dataset and retain_dataset")
+        if isinstance(model, str):  # a Hub id, a local folder or builtin:NAME, as TRL's trainers take
+            from sgu_llm.pretrained import load_pretrained
+
+            model, tokenizer = load_pretrained(model, cache_dir=os.environ.get("SGU_LLM_CACHE"))
+            processing_class = processing_class if processing_class is not None else tokenizer
+        if args is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            args = self.config_class(output_dir=f"{name.rstrip('/').split('/')[-1]}-{self.method_tag()}")
         if not isinstance(args, self.config_class):
             raise ValueError(
                 f"{type(self).__name__} needs args of type {self.config_class.__name__}, got {type(args).__name__}"
             )
-        if processing_class is None:
-            raise ValueError(
-                "processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads"
-            )
         check_output_dir(args)
-        tokenizer = processing_class
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
-        from sgu_llm.evaluation.suite import check_tokenizer_matches
-
-        check_causal_lm(model)
-        check_tokenizer_matches(model, tokenizer)
-        model = prepare_model(model, peft_config, args.unlearn_params)
-        fmt = dict(
-            prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt
+        self.task = get_task(task)
+        forget, retain, collator = self.task.prepare(
+            model, args, forget_dataset, retain_dataset, processing_class
         )
-        forget = prepare_qa_dataset(forget_dataset, tokenizer, "forget", **fmt)
-        retain = prepare_qa_dataset(retain_dataset, tokenizer, "retain", **fmt)
-        check_fits_context(model, {"forget": forget, "retain": retain})
+        model = prepare_model(model, peft_config, args.unlearn_params)
         # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
         needs_ref = self.needs_reference_model(args)
         if needs_ref and ref_model is None and not is_peft_model(model):
@@ -412,7 +417,7 @@ class UnlearnTrainer(Trainer):
             model=model,
             args=args,
             train_dataset=ForgetRetainDataset(forget, retain, seed=args.seed),
-            data_collator=data_collator or ForgetRetainCollator(tokenizer.pad_token_id),
+            data_collator=data_collator or collator,
             processing_class=processing_class,
             callbacks=callbacks,
             **kwargs,
@@ -431,7 +436,7 @@ class UnlearnTrainer(Trainer):
             from sgu_llm.stopping import HoldoutStoppingCallback
 
             self.stopping = HoldoutStoppingCallback(
-                tokenizer,
+                processing_class,
                 forget_eval_dataset if forget_eval_dataset is not None else forget_dataset,
                 holdout_dataset,
                 args.stop_metric,
@@ -443,6 +448,12 @@ class UnlearnTrainer(Trainer):
             ref_model.requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
         self._metrics = MetricBuffer()
+        # The model card: what `sgu-llm run` measured (markdown) and a line about the data; None = defaults.
+        self.card_measured: str | None = None
+        self.card_data: str | None = None
+        self._card_dir: str | None = None
+        if hasattr(self.model, "add_model_tags"):  # push_to_hub carries these tags (as TRL's trainers do)
+            self.model.add_model_tags(card_tags(self.method_tag()))
 
     @classmethod
     def needs_reference_model(cls, args: UnlearnConfig) -> bool:
@@ -473,15 +484,7 @@ class UnlearnTrainer(Trainer):
         Dividing a per-process sum by this and letting DDP average the
         gradients yields the global mean.
         """
-        rows = []
-        for split in SPLITS:
-            labels = [b[split]["labels"] for b in batches]
-            rows.append(
-                [
-                    sum(int(lab[:, 1:].ne(IGNORE_INDEX).sum()) for lab in labels),
-                    sum(len(lab) for lab in labels),
-                ]
-            )
+        rows = [[sum(c) for c in zip(*(self.task.units(b[split]) for b in batches))] for split in SPLITS]
         sizes = torch.tensor(rows, dtype=torch.float32, device=device)
         n = self.accelerator.num_processes
         if n > 1:
@@ -497,36 +500,30 @@ class UnlearnTrainer(Trainer):
             return num_items_in_batch
         # Called outside the training loop: normalise by this batch, as if every micro-batch matched it.
         steps = getattr(self, "current_gradient_accumulation_steps", 1)
-        batch = {s: {"labels": inputs[s]["labels"]} for s in inputs}
         sizes = {}
-        for split, b in batch.items():
-            lab = b["labels"]
-            sizes[split] = torch.tensor(
-                [float(lab[:, 1:].ne(IGNORE_INDEX).sum()) * steps, float(len(lab)) * steps], device=lab.device
-            )
+        for split, batch in inputs.items():
+            units, examples = self.task.units(batch)
+            device = batch["labels"].device
+            sizes[split] = torch.tensor([float(units) * steps, float(examples) * steps], device=device)
         return sizes
 
     def forward_nll(
         self, model: Any, batch: dict[str, torch.Tensor], split: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example summed answer NLL and token counts; logs `loss/<split>` as the token mean."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll, ntok = per_example_nll(logits, batch["labels"])
+        """Per-example summed loss (answer NLL for a causal LM) and units; logs `loss/<split>` as the unit mean."""
+        nll, ntok = self.task.example_losses(model, batch)
         self._metrics.add(f"loss/{split}", nll.sum(), ntok.sum())
         return nll, ntok
 
     @torch.no_grad()
     def reference_nll(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example NLL under the frozen reference (base model with adapters off under LoRA)."""
-        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if self.ref_model is not None:
-            logits = self.ref_model(**kwargs).logits
-        else:
-            unwrapped = self.accelerator.unwrap_model(model)
-            ctx = unwrapped.disable_adapter() if is_peft_model(unwrapped) else contextlib.nullcontext()
-            with ctx:
-                logits = unwrapped(**kwargs).logits
-        return per_example_nll(logits, batch["labels"])
+            return self.task.example_losses(self.ref_model, batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        ctx = unwrapped.disable_adapter() if is_peft_model(unwrapped) else contextlib.nullcontext()
+        with ctx:
+            return self.task.example_losses(unwrapped, batch)
 
     def nll_loss(
         self, model: Any, inputs: dict[str, Any], split: str, sizes: dict[str, torch.Tensor]
@@ -541,25 +538,55 @@ class UnlearnTrainer(Trainer):
             logs.update(self._metrics.pop(self.accelerator))
         super().log(logs, start_time)
 
+    @classmethod
+    def method_tag(cls) -> str:
+        """The method's name in tags and default output folders: SGUTrainer -> "sgu"."""
+        return cls.__name__.removesuffix("Trainer").lower() or "unlearn"
+
+    def create_model_card(self, model_name: str | None = None, tags: Any = None, **kwargs: Any) -> None:
+        """README.md in output_dir: method, base model, data, measured numbers (`card_measured`), config, tags."""
+        if not self.is_world_process_zero():
+            return
+        from sgu_llm.card import build_card
+        from sgu_llm.files import write_text
+
+        base = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "_name_or_path", None)
+        data = f"Forget set: {len(self.train_dataset.forget)} examples; retain set: {len(self.train_dataset.retain)}."
+        text = build_card(
+            self.method_tag(),
+            self.args,
+            base_model=base if isinstance(base, str) else None,
+            data=self.card_data or data,
+            measured=self.card_measured,
+            tags=tags,
+        )
+        write_text(os.path.join(self._card_dir or self.args.output_dir, "README.md"), text)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model` (checkpoints too), with every `*_token` field masked in training_args.bin."""
-        with tokens_masked(self.args):
-            super().save_model(output_dir, _internal_call)
-
-    def save_unlearned_model(self, output_dir: str | None = None) -> str:
-        """Save the unlearned model and tokenizer with `save_pretrained`.
-
-        Under LoRA this saves the adapter, or with `save_merged=True` the merged
-        full model (merging modifies the trained model in place; call it last).
-        """
+        """`Trainer.save_model` with `*_token` fields masked in training_args.bin; a user's call also writes the
+        model card, and under LoRA with `save_merged=True` saves the merged model instead of the adapter."""
         output_dir = output_dir or self.args.output_dir
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if is_peft_model(unwrapped) and self.args.save_merged:
+        if not _internal_call and is_peft_model(unwrapped) and self.args.save_merged:
+            # Merging modifies the trained model in place: call it last.
             self.accelerator.wait_for_everyone()
             if self.is_world_process_zero():
                 unwrapped.merge_and_unload().save_pretrained(output_dir)
-                self.processing_class.save_pretrained(output_dir)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
             self.accelerator.wait_for_everyone()
         else:
-            self.save_model(output_dir)
+            with tokens_masked(self.args):
+                super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            self._card_dir = output_dir
+            try:
+                self.create_model_card()
+            finally:
+                self._card_dir = None
+
+    def save_unlearned_model(self, output_dir: str | None = None) -> str:
+        """Save the unlearned model (the merged one under LoRA with `save_merged`), tokenizer and model card."""
+        output_dir = output_dir or self.args.output_dir
+        self.save_model(output_dir)
         return output_dir

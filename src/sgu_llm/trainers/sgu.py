@@ -17,7 +17,6 @@ complete and free its stash entry, so the stash shrinks while g_r grows.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +36,7 @@ from sgu_llm.selection import (
 )
 from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_BLOCK, DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
 from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
+from sgu_llm.trainers.gradient_pairing import DeepSpeedPairing, LeanPairing, StashPairing
 
 RULE_STATE_FILE = "sgu_rule_states.pt"
 
@@ -255,10 +255,8 @@ class SGUTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._settings = self.args.selection()
-        self._stash_dtype = STASH_DTYPES[self.args.stash_dtype]
         self._named_params: list[tuple[str, torch.nn.Parameter]] | None = None
-        self._stash: list[torch.Tensor | None] = []
-        self._held_r: list[torch.Tensor | None] = []
+        self._pairing: StashPairing | LeanPairing | DeepSpeedPairing | None = None
         self._rule_states: list[dict] = []  # per parameter: what stateful rules keep across steps
         self._resumed_states: list[dict] | None = None  # read from a checkpoint, taken by _params()
         self._tensor_counts: torch.Tensor | None = None
@@ -266,8 +264,6 @@ class SGUTrainer(UnlearnTrainer):
         self._nonfinite_in_row = 0  # consecutive skipped (non-finite) optimizer steps
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
         self.selection_observers: list = []
-        self._phase: str | None = None  # lean mode: "forget" or "select" while a hooked backward runs
-        self._lean_rows: dict[int, SelectionStats] = {}  # lean mode: each parameter's selection this step
         if self.args.lean_selection and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
             raise ValueError(
                 "lean_selection works in one process: under DDP/FSDP a parameter's gradient is only reduced "
@@ -278,18 +274,30 @@ class SGUTrainer(UnlearnTrainer):
     def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
         if self._named_params is None:
             self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            self._stash = [None] * len(self._named_params)
-            self._held_r = [None] * len(self._named_params)
             self._rule_states = self._resumed_states or [{} for _ in self._named_params]
             if len(self._rule_states) != len(self._named_params):
                 raise ValueError(
                     f"the checkpoint holds selection state for {len(self._rule_states)} parameter tensors but this "
                     f"model trains {len(self._named_params)}: resume with the model and config that wrote it"
                 )
-            if self.args.lean_selection:
-                for i, (_, p) in enumerate(self._named_params):
-                    p.register_post_accumulate_grad_hook(self._make_lean_hook(i))
         return self._named_params
+
+    @property
+    def pairing(self) -> StashPairing | LeanPairing | DeepSpeedPairing:
+        """How g_f and g_r are held apart (`sgu_llm.trainers.gradient_pairing`), made on first use."""
+        if self._pairing is None:
+            params = [p for _, p in self._params()]
+            stash_dtype = STASH_DTYPES[self.args.stash_dtype]
+            if self.is_deepspeed_enabled:
+                self._pairing = DeepSpeedPairing(
+                    params, self._backward, self._select_window, self.accelerator, stash_dtype
+                )
+            elif self.args.lean_selection:
+                self._pairing = LeanPairing(params, self._backward, self._select_one, self._record_rows, stash_dtype)
+            else:
+                fsdp2 = bool(getattr(self.accelerator, "is_fsdp2", False))
+                self._pairing = StashPairing(params, self._backward, self._select_window, stash_dtype, fsdp2)
+        return self._pairing
 
     def _save_checkpoint(self, model, trial):
         """The Trainer's checkpoint plus what stateful rules (fisher, gru) keep between steps."""
@@ -312,45 +320,19 @@ class SGUTrainer(UnlearnTrainer):
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()} for st in saved["states"]
             ]
 
-    def _to_stash(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad if self._stash_dtype in (None, grad.dtype) else grad.to(self._stash_dtype)
-
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """A forget and a retain backward, kept apart by the pairing; the selection on the window's last one."""
         sizes = self._sizes(num_items_in_batch, inputs)
-        if self.is_deepspeed_enabled:
-            return self._deepspeed_training_step(model, inputs, sizes)
-        params = self._params()
-        lean = self.args.lean_selection
-        if getattr(self.accelerator, "is_fsdp2", False) and hasattr(model, "set_requires_gradient_sync"):
-            # FSDP2 accumulates unsynced micro-batches in its own unsharded buffers, where the forget and
-            # retain gradients would mix: reduce-scatter every backward instead, into param.grad (swapped).
-            model.set_requires_gradient_sync(True)
-        # Forget backward: g_r is held aside (pointer); g_f accumulates in param.grad, or in lean mode
-        # straight into the stash through the hooks.
-        for i, (_, p) in enumerate(params):
-            self._held_r[i], p.grad = p.grad, None
-            if not lean and self._stash[i] is not None:
-                p.grad = self._stash[i].to(p.dtype) if self._stash[i].dtype != p.dtype else self._stash[i]
-                self._stash[i] = None
-        self._phase = "forget" if lean else None
-        try:
-            super().training_step(model, {"forget": inputs["forget"]}, sizes)
-        finally:
-            self._phase = None
-        for i, (_, p) in enumerate(params):
-            if not lean and p.grad is not None:
-                self._stash[i] = self._to_stash(p.grad)
-            p.grad, self._held_r[i] = self._held_r[i], None
-        sync = self.accelerator.sync_gradients
-        if lean and sync:
-            self._phase, self._lean_rows = "select", {}
-        try:
-            loss_r = super().training_step(model, {"retain": inputs["retain"]}, sizes)
-        finally:
-            self._phase = None
-        if sync:
-            self._finish_lean() if lean else self._select()
+        last = self.accelerator.sync_gradients
+        self.pairing.forget_pass(model, inputs["forget"], sizes)
+        loss_r = self.pairing.retain_pass(model, inputs["retain"], sizes, last)
+        if last:
+            self.pairing.select()
         return loss_r
+
+    def _backward(self, model, inputs, sizes):
+        """The stock training step (loss, scaling, Accelerate backward) on one split."""
+        return super().training_step(model, inputs, sizes)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ((split, batch),) = inputs.items()
@@ -362,70 +344,6 @@ class SGUTrainer(UnlearnTrainer):
             logp, ref_logp = -nll / ntok.clamp_min(1), -ref_nll / ntok.clamp_min(1)
             return -npo_loss(logp, ref_logp, self.args.npo_beta).sum() / sizes[split][1]
         return self.nll_loss(model, inputs, split, sizes)
-
-    @contextlib.contextmanager
-    def _deepspeed_backward_only(self):
-        """Make Accelerate's DeepSpeed backward reduce the gradients without stepping the engine.
-
-        Accelerate steps the engine inside `backward` on the last micro-batch; SGU must read both
-        gradients and select first. Every pass is marked a boundary so ZeRO reduces it.
-        """
-        wrapper = self.accelerator.deepspeed_engine_wrapped
-
-        def backward(loss, sync_gradients=True, **kwargs):
-            wrapper.engine.set_gradient_accumulation_boundary(is_boundary=True)
-            wrapper.engine.backward(loss, **kwargs)
-
-        wrapper.backward = backward  # instance attribute: shadows the method while SGU runs
-        try:
-            yield
-        finally:
-            del wrapper.backward
-
-    def _deepspeed_training_step(self, model, inputs, sizes):
-        """SGU under DeepSpeed ZeRO-0/1/2, through DeepSpeed's safe full-gradient accessors.
-
-        After each backward the full (reduced) gradient of every parameter is read with
-        `safe_get_full_grad` and accumulated here (g_f in the stash, g_r beside it); the engine's
-        gradients are then zeroed with `safe_set_full_grad`. At the end of the window the update is
-        selected on the full tensors (identically on every rank), written back with
-        `safe_set_full_grad`, and the engine steps (clipping, optimizer, scheduler). Both full
-        gradients live on every rank: ZeRO still partitions the optimizer state, not SGU's gradients.
-        """
-        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
-
-        params = self._params()
-
-        def take() -> list[torch.Tensor | None]:
-            """Every parameter's reduced full gradient (a collective per parameter), then zero the engine's."""
-            out = []
-            for _, p in params:
-                g = safe_get_full_grad(p)
-                if g is not None:
-                    g = g.clone()
-                    safe_set_full_grad(p, torch.zeros_like(g))
-                out.append(g)
-            return out
-
-        with self._deepspeed_backward_only():
-            super().training_step(model, {"forget": inputs["forget"]}, sizes)
-            new_f = take()
-            loss_r = super().training_step(model, {"retain": inputs["retain"]}, sizes)
-            new_r = take()
-        for i, (f, r) in enumerate(zip(new_f, new_r)):
-            if f is not None:
-                self._stash[i] = self._to_stash(f) if self._stash[i] is None else self._stash[i].add_(f)
-            if r is not None:
-                self._held_r[i] = r if self._held_r[i] is None else self._held_r[i].add_(r)
-        if self.accelerator.sync_gradients:
-            live, updates = self._select_window(self._held_r, torch.float32)
-            for i, update in zip(live, updates):
-                safe_set_full_grad(params[i][1], update)
-            self._held_r = [None] * len(params)
-            engine = self.accelerator.deepspeed_engine_wrapped.engine
-            engine.set_gradient_accumulation_boundary(is_boundary=True)
-            engine.step()
-        return loss_r
 
     def _seed(self) -> int:
         return self.args.seed * 1_000_003 + self.state.global_step
@@ -442,17 +360,10 @@ class SGUTrainer(UnlearnTrainer):
 
         return dataclasses.replace(self._settings, q_d=at(a.q_d, a.q_d_final), q_m=at(a.q_m, a.q_m_final))
 
-    @torch.no_grad()
-    def _select(self) -> None:
-        params = self._params()
-        live, updates = self._select_window([p.grad for _, p in params], None)
-        for i, update in zip(live, updates):
-            params[i][1].grad = update  # the same tensor unless param.grad was None
-
     def _select_window(
-        self, retain: list[torch.Tensor | None], zero_dtype: torch.dtype | None
+        self, retain: list[torch.Tensor | None], forget: list[torch.Tensor | None], zero_dtype: torch.dtype | None
     ) -> tuple[list[int], list[torch.Tensor]]:
-        """Select over the window's g_r (`retain`) and the stash, in place; clear the stash and record.
+        """Select over the window's g_r (`retain`) and g_f (`forget`), in place, and record the statistics.
 
         A parameter with only one of the two gradients gets zeros for the other (in `zero_dtype`, or
         the parameter's dtype). Returns the selected parameters' indices and their updates, which are
@@ -460,10 +371,10 @@ class SGUTrainer(UnlearnTrainer):
         still skips the step.
         """
         params = self._params()
-        live = [i for i, r in enumerate(retain) if r is not None or self._stash[i] is not None]
+        live = [i for i, (r, f) in enumerate(zip(retain, forget)) if r is not None or f is not None]
         g_r, g_f = [], []
         for i in live:
-            r, f = retain[i], self._stash[i]
+            r, f = retain[i], forget[i]
             if r is None:
                 r = torch.zeros_like(f, dtype=zero_dtype or params[i][1].dtype)
             g_r.append(r)
@@ -477,54 +388,21 @@ class SGUTrainer(UnlearnTrainer):
             states=[self._rule_states[i] for i in live],
             names=[params[i][0] for i in live],
         )
-        self._stash = [None] * len(params)
         if not self._record(stats, [params[i][0] for i in live], live):
             return [], []  # a dropped step: every param.grad is None and stays so
         return live, g_r
 
-    def _make_lean_hook(self, i: int):
-        @torch.no_grad()
-        def hook(param: torch.nn.Parameter) -> None:
-            if self._phase == "forget":
-                g = param.grad
-                self._stash[i] = self._to_stash(g) if self._stash[i] is None else self._stash[i].add_(g)
-                param.grad = None
-            elif self._phase == "select":
-                g_f = self._stash[i] if self._stash[i] is not None else torch.zeros_like(param.grad)
-                _, stats = select_gradients(
-                    [param.grad],
-                    [g_f],
-                    self._step_settings(),
-                    seed=self._seed() + i,
-                    inplace=True,
-                    states=[self._rule_states[i]],
-                )
-                self._stash[i] = None  # freed while the backward goes on
-                self._lean_rows[i] = stats
+    def _select_one(self, i: int, g_r: torch.Tensor, g_f: torch.Tensor) -> SelectionStats:
+        """Lean mode: select parameter i in place (its g_r is `param.grad`); its statistics."""
+        _, stats = select_gradients(
+            [g_r], [g_f], self._step_settings(), seed=self._seed() + i, inplace=True, states=[self._rule_states[i]]
+        )
+        return stats
 
-        return hook
-
-    @torch.no_grad()
-    def _finish_lean(self) -> None:
-        params = self._params()
-        # Parameters that got a forget gradient but no retain gradient this step.
-        for i, (_, p) in enumerate(params):
-            if self._stash[i] is not None and i not in self._lean_rows:
-                p.grad = torch.zeros_like(p)
-                _, self._lean_rows[i] = select_gradients(
-                    [p.grad],
-                    [self._stash[i]],
-                    self._step_settings(),
-                    seed=self._seed() + i,
-                    inplace=True,
-                    states=[self._rule_states[i]],
-                )
-                self._stash[i] = None
-        live = sorted(self._lean_rows)
-        parts = [self._lean_rows[i] for i in live]
-        self._lean_rows = {}
-        if not parts:
-            return
+    def _record_rows(self, rows: dict[int, SelectionStats]) -> None:
+        """Lean mode: record the step from each parameter's statistics."""
+        live = sorted(rows)
+        parts = [rows[i] for i in live]
         stats = SelectionStats(
             torch.cat([s.counts for s in parts]),
             torch.cat([s.conflicts for s in parts]),
@@ -534,7 +412,7 @@ class SGUTrainer(UnlearnTrainer):
             sum(s.norm_r2 for s in parts),
             sum(s.norm_f2 for s in parts),
         )
-        self._record(stats, [params[i][0] for i in live], live)
+        self._record(stats, [self._params()[i][0] for i in live], live)
 
     def _record(self, stats: SelectionStats, names: list[str], live: list[int]) -> bool:
         """Log a selection's statistics, unless its gradients were non-finite (the step is skipped).
