@@ -65,3 +65,9 @@ def test_accelerate_configs_are_valid(path):
 
     cfg = load_config_from_file(path)
     assert cfg.num_processes >= 2
+
+
+def test_readme_stays_short():
+    """A newcomer reads the README in five minutes: the rest lives in docs/."""
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    assert os.path.getsize(readme) < 8000
