@@ -251,27 +251,28 @@ CPU_2PROC = os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml")
 
 @pytest.mark.slow
 def test_two_process_run_finishes_saves_once_and_matches_one_process(run_dir, tmp_path):
-    """`accelerate launch` with 2 CPU processes (DDP, gloo) of `sgu-llm run` on the cached models, per-device batch
-    8 (the global batch of 16 the one-process run used): it finishes, writes one model and one set of outputs,
-    and its numbers are the one-process run's as far as SGU promises across process counts (the same action on
-    all but a few coordinates; tests/test_distributed.py): per-example forget probabilities within 0.01."""
-    first, env, _ = run_dir
-    out = tmp_path / "ddp"
+    """`accelerate launch` with 2 CPU processes (DDP, gloo) of `sgu-llm run` on the cached models against one
+    process at the same global batch (20: the 40 forget rows split evenly, so no process pads its last batch
+    with repeated rows): it finishes, writes one model and one set of outputs, and its numbers are the
+    one-process run's as far as SGU promises across process counts (the same action on all but a few
+    coordinates; tests/test_distributed.py): per-example forget probabilities within 0.01."""
+    _, env, _ = run_dir
+    one, two = tmp_path / "one", tmp_path / "ddp"
+    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(one), "--per_device_train_batch_size", "20")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC, "--main_process_port"]
-    cmd += ["29731", "-m", "sgu_llm.cli", "run", RECIPE, *SMALL, "--output_dir", str(out)]
-    cmd += ["--per_device_train_batch_size", "8"]
+    cmd += ["29731", "-m", "sgu_llm.cli", "run", RECIPE, *SMALL, "--output_dir", str(two)]
+    cmd += ["--per_device_train_batch_size", "10"]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env={**env, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "terminate called" not in proc.stderr
-    saved = sorted(p.name for p in (out / "unlearned").iterdir())
+    saved = sorted(p.name for p in (two / "unlearned").iterdir())
     assert saved.count("model.safetensors") == 1 and "README.md" in saved
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]  # no half-written folder left
-    one = json.loads((first / "eval" / "unlearned.json").read_text())["per_example"]["forget"]
-    two = json.loads((out / "eval" / "unlearned.json").read_text())["per_example"]["forget"]
-    diff = [abs(a - b) for a, b in zip(one["prob"], two["prob"])]
-    assert len(diff) == len(one["prob"]) and max(diff) < 0.01
-    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, out))
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".tmp-")]  # no half-written folder left
+    p1 = json.loads((one / "eval" / "unlearned.json").read_text())["per_example"]["forget"]["prob"]
+    p2 = json.loads((two / "eval" / "unlearned.json").read_text())["per_example"]["forget"]["prob"]
+    assert len(p1) == len(p2) == 40 and max(abs(a - b) for a, b in zip(p1, p2)) < 0.01
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert abs(m1["model_utility"] - m2["model_utility"]) < 0.01
     assert m2["probe"] is not None and m2["attacks"] is not None

@@ -594,7 +594,7 @@ def run_benchmark(
     timings["unlearn"] = time.perf_counter() - t
     unlearned = trainer.accelerator.unwrap_model(trainer.model)
     probe_json = None
-    if probe_cb is not None:
+    if probe_cb is not None and trainer.is_world_process_zero():  # the probe measures on rank 0 (a full copy)
         t = time.perf_counter()
         pairs = trainer.train_dataset
         probe_json = probe_report(
