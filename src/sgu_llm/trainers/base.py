@@ -451,7 +451,6 @@ class UnlearnTrainer(Trainer):
         # The model card: what `sgu-llm run` measured (markdown) and a line about the data; None = defaults.
         self.card_measured: str | None = None
         self.card_data: str | None = None
-        self._card_dir: str | None = None
         if hasattr(self.model, "add_model_tags"):  # push_to_hub carries these tags (as TRL's trainers do)
             self.model.add_model_tags(card_tags(self.method_tag()))
 
@@ -543,7 +542,9 @@ class UnlearnTrainer(Trainer):
         """The method's name in tags and default output folders: SGUTrainer -> "sgu"."""
         return cls.__name__.removesuffix("Trainer").lower() or "unlearn"
 
-    def create_model_card(self, model_name: str | None = None, tags: Any = None, **kwargs: Any) -> None:
+    def create_model_card(
+        self, model_name: str | None = None, tags: Any = None, output_dir: str | None = None, **kwargs: Any
+    ) -> None:
         """README.md in output_dir: method, base model, data, measured numbers (`card_measured`), config, tags."""
         if not self.is_world_process_zero():
             return
@@ -560,7 +561,7 @@ class UnlearnTrainer(Trainer):
             measured=self.card_measured,
             tags=tags,
         )
-        write_text(os.path.join(self._card_dir or self.args.output_dir, "README.md"), text)
+        write_text(os.path.join(output_dir or self.args.output_dir, "README.md"), text)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model` with `*_token` fields masked in training_args.bin; a user's call also writes the
@@ -579,11 +580,7 @@ class UnlearnTrainer(Trainer):
             with tokens_masked(self.args):
                 super().save_model(output_dir, _internal_call)
         if not _internal_call:
-            self._card_dir = output_dir
-            try:
-                self.create_model_card()
-            finally:
-                self._card_dir = None
+            self.create_model_card(output_dir=output_dir)
 
     def save_unlearned_model(self, output_dir: str | None = None) -> str:
         """Save the unlearned model (the merged one under LoRA with `save_merged`), tokenizer and model card."""
