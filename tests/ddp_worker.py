@@ -27,6 +27,9 @@ def main(
     tok = train_tokenizer([build_prompt(r["question"]) + r["answer"] for r in splits["full"]], vocab_size=400)
     model = tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
     config_cls, trainer_cls = get_method(method)
+    poisoned = {int(x) for x in os.environ.get("SGU_TEST_POISON_STEPS", "").split(",") if x}
+    if poisoned:
+        trainer_cls = poisoned_trainer(trainer_cls, poisoned)
     args = config_cls(
         output_dir=out_path + ".run",
         overwrite_output_dir=True,
@@ -48,6 +51,8 @@ def main(
     trainer = trainer_cls(model, args, splits["forget10"], splits["retain90"], processing_class=tok)
     reductions = []  # (optimizer step, DDP bucket index) of every gradient all-reduce
     trainer.add_callback(CountReductions(trainer, reductions))
+    steps = []  # weights after every optimizer step
+    trainer.add_callback(RecordSteps(trainer, steps))
     trainer.train()
     engine = "ddp" if trainer.accelerator.num_processes > 1 else "single"
     if trainer.is_deepspeed_enabled:
@@ -58,7 +63,11 @@ def main(
             for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
         }
         logs = [h for h in trainer.state.log_history if "loss" in h]
-        torch.save({"state": state, "logs": logs, "engine": engine, "reductions": reductions}, out_path)
+        torch.save(
+            {"state": state, "logs": logs, "engine": engine, "reductions": reductions, "steps": steps,
+             "skipped": getattr(trainer, "selection_skipped_steps", None)},
+            out_path,
+        )
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
     trainer.accelerator.end_training()
     # If a rank dies after this line, training and saving were complete (a teardown crash, not a wrong result).
@@ -90,6 +99,28 @@ class CountReductions(TrainerCallback):
             return allreduce_hook(process_group, bucket)
 
         ddp.register_comm_hook(None, hook)
+
+
+class RecordSteps(TrainerCallback):
+    def __init__(self, trainer, record):
+        self.trainer, self.record = trainer, record
+
+    def on_step_end(self, args, state, control, **kwargs):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        self.record.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def poisoned_trainer(trainer_cls, steps: set):
+    """The method's trainer with a NaN forget loss at the given optimizer steps (an overflow, a bad batch)."""
+
+    class Poisoned(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if "forget" in inputs and self.state.global_step in steps:
+                return loss * float("nan")
+            return loss
+
+    return Poisoned
 
 
 def deepspeed_config(stage: int) -> dict:

@@ -23,10 +23,12 @@ WORKER_ENV = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
 ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200}
 
 
-def launch(out, processes, per_device, method, accumulation=1, engine="ddp"):
-    """Run tests/ddp_worker.py: one plain process, or 2 processes with the recipe's own command."""
+def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poison_steps=()):
+    """Run tests/ddp_worker.py: one plain process, or 2 processes with the recipe's own command; the forget
+    loss is NaN at `poison_steps`."""
     # A port of its own for every launch in this module (a just-closed store port can linger).
-    port = str(29500 + ENGINE_PORTS[engine] + processes + (7 if method == "sgu" else 0) + 10 * accumulation)
+    port = 29500 + ENGINE_PORTS[engine] + processes + (7 if method == "sgu" else 0) + 10 * accumulation
+    port = str(port + (50 if poison_steps else 0))
     if processes == 1:
         cmd = [sys.executable, WORKER]
     elif engine == "ddp":
@@ -48,7 +50,8 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp"):
             WORKER,
         ]
     args = [str(out), str(per_device), method, str(accumulation)] + (["1"] if engine == "zero1" else [])
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=WORKER_ENV)
+    env = {**WORKER_ENV, "SGU_TEST_POISON_STEPS": ",".join(map(str, poison_steps))}
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
 
@@ -126,6 +129,21 @@ def test_deepspeed_zero_matches_one_process(tmp_path, engine, one_process):
     run = launch(tmp_path / f"{engine}.pt", 2, 4, "sgu", engine=engine)
     assert run["engine"] == engine
     assert_same_run(one_process("sgu"), run)
+
+
+@pytest.mark.slow
+def test_deepspeed_skips_a_nonfinite_step(tmp_path):
+    """Guarded steps under ZeRO-1: the engine holds the gradients, so SGU must not step it at all (AdamW with a
+    zero gradient still moves the weights by its momentum)."""
+    pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
+    run = launch(tmp_path / "poison.pt", 2, 4, "sgu", engine="zero1", poison_steps=(1,))
+    assert run["engine"] == "zero1" and run["skipped"] == 1
+    first, skipped, last = run["steps"]
+    assert all(torch.equal(first[k], skipped[k]) for k in first)  # the NaN step moved nothing
+    assert not all(torch.equal(skipped[k], last[k]) for k in first)  # and training went on
+    assert all(torch.isfinite(v).all() for v in last.values())
+    fracs = [h["sgu/nonfinite_frac"] for h in run["logs"]]
+    assert fracs == [0.0, 1.0, 0.0]
 
 
 @pytest.mark.slow

@@ -123,6 +123,14 @@ def test_wrong_config_class(model, tokenizer, small_sets, make_config):
         SGUTrainer(model, make_config(GradDiffConfig), forget, retain, processing_class=tokenizer)
 
 
+def test_fsdp_launch_that_accelerate_runs_without_fsdp_warns(model, tokenizer, small_sets, make_config, monkeypatch):
+    """An FSDP accelerate config on CPU: Accelerate quietly runs plain data parallel; the user is told."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="asked for FSDP .* enables FSDP on GPUs only"):
+        trainer = SGUTrainer(model, make_config(SGUConfig), *small_sets, processing_class=tokenizer)
+    assert not trainer.is_fsdp_enabled
+
+
 def test_tokenizer_that_does_not_fit_the_model(tokenizer, small_sets, make_config):
     from sgu_llm.models import tiny_llama, train_tokenizer
 

@@ -74,6 +74,10 @@ def test_metrics_file_and_benchmark_separation(run_dir):
     for name in ("unlearned", "retain"):
         assert set(m["attacks"]["models"][name]) == {"none", "relearn", "int8", "int4"}
         assert 0 <= m["attacks"]["models"][name]["relearn"]["forget_quality"] <= 1
+    # ... and the sweep's attack rows for every method (the recipe's sweep_results: docs/results.json).
+    sweep = m["attacks"]["sweep"]
+    assert sweep["source"] == "docs/results.json" and len(sweep["rows"]) >= 10 and sweep["retain"]
+    assert "Every method of the sweep" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

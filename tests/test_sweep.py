@@ -77,6 +77,33 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
         json.dumps(r, sort_keys=True) for r in records
     )
     assert len(collect_records(cfg)) == 2
+    # Attacks on each method's reported point and on the retain model: the repeated run scores every epoch as
+    # the stored one did; the rows and results.md carry them; a second pass repeats nothing.
+    cfg.attack_splits = ["forget10"]
+    attacks = Sweep(cfg, log=lambda m: None).attack(records)
+    assert sorted(a["method"] for a in attacks) == ["graddiff", "retain", "sgu"]
+    assert all(a["models_match"] and a.get("same_curve", True) for a in attacks)
+    for a in attacks:
+        assert set(a["attacks"]) == {"none", "relearn", "int8", "int4"}
+        assert 0 <= a["attacks"]["relearn"]["forget_prob"] <= 1
+    rows = write_results(cfg, records, "sgu-llm sweep test.yaml", attacks)
+    attacked = [r for r in rows if r.get("attacks")]
+    assert sorted(r["method"] for r in attacked) == ["graddiff", "sgu"]
+    assert all(r["selection"] == "holdout" and r["retain_attacks"]["seeds"] == [0] for r in attacked)
+    assert "### Attacks (1 model seeds)" in (tmp_path / "docs" / "results.md").read_text()
+
+    class NoRepeat(Sweep):
+        def unlearn(self, *args, **kwargs):
+            raise AssertionError("an attacked run was repeated")
+
+    assert NoRepeat(cfg, log=lambda m: None).attack(records) == attacks
+    from sgu_llm.sweep import sweep_attacks
+
+    found = sweep_attacks(str(tmp_path / "docs" / "results.json"), "tiny-llama", "forget10")
+    assert sorted(r["method"] for r in found["rows"]) == ["graddiff", "sgu"] and found["retain"] is not None
+    assert sweep_attacks(str(tmp_path / "none.json"), "tiny-llama", "forget10")["rows"] == []
+    cfg.attack_splits = []
+
     # A killed run (its file missing) is the only one trained again.
     os.remove(tmp_path / "runs" / "forget10" / "seed0" / "graddiff" / "lr0.001.json")
     trained = []

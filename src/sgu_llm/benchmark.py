@@ -114,6 +114,14 @@ class BenchmarkArguments:
     attack_relearn_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the relearning attack."}
     )
+    sweep_results: str = field(
+        default="",
+        metadata={
+            "help": "A sweep's results.json (e.g. docs/results.json): its attack rows for this model and forget "
+            "split (every method of the sweep, spread over model seeds; `attack_splits` in the sweep) join this "
+            "run's attacks in metrics.json ('attacks.sweep') and the report. A missing file is noted, not an error."
+        },
+    )
     eval_each_epoch: bool = field(
         default=True,
         metadata={"help": "Evaluate forget quality and probabilities after every unlearning epoch."},
@@ -175,6 +183,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return fingerprint(tokenizer.backend_tokenizer.to_str())
 
 
+def load_base(base: Any, cache_dir: str) -> tuple[Any, Any]:
+    """(model in float32, tokenizer) of the pretrained model `base` (ModelArguments) names."""
+    from sgu_llm.pretrained import load_pretrained
+
+    return load_pretrained(
+        base.model_name_or_path,
+        base.gguf_file,
+        dtype="float32",
+        trust_remote_code=base.trust_remote_code,
+        cache_dir=cache_dir,
+        tokenizer_name_or_path=base.tokenizer_name_or_path,
+    )
+
+
 def _accuracy_callback(tokenizer: Any, data: Any, target: float, check_every: int) -> Any:
     from transformers import TrainerCallback
 
@@ -186,11 +208,13 @@ def _accuracy_callback(tokenizer: Any, data: Any, target: float, check_every: in
         """Stop fine-tuning once teacher-forced answer-token accuracy on the training data reaches `target`."""
 
         accuracy = 0.0
+        epochs = 0  # epochs trained at the last check
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             epoch = round(state.epoch or 0)
             if epoch % check_every:
                 return
+            self.epochs = epoch
             s = score_rows(model, rows, tokenizer.pad_token_id, accuracy=True)
             right, total = int(s["correct"].sum()), int(s["tokens"].sum())
             self.accuracy = right / max(total, 1)
@@ -224,15 +248,7 @@ def cached_finetuned_model(
     if base is None:
         model = tiny_llama(tokenizer, args.hidden_size, args.num_layers, args.num_heads, seed=seed)
     else:
-        from sgu_llm.pretrained import load_pretrained
-
-        model, _ = load_pretrained(
-            base.model_name_or_path,
-            base.gguf_file,
-            dtype="float32",
-            trust_remote_code=base.trust_remote_code,
-            cache_dir=args.cache_dir,
-        )
+        model, _ = load_base(base, args.cache_dir)
     expected_config = {
         k: model.config.to_dict()[k]
         for k in (
@@ -322,6 +338,7 @@ def cached_finetuned_model(
         "role": role,
         "train_seconds": time.perf_counter() - start,
         "final_accuracy": stop.accuracy,
+        "epochs": stop.epochs,
     }
 
     def save(folder: str) -> None:
@@ -446,15 +463,7 @@ def benchmark_tokenizer(
     from sgu_llm.data.prompts import build_prompt
 
     if base is not None:
-        from sgu_llm.pretrained import load_pretrained
-
-        _, tokenizer = load_pretrained(
-            base.model_name_or_path,
-            base.gguf_file,
-            trust_remote_code=base.trust_remote_code,
-            cache_dir=args.cache_dir,
-            tokenizer_name_or_path=base.tokenizer_name_or_path,
-        )
+        _, tokenizer = load_base(base, args.cache_dir)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer

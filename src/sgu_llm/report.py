@@ -157,6 +157,7 @@ def _plot_html(title: str, fig: Figure) -> str:
 MARKDOWN = {
     "h1": lambda text: f"# {text}",
     "h2": lambda text: f"## {text}",
+    "h3": lambda text: f"### {text}",
     "p": "\n".join,
     "table": lambda table: _md_table(*table),
     "md": str,  # markdown only
@@ -164,6 +165,7 @@ MARKDOWN = {
 HTML = {
     "h1": lambda text: f"<h1>{html.escape(text)}</h1>",
     "h2": lambda text: f"<h2>{html.escape(text)}</h2>",
+    "h3": lambda text: f"<h3>{html.escape(text)}</h3>",
     "p": lambda lines: "<p>" + "<br>\n".join(html.escape(line) for line in lines) + "</p>",
     "table": lambda table: _html_table(*table),
     "plot": lambda plot: _plot_html(*plot),
@@ -214,11 +216,23 @@ def _attack_blocks(attacks: dict[str, Any] | None) -> list[Block]:
         for name, entry in attacks["models"].items()
         for attack, m in entry.items()
     ]
-    return [
+    blocks = [
         ("h2", "Attacks: does the forgotten come back?"),
         _p(attack_table(attacks)[0]),
         ("table", (["model", "attack", "forget prob", "forget ROUGE", "forget quality"], rows)),
     ]
+    sweep = attacks.get("sweep")
+    if sweep:
+        from sgu_llm.sweep import ATTACK_CAPTION, ATTACK_HEADERS, attack_cells
+
+        blocks.append(("h3", f"Every method of the sweep ({sweep['source']})"))
+        if sweep["rows"]:
+            seeds = len(sweep["rows"][0]["attacks"]["seeds"])
+            blocks.append(_p(f"The same attacks, from the sweep's runs over {seeds} model seeds. {ATTACK_CAPTION}"))
+            blocks.append(("table", (ATTACK_HEADERS, attack_cells(sweep["rows"], sweep["retain"]))))
+        else:
+            blocks.append(_p(sweep["note"]))
+    return blocks
 
 
 def _over_steps(records: list[dict], keys: tuple[str, ...]) -> dict[str, tuple[list, list]]:

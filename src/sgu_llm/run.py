@@ -284,17 +284,11 @@ def probe_report(
 
 def base_model_knowledge(model_args: Any, bench: Any, world_facts: Any, kw: dict[str, Any]) -> list[bool]:
     """Which world facts the pretrained base model states before any fine-tuning (greedy answers)."""
+    from sgu_llm.benchmark import load_base
     from sgu_llm.evaluation import metrics as M
     from sgu_llm.evaluation.suite import generate_answers
-    from sgu_llm.pretrained import load_pretrained
 
-    model, tokenizer = load_pretrained(
-        model_args.model_name_or_path,
-        model_args.gguf_file,
-        dtype="float32",
-        trust_remote_code=model_args.trust_remote_code,
-        cache_dir=bench.cache_dir,
-    )
+    model, tokenizer = load_base(model_args, bench.cache_dir)
     model.eval()
     gens = generate_answers(
         model,
@@ -619,6 +613,11 @@ def run_benchmark(
         attacks = run_attacks(
             unlearned, models, tokenizer, sets, ref, kw, bench, config.seed, metas.get("retain", {}).get("key")
         )
+        if attacks is not None and bench.sweep_results:
+            from sgu_llm.sweep import sweep_attacks
+
+            model_name = model_args.model_name_or_path.split(":", 1)[-1].rstrip("/").split("/")[-1]
+            attacks["sweep"] = sweep_attacks(bench.sweep_results, model_name, script.forget_split)
         timings["attacks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     world = world_facts_known(evals, sets, base_known)

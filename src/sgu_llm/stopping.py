@@ -13,11 +13,15 @@ current model (`stop_metric`):
 
 `HoldoutStoppingCallback` scores the model at the start and after every epoch and, when training
 ends, restores the trainable parameters of the epoch with the smallest statistic (the earliest on
-ties). The snapshots are CPU copies of the trainable parameters (the LoRA adapters under LoRA).
+ties). The snapshots are CPU copies of the trainable parameters (the LoRA adapters under LoRA). A
+checkpoint carries the scores so far and the best snapshot (`holdout_stopping.pt`), so a resumed run
+chooses among all its epochs, as the uninterrupted run does.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 STOP_METRICS = ("truth_ratio", "nll")
+STATE_FILE = "holdout_stopping.pt"  # in each checkpoint folder of a run with stop_on_holdout
 TRUTH_RATIO_FIELDS = ("paraphrased_answer", "perturbed_answer")
 
 
@@ -90,6 +95,8 @@ class HoldoutStoppingCallback(TrainerCallback):
         self.records: list[dict] = []
         self.best: int | None = None
         self._snapshot: list[torch.Tensor] | None = None
+        self._resumed = False  # scores and snapshot came from a checkpoint: the start is not scored again
+        self._saved: tuple[int, str] | None = None  # (step, folder) of the last checkpoint written
 
     @staticmethod
     def _trainable(model: Any) -> list[torch.nn.Parameter]:
@@ -109,11 +116,36 @@ class HoldoutStoppingCallback(TrainerCallback):
             self.best = best
             self._snapshot = [p.detach().to("cpu", copy=True) for p in self._trainable(model)]
 
+    def save(self, folder: str, step: int) -> None:
+        """Write the scores so far and the best snapshot into the checkpoint folder of `step`."""
+        self._saved = (step, folder)
+        path = os.path.join(folder, STATE_FILE)
+        torch.save({"records": self.records, "best": self.best, "snapshot": self._snapshot}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def load(self, folder: str) -> None:
+        """Take the scores and the best snapshot from a checkpoint folder (before training resumes there)."""
+        path = os.path.join(folder, STATE_FILE)
+        if not os.path.exists(path):
+            warnings.warn(
+                f"{folder} holds no {STATE_FILE} (written before stop_on_holdout kept it): the resumed run "
+                "chooses only among the epochs after the checkpoint",
+                stacklevel=2,
+            )
+            return
+        saved = torch.load(path, weights_only=True)
+        self.records, self.best, self._snapshot = saved["records"], saved["best"], saved["snapshot"]
+        self._resumed = True
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._score(state, model)
+        if not self._resumed:
+            self._score(state, model)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         self._score(state, model)
+        if self._saved is not None and self._saved[0] == state.global_step:
+            # A step checkpoint on the epoch's last step was written before this score: add it there.
+            self.save(self._saved[1], state.global_step)
 
     @torch.no_grad()
     def on_train_end(self, args, state, control, model=None, **kwargs):

@@ -65,6 +65,14 @@ class SweepConfig:
         default=0.95, metadata={"help": "Reported point: model utility at least this times the target's."}
     )
     model_name: str = field(default="tiny-llama", metadata={"help": "The `model` field of the result rows."})
+    attack_splits: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Splits where each method's reported learning rate is attacked at its holdout-selected epoch "
+            "(relearning, int8 and int4 quantization; sgu_llm.attacks), for every model seed, next to the same "
+            "attacks on that seed's retain model. The run is repeated to get its weights (runs store none)."
+        },
+    )
 
     def __post_init__(self):
         if not self.methods or not self.learning_rates or not self.splits:
@@ -72,9 +80,10 @@ class SweepConfig:
         for name, fields_ in self.methods.items():
             if not isinstance(fields_, dict) or "method" not in fields_:
                 raise ValueError(f"sweep method {name!r} must be a mapping with at least a `method` key")
-        unknown = set(self.best_only_splits) - set(self.splits)
-        if unknown:
-            raise ValueError(f"best_only_splits {sorted(unknown)} are not in splits {sorted(self.splits)}")
+        for name in ("best_only_splits", "attack_splits"):
+            unknown = set(getattr(self, name)) - set(self.splits)
+            if unknown:
+                raise ValueError(f"{name} {sorted(unknown)} are not in splits {sorted(self.splits)}")
 
 
 def load_sweep(path: str) -> SweepConfig:
@@ -89,6 +98,13 @@ def load_sweep(path: str) -> SweepConfig:
 
 def run_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
     return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"lr{lr:g}.json")
+
+
+def attack_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
+    """The attacks on one run (`method` "retain": the seed's retain model, lr ignored)."""
+    if method == "retain":
+        return os.path.join(cfg.output_dir, split, f"seed{seed}", "attacks-retain.json")
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"attacks-lr{lr:g}.json")
 
 
 def parse_run_config(cfg: SweepConfig, split: str, seed: int, method: str, lr: float, out: str) -> tuple:
@@ -182,8 +198,12 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, log: Any = print):
         self.cfg, self.log = cfg, log
 
-    def baselines(self, split: str, seed: int) -> tuple[Any, Any, dict, dict, dict, dict]:
-        """Data, tokenizer, models, eval sets, eval kwargs and the baselines' evaluations (cached as JSON)."""
+    def baselines(self, split: str, seed: int, keep: bool = False) -> tuple[Any, Any, dict, dict, dict, dict]:
+        """Data, tokenizer, models, eval sets, eval kwargs and the baselines' evaluations (cached as JSON).
+
+        Models that differ from the ones the finished runs used move those runs aside (they are run again),
+        unless `keep`: then they stay, and `evals["models_match"]` is False.
+        """
         from sgu_llm.benchmark import benchmark_models, load_benchmark_data
         from sgu_llm.evaluation import evaluate_model
         from sgu_llm.run import eval_kwargs, eval_sets
@@ -211,7 +231,10 @@ class Sweep:
                     meta["weights"] = weights.get(role)
                 write_json(path, evals)
                 stored = weights
-            if stored != weights:
+            evals["models_match"] = stored == weights
+            if stored != weights and keep:  # the reference for these models (not written)
+                evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw), "models_match": False}
+            elif stored != weights:
                 # Models fine-tuned again (another machine, another library version) differ in their last
                 # bits, and forget quality with them: a seed's runs must all use the same models.
                 stale = f"{folder}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -229,11 +252,12 @@ class Sweep:
                 for k, m in metas.items()
             }
             write_json(path, evals)
+            evals["models_match"] = True
         return data, tokenizer, models, sets, kw, evals
 
-    def run_one(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> dict:
+    def unlearn(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> tuple:
+        """Unlearn a copy of the target with one method and learning rate: (model, EpochRecorder, seconds)."""
         from sgu_llm.benchmark import unlearning_retain_set
-        from sgu_llm.evaluation import evaluate_model
         from sgu_llm.trainers import get_method
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -254,6 +278,12 @@ class Sweep:
             start = time.perf_counter()
             trainer.train()
             wall = time.perf_counter() - start - recorder.seconds
+        return model, recorder, wall
+
+    def run_one(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> dict:
+        from sgu_llm.evaluation import evaluate_model
+
+        model, recorder, wall = self.unlearn(split, seed, method, lr, data, tokenizer, models, sets, kw, evals)
         picks = choose(recorder.curve)
         evaluated: dict[int, dict] = {}
         selections = {}
@@ -314,7 +344,99 @@ class Sweep:
         return {m: [best[m]] for m in self.cfg.methods}
 
 
+    def attack(self, records: list[dict]) -> list[dict]:
+        """Attack each method's reported learning rate (holdout-selected epoch) on every seed of the
+        `attack_splits`, and each seed's retain model; one JSON per attacked run, skipped when on disk.
+
+        Runs store no weights, so each run is repeated; `same_curve` in its file says whether the repeat
+        scored every epoch as the stored run did (same models, same machine: it does).
+        """
+        from sgu_llm.attacks import attack_report
+
+        out = []
+        for split in self.cfg.attack_splits:
+            table = aggregate(
+                complete_seeds(self.cfg, records), {split: load_baselines(self.cfg, split)}, self.cfg.utility_floor
+            )
+            reported = {r["method"]: r["learning_rate"] for r in table if r["split"] == split and r["reported"]}
+            missing_methods = [m for m in self.cfg.methods if m not in reported]
+            if missing_methods:
+                raise ValueError(f"attack_splits: no finished {split} runs of {missing_methods} to attack")
+            for seed in self.cfg.splits[split]:
+                todo = [("retain", 0.0)] + [(m, reported[m]) for m in self.cfg.methods]
+                paths = {m: attack_path(self.cfg, split, seed, m, lr) for m, lr in todo}
+                loaded = None
+                for method, lr in todo:
+                    if not os.path.exists(paths[method]):
+                        if loaded is None:
+                            loaded = self.baselines(split, seed, keep=True)
+                        data, tokenizer, models, sets, kw, evals = loaded
+                        _, _, bench, _, _ = parse_run_config(self.cfg, split, seed, method if method != "retain"
+                                                             else next(iter(self.cfg.methods)), 1e-3,
+                                                             tempfile.gettempdir())
+                        t = time.perf_counter()
+                        entry = {"method": method, "split": split, "seed": seed, "learning_rate": lr,
+                                 "models_match": evals["models_match"]}
+                        if method == "retain":
+                            model = models["retain"]
+                        else:
+                            model, recorder, _ = self.unlearn(split, seed, method, lr, *loaded)
+                            idx = choose(recorder.curve)["holdout"]
+                            model.load_state_dict(recorder.snapshots[idx])
+                            with open(run_path(self.cfg, split, seed, method, lr)) as fh:
+                                stored = json.load(fh)
+                            entry["epoch"] = recorder.curve[idx]["epoch"]
+                            entry["same_curve"] = stored["curve"] == recorder.curve
+                        report = attack_report(
+                            {method: model}, tokenizer, sets["forget"],
+                            evals["retain"]["per_example"]["forget"]["truth_ratio"], kw,
+                            relearn_steps=bench.attack_relearn_steps,
+                            relearn_learning_rate=bench.attack_relearn_learning_rate, seed=seed,
+                        )
+                        entry["attacks"] = report["models"][method]
+                        entry["relearn"] = report["relearn"]
+                        write_json(paths[method], entry)
+                        self.log(
+                            f"[sweep] attacks {split} seed {seed} {method}: relearn prob "
+                            f"{entry['attacks']['none']['forget_prob']:.3f} -> "
+                            f"{entry['attacks']['relearn']['forget_prob']:.3f} ({time.perf_counter() - t:.0f} s)"
+                        )
+                    with open(paths[method]) as fh:
+                        out.append(json.load(fh))
+        return out
+
+
 # ---- aggregation, tables and the plot ------------------------------------------------------------
+
+
+ATTACKS = ("none", "relearn", "int8", "int4")
+ATTACK_METRICS = ("forget_prob", "forget_rouge", "forget_quality")
+
+
+def attack_rows(attacks: list[dict]) -> dict[tuple, dict]:
+    """(split, method) -> {"seeds", "learning_rate", attack -> metric -> spread over seeds}; method "retain"
+    is the retain model (what "nothing to recover" looks like)."""
+    groups: dict[tuple, list[dict]] = {}
+    for a in attacks:
+        groups.setdefault((a["split"], a["method"]), []).append(a)
+    out = {}
+    for key, runs in groups.items():
+        out[key] = {
+            "seeds": sorted(r["seed"] for r in runs),
+            "learning_rate": runs[0]["learning_rate"],
+            "models_match": all(r.get("models_match", True) for r in runs),
+            "same_curve": all(r.get("same_curve", True) for r in runs),
+            **{
+                attack: {m: _spread([r["attacks"][attack][m] for r in runs]) for m in ATTACK_METRICS}
+                for attack in ATTACKS
+            },
+        }
+    return out
+
+
+def collect_attacks(cfg: SweepConfig) -> list[dict]:
+    """Every attacked run on disk."""
+    return collect_records(cfg, prefix="attacks")
 
 
 def load_baselines(cfg: SweepConfig, split: str) -> dict[int, dict]:
@@ -491,12 +613,18 @@ def complete_seeds(cfg: SweepConfig, records: list[dict]) -> list[dict]:
     return [r for r in records if r["method"] in cfg.methods and complete(r["split"], r["seed"])]
 
 
-def write_results(cfg: SweepConfig, records: list[dict], command: str) -> list[dict]:
-    """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s."""
+def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: list[dict] | None = None) -> list[dict]:
+    """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s; the attacks
+    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`)."""
     baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
     rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor)
+    attacked = attack_rows(attacks or [])
     for r in rows:
         r["model"] = cfg.model_name
+        got = attacked.get((r["split"], r["method"]))
+        if got and r["reported"] and r["selection"] == "holdout" and got["learning_rate"] == r["learning_rate"]:
+            r["attacks"] = got
+            r["retain_attacks"] = attacked.get((r["split"], "retain"))
     os.makedirs(cfg.results_dir, exist_ok=True)
     merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
     plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
@@ -617,8 +745,75 @@ def results_markdown(
         lines += ["", goal_check(rows, split, cfg.utility_floor), ""]
         if records:
             lines += [stopping_check(records, split), ""]
+        lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
     lines += ["![forget quality against model utility](pareto.png)", ""]
     return "\n".join(lines)
+
+
+ATTACK_HEADERS = ["model", "prob: none", "prob: relearn", "prob: int8", "prob: int4", "FQ: none", "FQ: relearn",
+                  "FQ: int4"]
+
+
+def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
+    """Table cells (ATTACK_HEADERS) of attacked sweep rows and the retain model, mean (min–max) over seeds,
+    ordered by the forget probability relearning brings back (least first)."""
+
+    def cell(a: dict, attack: str, metric: str) -> str:
+        x = a[attack][metric]
+        return f"{_fmt(x['mean'])} ({_fmt(x['min'])}–{_fmt(x['max'])})"
+
+    entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g})", r["attacks"]) for r in rows),
+                     key=lambda e: e[1]["relearn"]["forget_prob"]["mean"])
+    if retain:
+        entries.append(("retain model", retain))
+    return [
+        [name, cell(a, "none", "forget_prob"), cell(a, "relearn", "forget_prob"), cell(a, "int8", "forget_prob"),
+         cell(a, "int4", "forget_prob"), cell(a, "none", "forget_quality"), cell(a, "relearn", "forget_quality"),
+         cell(a, "int4", "forget_quality")]
+        for name, a in entries
+    ]
+
+
+ATTACK_CAPTION = (
+    "Each method at its reported learning rate and holdout-selected epoch, and the retain model (which never saw "
+    "the forget set: its numbers are what \"nothing to recover\" looks like). Relearning: 10 AdamW steps on the "
+    "even forget rows; int8 / int4: per-channel round-to-nearest of every linear layer; every number on the odd "
+    "forget rows. Forget probability (prob) and forget quality (FQ): mean (min–max) over model seeds."
+)
+
+
+def attack_markdown(rows: list[dict]) -> list[str]:
+    """The attacks table of one split's attacked rows (`write_results`)."""
+    if not rows:
+        return []
+    lines = [f"### Attacks ({len(rows[0]['attacks']['seeds'])} model seeds)", "", ATTACK_CAPTION, ""]
+    lines += ["| " + " | ".join(ATTACK_HEADERS) + " |", "|" + "---|" * len(ATTACK_HEADERS)]
+    lines += ["| " + " | ".join(c) + " |" for c in attack_cells(rows, rows[0].get("retain_attacks"))]
+    notes = []
+    if not all(r["attacks"]["models_match"] for r in rows):
+        notes.append("the models fine-tuned for the attacks differ from the ones the sweep's runs used (another "
+                     "machine or library version), so the attacked runs are not the tabled runs")
+    elif not all(r["attacks"]["same_curve"] for r in rows):
+        notes.append("some repeated runs did not score every epoch as the stored run did")
+    lines += [""] + ([f"Note: {'; '.join(notes)}.", ""] if notes else [])
+    return lines
+
+
+def sweep_attacks(path: str, model: str, split: str) -> dict | None:
+    """The attacked rows of a sweep's results.json for one model and split (`sgu-llm run --sweep_results`)."""
+    if not path:
+        return None
+    if not os.path.exists(path):
+        return {"source": path, "rows": [], "retain": None, "note": f"{path} does not exist (run the sweep first)"}
+    with open(path) as fh:
+        rows = [r for r in json.load(fh) if r.get("model") == model and r["split"] == split and r.get("attacks")]
+    keep = ("method", "learning_rate", "family", "attacks", "forget_quality_mean", "model_utility_mean")
+    return {
+        "source": path,
+        "rows": [{k: r.get(k) for k in keep} for r in rows],
+        "retain": rows[0].get("retain_attacks") if rows else None,
+        "note": None if rows else f"{path} has no attacked rows for model {model!r} and split {split!r}",
+    }
 
 
 def plot_pareto(rows: list[dict], baselines: dict, path: str) -> None:
@@ -680,11 +875,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("SGU_LLM_QUIET", "1")
         sweep = Sweep(cfg, log=lambda m: print(m, flush=True))
         if args.report_only:
-            records = collect_records(cfg)
+            records, attacks = collect_records(cfg), collect_attacks(cfg)
         else:
             records = sweep.run()
+            attacks = sweep.attack(records) if cfg.attack_splits else []
         # The command that reproduces the outputs (--report_only or not: the same tables from the same runs).
-        write_results(cfg, records, f"sgu-llm sweep {args.config}")
+        write_results(cfg, records, f"sgu-llm sweep {args.config}", attacks)
     except ValueError as err:
         print(f"sgu-llm sweep: error: {err}", file=sys.stderr)
         return 2
@@ -692,12 +888,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def collect_records(cfg: SweepConfig) -> list[dict]:
-    """Every finished run on disk."""
+def collect_records(cfg: SweepConfig, prefix: str = "lr") -> list[dict]:
+    """Every finished run on disk (the JSON files whose names start with `prefix`)."""
     out = []
     for root, _, files in os.walk(cfg.output_dir):
         for name in sorted(files):
-            if name.startswith("lr") and name.endswith(".json"):
+            if name.startswith(prefix) and name.endswith(".json"):
                 with open(os.path.join(root, name)) as fh:
                     out.append(json.load(fh))
     return out

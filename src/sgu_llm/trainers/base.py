@@ -14,11 +14,13 @@ import dataclasses
 import glob
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from sgu_llm.card import card_tags
 from sgu_llm.data.pairing import ForgetRetainDataset
@@ -161,8 +163,6 @@ def resume_argument(args: Any) -> str | bool | None:
     if value is None or value is False or str(value).lower() in ("", "false", "none"):
         return None
     if value is True or str(value).lower() in ("true", "last"):
-        from transformers.trainer_utils import get_last_checkpoint
-
         if not os.path.isdir(args.output_dir) or get_last_checkpoint(args.output_dir) is None:
             raise ValueError(
                 f"resume_from_checkpoint=true but {args.output_dir!r} holds no checkpoint-* folder: set save_strategy "
@@ -408,6 +408,9 @@ class UnlearnTrainer(Trainer):
         forget, retain, collator = self.task.prepare(
             model, args, forget_dataset, retain_dataset, processing_class
         )
+        # Seeded as the Trainer seeds itself, but before the LoRA adapters are initialised: otherwise they depend on
+        # whatever used the global RNG before (e.g. fine-tuning the target in this process rather than loading it).
+        set_seed(args.seed)
         model = prepare_model(model, peft_config, args.unlearn_params)
         # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
         needs_ref = self.needs_reference_model(args)
@@ -427,6 +430,13 @@ class UnlearnTrainer(Trainer):
                 f"the launcher started {_launched_world_size()} processes but Accelerate runs "
                 f"{self.accelerator.num_processes}: each process would train alone on all the data. "
                 "On CPU pass --use_cpu true; with GPUs check CUDA_VISIBLE_DEVICES and the accelerate config."
+            )
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+            warnings.warn(
+                "the launch asked for FSDP (an FSDP accelerate config) but Accelerate runs this job without it "
+                f"({self.accelerator.distributed_type.value}): it enables FSDP on GPUs only. The run is plain data "
+                "parallel (every rank holds the whole model); on CPU use recipes/accelerate/cpu_2proc.yaml to say so",
+                stacklevel=2,
             )
         if self.is_deepspeed_enabled:
             self._check_deepspeed(needs_ref)
@@ -457,6 +467,21 @@ class UnlearnTrainer(Trainer):
     @classmethod
     def needs_reference_model(cls, args: UnlearnConfig) -> bool:
         return False
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`; a resumed run with `stop_on_holdout` also takes the stopping scores and snapshot."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # None: HF's own error
+        if isinstance(resume_from_checkpoint, str) and self.stopping is not None:
+            self.stopping.load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint plus the stopping rule's scores and best snapshot (`stop_on_holdout`)."""
+        super()._save_checkpoint(model, trial)
+        if self.stopping is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.stopping.save(folder, self.state.global_step)
 
     def _check_deepspeed(self, needs_ref: bool) -> None:
         """DeepSpeed ZeRO stages 0-2 are tested (tests/test_distributed.py); refuse what is not."""

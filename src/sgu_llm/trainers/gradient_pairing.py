@@ -224,8 +224,15 @@ class DeepSpeedPairing:
         retain, self.retain = self.retain, [None] * len(self.params)
         stash, self.stash = self.stash, [None] * len(self.params)
         live, updates = self.select_window(retain, stash, torch.float32)
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        if not live:
+            # A skipped step (non-finite gradients, see SGUTrainer._record): the engine's gradients are already
+            # zero, but its optimizer would still move the weights (AdamW's momentum). Only the schedule advances,
+            # as in the Trainer's own loop when no parameter has a gradient.
+            if engine.lr_scheduler is not None:
+                engine.lr_scheduler.step()
+            return
         for i, update in zip(live, updates):
             safe_set_full_grad(self.params[i], update)
-        engine = self.accelerator.deepspeed_engine_wrapped.engine
         engine.set_gradient_accumulation_boundary(is_boundary=True)
         engine.step()
