@@ -223,12 +223,13 @@ def _attack_blocks(attacks: dict[str, Any] | None) -> list[Block]:
     ]
     sweep = attacks.get("sweep")
     if sweep:
-        from sgu_llm.sweep import ATTACK_CAPTION, ATTACK_HEADERS, attack_cells
+        from sgu_llm.sweep import ATTACK_HEADERS, attack_caption, attack_cells
 
         blocks.append(("h3", f"Every method of the sweep ({sweep['source']})"))
         if sweep["rows"]:
             seeds = len(sweep["rows"][0]["attacks"]["seeds"])
-            blocks.append(_p(f"The same attacks, from the sweep's runs over {seeds} model seeds. {ATTACK_CAPTION}"))
+            caption = attack_caption(sweep["rows"][0]["attacks"])
+            blocks.append(_p(f"The same attacks, from the sweep's runs over {seeds} model seeds. {caption}"))
             blocks.append(("table", (ATTACK_HEADERS, attack_cells(sweep["rows"], sweep["retain"]))))
         else:
             blocks.append(_p(sweep["note"]))

@@ -424,6 +424,7 @@ def attack_rows(attacks: list[dict]) -> dict[tuple, dict]:
         out[key] = {
             "seeds": sorted(r["seed"] for r in runs),
             "learning_rate": runs[0]["learning_rate"],
+            "relearn_settings": runs[0]["relearn"],
             "models_match": all(r.get("models_match", True) for r in runs),
             "same_curve": all(r.get("same_curve", True) for r in runs),
             **{
@@ -774,19 +775,23 @@ def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
     ]
 
 
-ATTACK_CAPTION = (
-    "Each method at its reported learning rate and holdout-selected epoch, and the retain model (which never saw "
-    "the forget set: its numbers are what \"nothing to recover\" looks like). Relearning: 10 AdamW steps on the "
-    "even forget rows; int8 / int4: per-channel round-to-nearest of every linear layer; every number on the odd "
-    "forget rows. Forget probability (prob) and forget quality (FQ): mean (min–max) over model seeds."
-)
+def attack_caption(attacks: dict) -> str:
+    """What the attack table of `attacks` (an `attack_rows` entry) measured."""
+    r = attacks["relearn_settings"]
+    return (
+        "Each method at its reported learning rate and holdout-selected epoch, and the retain model (which never "
+        "saw the forget set: its numbers are what \"nothing to recover\" looks like). Relearning: "
+        f"{r['steps']} AdamW steps (lr {r['learning_rate']:g}, batch {r['batch_size']}) on the even forget rows; "
+        "int8 / int4: per-channel round-to-nearest of every linear layer; every number on the odd forget rows. "
+        "Forget probability (prob) and forget quality (FQ): mean (min–max) over model seeds."
+    )
 
 
 def attack_markdown(rows: list[dict]) -> list[str]:
     """The attacks table of one split's attacked rows (`write_results`)."""
     if not rows:
         return []
-    lines = [f"### Attacks ({len(rows[0]['attacks']['seeds'])} model seeds)", "", ATTACK_CAPTION, ""]
+    lines = [f"### Attacks ({len(rows[0]['attacks']['seeds'])} model seeds)", "", attack_caption(rows[0]["attacks"]), ""]
     lines += ["| " + " | ".join(ATTACK_HEADERS) + " |", "|" + "---|" * len(ATTACK_HEADERS)]
     lines += ["| " + " | ".join(c) + " |" for c in attack_cells(rows, rows[0].get("retain_attacks"))]
     notes = []
@@ -891,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
 def collect_records(cfg: SweepConfig, prefix: str = "lr") -> list[dict]:
     """Every finished run on disk (the JSON files whose names start with `prefix`)."""
     out = []
-    for root, _, files in os.walk(cfg.output_dir):
+    for root, dirs, files in os.walk(cfg.output_dir):
+        dirs.sort()  # the same order on every machine (float sums over seeds depend on it in the last bit)
         for name in sorted(files):
             if name.startswith(prefix) and name.endswith(".json"):
                 with open(os.path.join(root, name)) as fh:
