@@ -351,8 +351,6 @@ class Sweep:
         Runs store no weights, so each run is repeated; `same_curve` in its file says whether the repeat
         scored every epoch as the stored run did (same models, same machine: it does).
         """
-        from sgu_llm.attacks import attack_report
-
         out = []
         for split in self.cfg.attack_splits:
             table = aggregate(
@@ -368,42 +366,45 @@ class Sweep:
                 loaded = None
                 for method, lr in todo:
                     if not os.path.exists(paths[method]):
-                        if loaded is None:
-                            loaded = self.baselines(split, seed, keep=True)
-                        data, tokenizer, models, sets, kw, evals = loaded
-                        _, _, bench, _, _ = parse_run_config(self.cfg, split, seed, method if method != "retain"
-                                                             else next(iter(self.cfg.methods)), 1e-3,
-                                                             tempfile.gettempdir())
-                        t = time.perf_counter()
-                        entry = {"method": method, "split": split, "seed": seed, "learning_rate": lr,
-                                 "models_match": evals["models_match"]}
-                        if method == "retain":
-                            model = models["retain"]
-                        else:
-                            model, recorder, _ = self.unlearn(split, seed, method, lr, *loaded)
-                            idx = choose(recorder.curve)["holdout"]
-                            model.load_state_dict(recorder.snapshots[idx])
-                            with open(run_path(self.cfg, split, seed, method, lr)) as fh:
-                                stored = json.load(fh)
-                            entry["epoch"] = recorder.curve[idx]["epoch"]
-                            entry["same_curve"] = stored["curve"] == recorder.curve
-                        report = attack_report(
-                            {method: model}, tokenizer, sets["forget"],
-                            evals["retain"]["per_example"]["forget"]["truth_ratio"], kw,
-                            relearn_steps=bench.attack_relearn_steps,
-                            relearn_learning_rate=bench.attack_relearn_learning_rate, seed=seed,
-                        )
-                        entry["attacks"] = report["models"][method]
-                        entry["relearn"] = report["relearn"]
-                        write_json(paths[method], entry)
-                        self.log(
-                            f"[sweep] attacks {split} seed {seed} {method}: relearn prob "
-                            f"{entry['attacks']['none']['forget_prob']:.3f} -> "
-                            f"{entry['attacks']['relearn']['forget_prob']:.3f} ({time.perf_counter() - t:.0f} s)"
-                        )
+                        loaded = loaded or self.baselines(split, seed, keep=True)
+                        write_json(paths[method], self.attack_one(split, seed, method, lr, loaded))
                     with open(paths[method]) as fh:
                         out.append(json.load(fh))
         return out
+
+    def attack_one(self, split: str, seed: int, method: str, lr: float, loaded: tuple) -> dict:
+        """The attacks on one run, repeated to get its holdout-selected weights (`method` "retain": the seed's
+        retain model)."""
+        from sgu_llm.attacks import attack_report
+
+        data, tokenizer, models, sets, kw, evals = loaded
+        fields_of = method if method != "retain" else next(iter(self.cfg.methods))
+        _, _, bench, _, _ = parse_run_config(self.cfg, split, seed, fields_of, 1e-3, tempfile.gettempdir())
+        t = time.perf_counter()
+        entry = {"method": method, "split": split, "seed": seed, "learning_rate": lr,
+                 "models_match": evals["models_match"]}
+        if method == "retain":
+            model = models["retain"]
+        else:
+            model, recorder, _ = self.unlearn(split, seed, method, lr, *loaded)
+            idx = choose(recorder.curve)["holdout"]
+            model.load_state_dict(recorder.snapshots[idx])
+            with open(run_path(self.cfg, split, seed, method, lr)) as fh:
+                stored = json.load(fh)
+            entry["epoch"] = recorder.curve[idx]["epoch"]
+            entry["same_curve"] = stored["curve"] == recorder.curve
+        report = attack_report(
+            {method: model}, tokenizer, sets["forget"], evals["retain"]["per_example"]["forget"]["truth_ratio"], kw,
+            relearn_steps=bench.attack_relearn_steps, relearn_learning_rate=bench.attack_relearn_learning_rate,
+            seed=seed,
+        )
+        entry["attacks"] = report["models"][method]
+        entry["relearn"] = report["relearn"]
+        self.log(
+            f"[sweep] attacks {split} seed {seed} {method}: relearn prob {entry['attacks']['none']['forget_prob']:.3f}"
+            f" -> {entry['attacks']['relearn']['forget_prob']:.3f} ({time.perf_counter() - t:.0f} s)"
+        )
+        return entry
 
 
 # ---- aggregation, tables and the plot ------------------------------------------------------------
