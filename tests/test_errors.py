@@ -61,7 +61,7 @@ def test_quantile_level_out_of_range(tmp_path, name, q):
         ("selective_function", "magic", "unknown selective function 'magic'"),
         ("threshold_scope", "layer", "threshold_scope must be one of"),
         ("threshold_population", "most", "threshold_population must be one of"),
-        ("forget_loss", "kl", "forget_loss must be one of"),
+        ("forget_loss", "kl", "unknown forget_loss .kl.; registered objectives"),
         ("prompt_format", "alpaca", "prompt_format must be one of"),
         ("unlearn_params", "(", "unlearn_params is not a valid regex"),
         ("reverse_scale", -1.0, "must be >= 0"),

@@ -9,7 +9,6 @@ hyperparameters and seed: a second run reuses it, and any change rebuilds it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,16 +16,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgu_llm.cache import default_cache_dir, fingerprint
 from sgu_llm.files import atomic_dir
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # bump when what a cache entry means changes
 META_FILE = "sgu_llm_cache.json"
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("SGU_LLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sgu-llm"))
 
 
 @dataclass
@@ -150,10 +146,6 @@ class BenchmarkArguments:
 
 # The hyperparameters in a tiny model's cache key (later fields enter the key only when they are used).
 FINETUNE_HYPER = ("finetune_learning_rate", "finetune_batch_size", "finetune_max_epochs", "finetune_target_accuracy")
-
-
-def fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _rows(ds: Any) -> list[list[str]]:

@@ -58,3 +58,127 @@ def simnpo_loss(nll_mean: torch.Tensor, beta: float, delta: float = 0.0) -> torc
     reference model is needed.
     """
     return -2.0 / beta * F.logsigmoid(beta * (nll_mean - delta))
+
+
+# ---- objectives that target knowledge (sgu_llm.objectives wires them) ------------------------------
+
+
+def preference_loss(chosen_delta: torch.Tensor, rejected_delta: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO-style per-pair loss -(2 / beta) log sigmoid(beta (chosen_delta - rejected_delta)).
+
+    Each delta is log pi_theta - log pi_ref of a whole answer (summed over its tokens). AltPO prefers a
+    self-generated alternative (chosen) over the true answer (rejected); IdkDPO an "I don't know" answer.
+
+    Example:
+        >>> import torch
+        >>> round(preference_loss(torch.tensor([0.0]), torch.tensor([0.0]), beta=1.0).item(), 4)  # 2 ln 2
+        1.3863
+    """
+    return -2.0 / beta * F.logsigmoid(beta * (chosen_delta - rejected_delta))
+
+
+def undial_loss(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNDIAL self-distillation: cross-entropy from softmax(ref_logits - beta * onehot(y)) to the model.
+
+    Only answer positions count (labels != -100, after the causal shift): prompt and padding are masked.
+
+    Returns:
+        `(summed loss, answer tokens)` per example, both of shape (batch,).
+
+    Example:
+        >>> import torch
+        >>> z = torch.zeros(1, 2, 2)  # uniform logits over 2 tokens at both positions
+        >>> loss, n = undial_loss(z, z, torch.tensor([[-100, 0]]), beta=0.0)
+        >>> round(loss.item(), 4), n.item()  # ln 2 at the one answer position
+        (0.6931, 1)
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_ref = ref_logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels.ne(IGNORE_INDEX)
+    target = shift_ref - beta * F.one_hot(shift_labels.clamp_min(0), shift_ref.size(-1)).float()
+    token_ce = -(target.softmax(-1) * shift_logits.log_softmax(-1)).sum(-1)
+    return (token_ce * mask).sum(-1), mask.sum(-1)
+
+
+def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-example mean over masked positions of the squared distance ||hidden - target||^2 / hidden_size.
+
+    `target` broadcasts against `hidden` (batch, length, hidden): RMU's forget term passes c * u (one vector),
+    its retain term the frozen model's activations.
+
+    Example:
+        >>> import torch
+        >>> h = torch.ones(1, 2, 4)
+        >>> activation_distance(h, torch.zeros(4), torch.tensor([[True, False]])).tolist()
+        [1.0]
+    """
+    per_position = (hidden.float() - target.float()).pow(2).mean(-1)
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+
+
+def generic_logits(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Who's-Harry-Potter generic predictions: v_base - alpha * ReLU(v_reinforced - v_base).
+
+    Tokens a model trained further on the forget set (reinforced) boosts are the forget set's own; the
+    generic logits take that boost away.
+
+    Example:
+        >>> import torch
+        >>> generic_logits(torch.tensor([1.0, 1.0]), torch.tensor([3.0, 0.0]), alpha=1.0).tolist()
+        [-1.0, 1.0]
+    """
+    return base_logits - alpha * F.relu(reinforced_logits - base_logits)
+
+
+def answer_margins(
+    true_logp: torch.Tensor, alt_logp: torch.Tensor, alt_row: torch.Tensor, num_rows: int
+) -> torch.Tensor:
+    """Per row: the true answer's log-probability minus the mean of its alternatives' (length-normalised).
+
+    `alt_row[j]` is the row alternative j belongs to; a row without alternatives gets margin 0 - the
+    truth ratio's sign convention: a positive margin ranks the true answer above the alternatives.
+
+    Example:
+        >>> import torch
+        >>> answer_margins(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -5.0, -2.0]),
+        ...                torch.tensor([0, 0, 1]), 2).tolist()
+        [3.0, 0.0]
+    """
+    sums = torch.zeros(num_rows, dtype=alt_logp.dtype, device=alt_logp.device).index_add(0, alt_row, alt_logp)
+    counts = torch.bincount(alt_row, minlength=num_rows).to(alt_logp.dtype)
+    has = counts > 0
+    mean_alt = torch.where(has, sums / counts.clamp_min(1), true_logp)
+    return true_logp - mean_alt
+
+
+def quantile_matching_loss(margins: torch.Tensor, reference_sorted: torch.Tensor) -> torch.Tensor:
+    """Per-example squared distance of each margin to the reference quantile at the margin's rank.
+
+    The batch's margins, ranked, are matched to the reference distribution's quantiles at levels
+    (rank + 0.5) / n (linear interpolation): a one-dimensional optimal transport (Wasserstein-2) pull of the
+    batch toward the reference distribution. Two-sided: margins above their quantile are pushed down,
+    margins below it pulled up; zero where every margin already sits on its quantile. The reference carries
+    no gradient.
+
+    Example:
+        >>> import torch
+        >>> ref = torch.tensor([0.0, 1.0, 2.0, 3.0])
+        >>> quantile_matching_loss(torch.tensor([3.0, 0.0]), ref).tolist()  # levels 0.75 and 0.25
+        [0.5625, 0.5625]
+        >>> quantile_matching_loss(torch.tensor([2.25, 0.75]), ref).tolist()
+        [0.0, 0.0]
+    """
+    ref = reference_sorted.detach().to(margins.dtype)
+    n = margins.numel()
+    ranks = torch.empty_like(margins, dtype=torch.long)
+    ranks[torch.argsort(margins.detach())] = torch.arange(n, device=margins.device)
+    position = (ranks.to(margins.dtype) + 0.5) / n * (ref.numel() - 1)
+    low = position.floor().long().clamp(0, ref.numel() - 1)
+    high = position.ceil().long().clamp(0, ref.numel() - 1)
+    weight = position - low.to(margins.dtype)
+    target = ref[low] * (1 - weight) + ref[high] * weight
+    return (margins - target).pow(2)

@@ -23,6 +23,8 @@ HEADLINE = (
     "forget_prob",
     "forget_rouge",
     "forget_truth_ratio",
+    "forget_tr_mean",
+    "forget_outrank",
     "retain_prob",
     "retain_rouge",
     "privleak",
@@ -107,6 +109,24 @@ def histogram_figure(samples: dict[str, list[float]], xlabel: str) -> Figure:
     if log:
         ax.set_xscale("log")
     return _finish(fig, ax, xlabel, "fraction of examples")
+
+
+def truth_ratio_figure(ratios: dict[str, list[float]], reference: str = "retain") -> Figure:
+    """Undershoot or overshoot at a glance: one box of forget truth ratios R = P_wrong / P_correct per model
+    (log axis), the reference model's middle half shaded. Left of it the model still prefers the true
+    answers (undershoot); right of it, the wrong ones (overshoot)."""
+    fig, ax = _figure(height=1.0 + 0.45 * len(ratios))
+    names = list(ratios)
+    ax.boxplot([ratios[n] for n in names], vert=False, whis=(5, 95), showfliers=False, widths=0.5)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.set_xscale("log")
+    if ratios.get(reference):
+        lo, mid, hi = np.percentile(ratios[reference], [25, 50, 75])
+        ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label=f"{reference}: middle half")
+        ax.axvline(mid, color="tab:green", lw=1)
+    ax.invert_yaxis()
+    ax.set_title("<- still prefers the true answer (undershoot)      prefers the wrong ones (overshoot) ->", fontsize=8)
+    return _finish(fig, ax, "forget truth ratio R (boxes: quartiles, whiskers 5-95 %)", "")
 
 
 def heatmap_figure(rows: list[str], steps: list[int], values: list[list[float]], label: str) -> Figure:
@@ -255,6 +275,9 @@ def run_plots(evals: dict[str, dict], steps: list[dict], log_history: list[dict]
     plots = {}
     if any(ratios.values()):
         plots["Forget-set truth ratio distributions"] = histogram_figure(ratios, "truth ratio")
+        boxed = {n: v for n, v in ratios.items() if v and min(v) > 0}
+        if boxed:
+            plots["Undershoot or overshoot: forget truth ratios against the retain model's"] = truth_ratio_figure(boxed)
     plots["Forget vs retain probability"] = scatter_figure(probs, "forget probability", "retain probability")
     if steps:
         fq = _over_steps(steps, ("forget_quality",))

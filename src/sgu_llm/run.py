@@ -16,6 +16,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from sgu_llm.cache import cached_json, fingerprint
+
 EVAL_NAMES = ("target", "retain", "noise_floor", "unlearned")
 
 
@@ -31,27 +33,7 @@ def eval_sets(data: dict[str, Any]) -> dict[str, Any]:
     return sets
 
 
-EVAL_CACHE_FORMAT = 1  # bump when evaluate_model's numbers change
-
-
-def cached_json(cache_dir: str, kind: str, material: dict, compute: Any, filename: str = "result.json") -> Any:
-    """`compute()`'s JSON result, cached under `cache_dir/kind/<hash of material>` (atomic write)."""
-    from sgu_llm.benchmark import fingerprint
-    from sgu_llm.files import atomic_dir
-
-    folder = os.path.join(cache_dir, kind, fingerprint(material)[:16])
-    path = os.path.join(folder, filename)
-    if os.path.exists(path):
-        with open(path) as fh:
-            return json.load(fh)
-    result = compute()
-
-    def save(tmp: str) -> None:
-        with open(os.path.join(tmp, filename), "w") as fh:
-            json.dump(result, fh)
-
-    atomic_dir(folder, save)
-    return json.loads(json.dumps(result))  # the same floats a cached run reads back
+EVAL_CACHE_FORMAT = 2  # bump when evaluate_model's numbers change (2: forget_tr_mean, forget_outrank)
 
 
 def evaluate_cached(
@@ -70,7 +52,6 @@ def evaluate_cached(
     so a run whose models are cached skips re-evaluating them (on a pretrained model that is most of
     a run's time).
     """
-    from sgu_llm.benchmark import fingerprint
     from sgu_llm.evaluation import evaluate_model
 
     def compute() -> dict[str, Any]:
@@ -162,7 +143,6 @@ def prepare_sae(
     prompt_format: str,
 ) -> tuple[Any, dict[str, float]]:
     """The probe's SAE: a given sae-lens folder/release, or one trained on the target's activations (cached)."""
-    from sgu_llm.benchmark import fingerprint
     from sgu_llm.data.pairing import prepare_qa_dataset
     from sgu_llm.files import atomic_dir, write_json
     from sgu_llm.probe import collect_activations, load_sae, sae_quality, save_sae, train_sae
@@ -460,7 +440,6 @@ def run_attacks(
 ) -> dict | None:
     """Relearning and quantization on the unlearned model and on the retain model (cached when it has a key)."""
     from sgu_llm.attacks import attack_report
-    from sgu_llm.benchmark import fingerprint
 
     if not bench.attacks or "retain" not in models:
         return None

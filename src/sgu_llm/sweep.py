@@ -24,9 +24,11 @@ splits in `best_only_splits` run only that learning rate per method (chosen on t
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -36,10 +38,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sgu_llm.files import write_json, write_text
+from sgu_llm.cache import weights_fingerprint
+from sgu_llm.files import atomic_dir, write_json, write_text
+from sgu_llm.objectives import list_objectives
 
 SELECTIONS = ("holdout", "oracle")  # evaluated in full; "final" keeps the curve's numbers only
-SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "privleak", "forget_prob", "retain_prob")
+SUMMARY_KEYS = (
+    "forget_quality",
+    "model_utility",
+    "forget_rouge",
+    "privleak",
+    "forget_prob",
+    "retain_prob",
+    "forget_truth_ratio",
+    "forget_tr_mean",
+    "forget_outrank",
+)
 
 
 @dataclass
@@ -65,6 +79,13 @@ class SweepConfig:
         default=0.95, metadata={"help": "Reported point: model utility at least this times the target's."}
     )
     model_name: str = field(default="tiny-llama", metadata={"help": "The `model` field of the result rows."})
+    tune_seeds: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Model seeds on which the methods with a `grid` search it (learning rates x grid); on the other "
+            "seeds of a split they run only the point chosen there (by the rule of the reported point)."
+        },
+    )
     attack_splits: list = field(
         default_factory=list,
         metadata={
@@ -80,6 +101,12 @@ class SweepConfig:
         for name, fields_ in self.methods.items():
             if not isinstance(fields_, dict) or "method" not in fields_:
                 raise ValueError(f"sweep method {name!r} must be a mapping with at least a `method` key")
+            unknown = set(fields_.get("splits", [])) - set(self.splits)
+            if unknown:
+                raise ValueError(f"sweep method {name!r}: splits {sorted(unknown)} are not in splits {sorted(self.splits)}")
+            grid = fields_.get("grid", {})
+            if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+                raise ValueError(f"sweep method {name!r}: grid must map config fields to non-empty lists of values")
         for name in ("best_only_splits", "attack_splits"):
             unknown = set(getattr(self, name)) - set(self.splits)
             if unknown:
@@ -96,23 +123,66 @@ def load_sweep(path: str) -> SweepConfig:
     return SweepConfig(**raw)
 
 
-def run_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
-    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"lr{lr:g}.json")
+SWEEP_KEYS = ("grid", "splits")  # keys of a sweep method that are not recipe fields
+Point = tuple  # (learning rate, setting): setting is a sorted tuple of (grid field, value) pairs
 
 
-def attack_path(cfg: SweepConfig, split: str, seed: int, method: str, lr: float) -> str:
-    """The attacks on one run (`method` "retain": the seed's retain model, lr ignored)."""
+def point_name(point: Point) -> str:
+    """`lr0.001`, or with a grid setting `lr0.001-pref_beta0.1`: the run's file name (without .json).
+
+    Example:
+        >>> point_name((0.001, (("pref_beta", 0.1),)))
+        'lr0.001-pref_beta0.1'
+    """
+    lr, setting = point
+    return f"lr{lr:g}" + "".join(f"-{k}{v:g}" for k, v in setting)
+
+
+def record_point(record: dict) -> Point:
+    return (record["learning_rate"], tuple(sorted(record.get("setting", {}).items())))
+
+
+def method_points(cfg: SweepConfig, method: str) -> list[Point]:
+    """The learning rates times the method's grid (no grid: the learning rates alone)."""
+    grid = cfg.methods[method].get("grid", {})
+    settings = [tuple(sorted(zip(grid, values))) for values in itertools.product(*grid.values())]
+    return [(float(lr), setting) for lr in cfg.learning_rates for setting in settings]
+
+
+def methods_on(cfg: SweepConfig, split: str) -> list[str]:
+    """The methods that run on `split` (a method's `splits` key limits it; default: every split)."""
+    return [m for m, f in cfg.methods.items() if split in f.get("splits", cfg.splits)]
+
+
+def is_tuned(cfg: SweepConfig, method: str) -> bool:
+    """A method with a `grid` (even an empty one) searches on `tune_seeds` and runs its choice elsewhere."""
+    return "grid" in cfg.methods[method] and bool(cfg.tune_seeds)
+
+
+def run_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Point) -> str:
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"{point_name(point)}.json")
+
+
+def attack_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Point) -> str:
+    """The attacks on one run (`method` "retain": the seed's retain model, the point ignored)."""
     if method == "retain":
         return os.path.join(cfg.output_dir, split, f"seed{seed}", "attacks-retain.json")
-    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"attacks-lr{lr:g}.json")
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"attacks-{point_name(point)}.json")
 
 
-def parse_run_config(cfg: SweepConfig, split: str, seed: int, method: str, lr: float, out: str) -> tuple:
+def method_fields(cfg: SweepConfig, method: str, setting: tuple = ()) -> dict:
+    """The recipe fields of a method at one grid setting."""
+    fields_ = {k: v for k, v in cfg.methods[method].items() if k not in SWEEP_KEYS}
+    return {**fields_, **dict(setting)}
+
+
+def parse_run_config(cfg: SweepConfig, split: str, seed: int, method: str, point: Point, out: str) -> tuple:
     """(script, model_args, bench, probe_args, config) of one run, through the recipe parser."""
     from sgu_llm.unlearn import parse_args
 
+    lr, setting = point
     retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}.get(split)
-    fields_ = {**cfg.base, **cfg.methods[method], "forget_split": split, "learning_rate": lr}
+    fields_ = {**cfg.base, **method_fields(cfg, method, setting), "forget_split": split, "learning_rate": lr}
     if retain:
         fields_["retain_split"] = retain
     fields_.update(model_seed=seed, noise_floor_seed=seed + 1, seed=seed, output_dir=out, report_to="none")
@@ -168,17 +238,12 @@ class EpochRecorder:
         self.seconds += time.perf_counter() - start
 
 
-def weights_fingerprint(model: Any) -> str:
-    """sha256 (16 hex digits) of a model's weights, bit for bit."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def keep_alternatives(run_dir: str, seed_dir: str) -> None:
+    """Keep the alternatives a run sampled (`<run_dir>/alternatives`, the same for every run of a seed: they
+    come from the seed's target) beside the seed's runs, once."""
+    made = os.path.join(run_dir, "alternatives")
+    if os.path.isdir(made) and not os.path.isdir(seed_dir):
+        atomic_dir(seed_dir, lambda tmp: shutil.copytree(made, tmp, dirs_exist_ok=True))
 
 
 def choose(curve: list[dict]) -> dict[str, int]:
@@ -210,7 +275,7 @@ class Sweep:
 
         first = next(iter(self.cfg.methods))
         script, model_args, bench, _, config = parse_run_config(
-            self.cfg, split, seed, first, 1e-3, tempfile.gettempdir()
+            self.cfg, split, seed, first, (1e-3, ()), tempfile.gettempdir()
         )
         data = load_benchmark_data(script)
         tokenizer, models, metas = benchmark_models(
@@ -253,15 +318,32 @@ class Sweep:
             }
             write_json(path, evals)
             evals["models_match"] = True
+        if evals["models_match"] and self.backfill_diagnostics(evals, models, tokenizer, sets, kw):
+            write_json(path, {k: v for k, v in evals.items() if k != "models_match"})
         return data, tokenizer, models, sets, kw, evals
 
-    def unlearn(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> tuple:
-        """Unlearn a copy of the target with one method and learning rate: (model, EpochRecorder, seconds)."""
+    @staticmethod
+    def backfill_diagnostics(evals: dict, models: dict, tokenizer: Any, sets: dict, kw: dict) -> bool:
+        """Add `forget_tr_mean` / `forget_outrank` to baselines evaluated before they existed (the rest of the
+        stored evaluation is kept as it is). Returns whether anything was added."""
+        from sgu_llm.evaluation.suite import forget_diagnostics_of
+
+        added = False
+        for role in ("retain", "target", "noise_floor"):
+            if role in evals and "forget_outrank" not in evals[role]["aggregates"]:
+                diag = forget_diagnostics_of(models[role], tokenizer, sets["forget"], **kw)
+                evals[role]["per_example"]["forget"]["outranks"] = diag.pop("outranks")
+                evals[role]["aggregates"].update(diag)
+                added = True
+        return added
+
+    def unlearn(self, split, seed, method, point, data, tokenizer, models, sets, kw, evals) -> tuple:
+        """Unlearn a copy of the target with one method at one point: (model, EpochRecorder, seconds)."""
         from sgu_llm.benchmark import unlearning_retain_set
         from sgu_llm.trainers import get_method
 
         with tempfile.TemporaryDirectory() as tmp:
-            script, model_args, _, _, config = parse_run_config(self.cfg, split, seed, method, lr, tmp)
+            script, model_args, _, _, config = parse_run_config(self.cfg, split, seed, method, point, tmp)
             config.disable_tqdm = True
             recorder = EpochRecorder(tokenizer, sets, evals["retain"], kw)
             _, trainer_cls = get_method(script.method)
@@ -274,16 +356,18 @@ class Sweep:
                 processing_class=tokenizer,
                 peft_config=model_args.peft_config(),
                 callbacks=[recorder.callback],
+                holdout_dataset=data.get("holdout"),
             )
             start = time.perf_counter()
             trainer.train()
             wall = time.perf_counter() - start - recorder.seconds
+            keep_alternatives(tmp, os.path.join(self.cfg.output_dir, split, f"seed{seed}", "alternatives"))
         return model, recorder, wall
 
-    def run_one(self, split, seed, method, lr, data, tokenizer, models, sets, kw, evals) -> dict:
+    def run_one(self, split, seed, method, point, data, tokenizer, models, sets, kw, evals) -> dict:
         from sgu_llm.evaluation import evaluate_model
 
-        model, recorder, wall = self.unlearn(split, seed, method, lr, data, tokenizer, models, sets, kw, evals)
+        model, recorder, wall = self.unlearn(split, seed, method, point, data, tokenizer, models, sets, kw, evals)
         picks = choose(recorder.curve)
         evaluated: dict[int, dict] = {}
         selections = {}
@@ -293,55 +377,77 @@ class Sweep:
                 result = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)
                 evaluated[idx] = result["aggregates"]
             selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
-        return {
+        lr, setting = point
+        record = {
             "method": method,
             "split": split,
             "seed": seed,
             "learning_rate": lr,
-            "fields": {**self.cfg.methods[method]},
+            "fields": method_fields(self.cfg, method, setting),
             "curve": recorder.curve,
             "selections": selections,
             "unlearn_seconds": wall,
         }
+        if setting:
+            record["setting"] = dict(setting)
+        return record
 
     def run(self) -> list[dict]:
         """Run everything not already on disk; returns every run's record."""
         records = []
         for split, seeds in self.cfg.splits.items():
-            lrs_for = self.learning_rates_for(split, records)
-            for seed in seeds:
-                todo = [(m, lr) for m in self.cfg.methods for lr in lrs_for[m]]
+            tune = [s for s in seeds if s in self.cfg.tune_seeds]  # first: the other seeds run their choice
+            for seed in tune + [s for s in seeds if s not in tune]:
+                points = self.points_for(split, seed, records)
+                todo = [(m, p) for m in methods_on(self.cfg, split) for p in points[m]]
                 missing = [x for x in todo if not os.path.exists(run_path(self.cfg, split, seed, *x))]
                 # Loaded first: a seed whose models changed is moved aside and run again whole.
                 loaded = self.baselines(split, seed) if missing else None
-                for method, lr in todo:
-                    path = run_path(self.cfg, split, seed, method, lr)
+                for method, point in todo:
+                    path = run_path(self.cfg, split, seed, method, point)
                     if os.path.exists(path):
                         with open(path) as fh:
                             records.append(json.load(fh))
                         continue
                     t = time.perf_counter()
-                    rec = self.run_one(split, seed, method, lr, *loaded)
+                    rec = self.run_one(split, seed, method, point, *loaded)
                     write_json(path, rec)
                     records.append(rec)
                     h = rec["selections"]["holdout"]
                     self.log(
-                        f"[sweep] {split} seed {seed} {method} lr {lr:g}: holdout-selected epoch {h['epoch']:.0f} "
-                        f"FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({time.perf_counter() - t:.0f} s)"
+                        f"[sweep] {split} seed {seed} {method} {point_name(point)}: holdout-selected epoch "
+                        f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} "
+                        f"({time.perf_counter() - t:.0f} s)"
                     )
         return records
 
-    def learning_rates_for(self, split: str, records: list[dict]) -> dict[str, list[float]]:
-        lrs = [float(x) for x in self.cfg.learning_rates]
-        if split not in self.cfg.best_only_splits:
-            return {m: lrs for m in self.cfg.methods}
-        first = next(iter(self.cfg.splits))
-        table = aggregate(records, {first: load_baselines(self.cfg, first)}, self.cfg.utility_floor)
-        best = {r["method"]: r["learning_rate"] for r in table if r["split"] == first and r["reported"]}
-        missing = [m for m in self.cfg.methods if m not in best]
+    def points_for(self, split: str, seed: int, records: list[dict]) -> dict[str, list[Point]]:
+        """Each method's points on this (split, seed): its whole grid, or the point chosen on the first split
+        (`best_only_splits`) or on the tune seeds (tuned methods on the other seeds)."""
+        methods = methods_on(self.cfg, split)
+        out = {m: method_points(self.cfg, m) for m in methods}
+        if split in self.cfg.best_only_splits:
+            first = next(iter(self.cfg.splits))
+            return {m: [p] for m, p in self.chosen(first, records, methods).items()}
+        tuned = [m for m in methods if is_tuned(self.cfg, m) and seed not in self.cfg.tune_seeds]
+        if tuned:
+            out.update({m: [p] for m, p in self.chosen(split, records, tuned).items()})
+        return out
+
+    def chosen(self, split: str, records: list[dict], methods: list[str]) -> dict[str, Point]:
+        """The reported point of each of `methods` on `split` from the finished runs (tuned methods: on the
+        tune seeds)."""
+        table = aggregate(records, {split: load_baselines(self.cfg, split)}, self.cfg.utility_floor,
+                          tune_seeds=self.tune_seeds_of())
+        best = {r["method"]: record_point(r) for r in table if r["split"] == split and r["reported"]}
+        missing = [m for m in methods if m not in best]
         if missing:
-            raise ValueError(f"no finished {first} runs to pick the learning rate of {missing} from")
-        return {m: [best[m]] for m in self.cfg.methods}
+            raise ValueError(f"no finished {split} runs to pick the point of {missing} from")
+        return {m: best[m] for m in methods}
+
+    def tune_seeds_of(self) -> dict[str, list]:
+        """method -> the seeds its reported point is chosen on (tuned methods only)."""
+        return {m: list(self.cfg.tune_seeds) for m in self.cfg.methods if is_tuned(self.cfg, m)}
 
 
     def attack(self, records: list[dict]) -> list[dict]:
@@ -353,43 +459,43 @@ class Sweep:
         """
         out = []
         for split in self.cfg.attack_splits:
-            table = aggregate(
-                complete_seeds(self.cfg, records), {split: load_baselines(self.cfg, split)}, self.cfg.utility_floor
-            )
-            reported = {r["method"]: r["learning_rate"] for r in table if r["split"] == split and r["reported"]}
-            missing_methods = [m for m in self.cfg.methods if m not in reported]
-            if missing_methods:
-                raise ValueError(f"attack_splits: no finished {split} runs of {missing_methods} to attack")
+            methods = methods_on(self.cfg, split)
+            try:
+                reported = self.chosen(split, complete_seeds(self.cfg, records), methods)
+            except ValueError as err:
+                raise ValueError(f"attack_splits: {err}") from None
             for seed in self.cfg.splits[split]:
-                todo = [("retain", 0.0)] + [(m, reported[m]) for m in self.cfg.methods]
-                paths = {m: attack_path(self.cfg, split, seed, m, lr) for m, lr in todo}
+                todo = [("retain", (0.0, ()))] + [(m, reported[m]) for m in methods]
+                paths = {m: attack_path(self.cfg, split, seed, m, point) for m, point in todo}
                 loaded = None
-                for method, lr in todo:
+                for method, point in todo:
                     if not os.path.exists(paths[method]):
                         loaded = loaded or self.baselines(split, seed, keep=True)
-                        write_json(paths[method], self.attack_one(split, seed, method, lr, loaded))
+                        write_json(paths[method], self.attack_one(split, seed, method, point, loaded))
                     with open(paths[method]) as fh:
                         out.append(json.load(fh))
         return out
 
-    def attack_one(self, split: str, seed: int, method: str, lr: float, loaded: tuple) -> dict:
+    def attack_one(self, split: str, seed: int, method: str, point: Point, loaded: tuple) -> dict:
         """The attacks on one run, repeated to get its holdout-selected weights (`method` "retain": the seed's
         retain model)."""
         from sgu_llm.attacks import attack_report
 
         data, tokenizer, models, sets, kw, evals = loaded
         fields_of = method if method != "retain" else next(iter(self.cfg.methods))
-        _, _, bench, _, _ = parse_run_config(self.cfg, split, seed, fields_of, 1e-3, tempfile.gettempdir())
+        _, _, bench, _, _ = parse_run_config(self.cfg, split, seed, fields_of, (1e-3, ()), tempfile.gettempdir())
         t = time.perf_counter()
-        entry = {"method": method, "split": split, "seed": seed, "learning_rate": lr,
+        entry = {"method": method, "split": split, "seed": seed, "learning_rate": point[0],
                  "models_match": evals["models_match"]}
+        if point[1]:
+            entry["setting"] = dict(point[1])
         if method == "retain":
             model = models["retain"]
         else:
-            model, recorder, _ = self.unlearn(split, seed, method, lr, *loaded)
+            model, recorder, _ = self.unlearn(split, seed, method, point, *loaded)
             idx = choose(recorder.curve)["holdout"]
             model.load_state_dict(recorder.snapshots[idx])
-            with open(run_path(self.cfg, split, seed, method, lr)) as fh:
+            with open(run_path(self.cfg, split, seed, method, point)) as fh:
                 stored = json.load(fh)
             entry["epoch"] = recorder.curve[idx]["epoch"]
             entry["same_curve"] = stored["curve"] == recorder.curve
@@ -425,6 +531,7 @@ def attack_rows(attacks: list[dict]) -> dict[tuple, dict]:
         out[key] = {
             "seeds": sorted(r["seed"] for r in runs),
             "learning_rate": runs[0]["learning_rate"],
+            **({"setting": runs[0]["setting"]} if runs[0].get("setting") else {}),
             "relearn_settings": runs[0]["relearn"],
             "models_match": all(r.get("models_match", True) for r in runs),
             "same_curve": all(r.get("same_curve", True) for r in runs),
@@ -457,8 +564,9 @@ SIGN_GATING_RULES = ("sign_conflict", "sago")
 
 
 def family(fields_: dict) -> str:
-    """`baseline` (loss-based methods), `control`, `sign_gating` (SAGO, sign_conflict) or `sgu`."""
-    if fields_.get("method") in BASELINE_METHODS:
+    """`baseline` (loss-based methods, the forget objectives on their own), `control`, `sign_gating` (SAGO,
+    sign_conflict) or `sgu`."""
+    if fields_.get("method") in BASELINE_METHODS or fields_.get("method") in list_objectives():
         return "baseline"
     rule = fields_.get("selective_function", "sgu")
     if rule in CONTROL_RULES:
@@ -518,72 +626,82 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def aggregate(
-    records: list[dict], baselines: dict[str, dict[int, dict]], floor: float, selections: tuple = SELECTIONS
-) -> list[dict]:
-    """One row per (split, method, learning rate, selection): spread over model seeds, and `reported`.
+def summarise(runs: list[dict], base: dict[int, dict], sel: str) -> dict:
+    """Spread over the model seeds of `runs` (one method, split and point) at one selection."""
+    seeds = sorted(r["seed"] for r in runs)
+    target_mu = [base[s]["target"]["aggregates"]["model_utility"] for s in seeds if s in base]
+    first = runs[0]
+    row = {
+        "method": first["method"],
+        "split": first["split"],
+        "learning_rate": first["learning_rate"],
+        "selection": sel,
+        "seeds": seeds,
+        "target_model_utility": float(np.mean(target_mu)) if target_mu else None,
+        "noise_floor_forget_quality": [
+            base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
+        ],
+        "family": family(first.get("fields", {})),
+        "epoch": _spread([r["selections"][sel]["epoch"] for r in runs])
+        if all(r["selections"][sel].get("epoch") is not None for r in runs)
+        else None,
+        "unlearn_seconds": _spread([r["unlearn_seconds"] for r in runs]),
+    }
+    if first.get("setting"):
+        row["setting"] = first["setting"]
+    for key in SUMMARY_KEYS:
+        vals = [r["selections"][sel].get(key) for r in runs]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            for stat, v in _spread(vals).items():
+                row[f"{key}_{stat}"] = v
+    row["log10_forget_quality_mean"] = float(
+        np.mean([math.log10(max(r["selections"][sel]["forget_quality"], 1e-300)) for r in runs])
+    )
+    return row
 
-    `baselines` maps split -> model seed -> that seed's baselines.json.
+
+def best_point(rows: list[dict], floor: float) -> Point:
+    """The reported point among one method's holdout rows: the best mean log10 forget quality among those with
+    mean utility >= floor x the target's; if none, the highest mean utility."""
+    ok = [r for r in rows if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]]
+    best = max(ok, key=lambda r: r["log10_forget_quality_mean"]) if ok else max(rows, key=lambda r: r["model_utility_mean"])
+    return record_point(best)
+
+
+def aggregate(
+    records: list[dict],
+    baselines: dict[str, dict[int, dict]],
+    floor: float,
+    selections: tuple = SELECTIONS,
+    tune_seeds: dict[str, list] | None = None,
+) -> list[dict]:
+    """One row per (split, method, point, selection): spread over model seeds, and `reported`.
+
+    `baselines` maps split -> model seed -> that seed's baselines.json. The reported point of a method is
+    decided on its holdout rows (`best_point`); for a method in `tune_seeds` on those seeds' runs alone (its
+    other seeds ran only that point).
     """
+    tune_seeds = tune_seeds or {}
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        for sel in selections:
-            groups.setdefault((r["split"], r["method"], r["learning_rate"], sel), []).append(r)
+        groups.setdefault((r["split"], r["method"], record_point(r)), []).append(r)
     rows = []
-    for (split, method, lr, sel), runs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])
-    ):
-        base = baselines.get(split, {})
-        seeds = sorted(r["seed"] for r in runs)
-        target_mu = [base[s]["target"]["aggregates"]["model_utility"] for s in seeds if s in base]
-        row = {
-            "method": method,
-            "split": split,
-            "learning_rate": lr,
-            "selection": sel,
-            "seeds": seeds,
-            "target_model_utility": float(np.mean(target_mu)) if target_mu else None,
-            "noise_floor_forget_quality": [
-                base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
-            ],
-            "family": family(runs[0].get("fields", {})),
-            "epoch": _spread([r["selections"][sel]["epoch"] for r in runs])
-            if all(r["selections"][sel].get("epoch") is not None for r in runs)
-            else None,
-            "unlearn_seconds": _spread([r["unlearn_seconds"] for r in runs]),
-        }
-        for key in SUMMARY_KEYS:
-            vals = [r["selections"][sel].get(key) for r in runs]
-            vals = [v for v in vals if v is not None]
-            if vals:
-                s = _spread(vals)
-                for stat, v in s.items():
-                    row[f"{key}_{stat}"] = v
-        row["log10_forget_quality_mean"] = float(
-            np.mean([math.log10(max(r["selections"][sel]["forget_quality"], 1e-300)) for r in runs])
-        )
-        rows.append(row)
-    # The reported learning rate of each (split, method), decided on the holdout selection.
-    for split in {r["split"] for r in rows}:
-        for method in {r["method"] for r in rows if r["split"] == split}:
-            cands = [
-                r
-                for r in rows
-                if r["split"] == split and r["method"] == method and r["selection"] == "holdout"
+    for (split, _, _), runs in sorted(groups.items(), key=lambda kv: kv[0]):
+        rows += [summarise(runs, baselines.get(split, {}), sel) for sel in selections]
+    for split, method in sorted({(r["split"], r["method"]) for r in rows}):
+        if method in tune_seeds:
+            decide = [
+                summarise([r for r in runs if r["seed"] in tune_seeds[method]], baselines.get(split, {}), "holdout")
+                for (sp, m, _), runs in groups.items()
+                if sp == split and m == method and any(r["seed"] in tune_seeds[method] for r in runs)
             ]
-            ok = [
-                r
-                for r in cands
-                if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]
-            ]
-            best = (
-                max(ok, key=lambda r: r["log10_forget_quality_mean"])
-                if ok
-                else max(cands, key=lambda r: r["model_utility_mean"])
-            )
-            for r in rows:
-                if r["split"] == split and r["method"] == method:
-                    r["reported"] = r["learning_rate"] == best["learning_rate"]
+        else:
+            decide = [r for r in rows if r["split"] == split and r["method"] == method and r["selection"] == "holdout"]
+        best = best_point(decide, floor)
+        for r in rows:
+            if r["split"] == split and r["method"] == method:
+                r["reported"] = record_point(r) == best
     return rows
 
 
@@ -600,17 +718,21 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def complete_seeds(cfg: SweepConfig, records: list[dict]) -> list[dict]:
-    """The records of (split, seed)s where every configured method has all its learning rates (for
-    `best_only_splits`: one), so every row of a split covers the same model seeds."""
+    """The records of (split, seed)s where every configured method has all its points (one point on the
+    `best_only_splits`, and for tuned methods on seeds outside `tune_seeds`), so every row of a split covers
+    the same model seeds."""
     have: dict[tuple, set] = {}
     for r in records:
-        have.setdefault((r["split"], r["seed"]), set()).add((r["method"], r["learning_rate"]))
-    full = len(cfg.learning_rates)
+        have.setdefault((r["split"], r["seed"]), set()).add((r["method"], record_point(r)))
 
     def complete(split: str, seed: int) -> bool:
         got = have.get((split, seed), set())
-        need = 1 if split in cfg.best_only_splits else full
-        return all(sum(m == method for m, _ in got) >= need for method in cfg.methods)
+        for method in methods_on(cfg, split):
+            one = split in cfg.best_only_splits or (is_tuned(cfg, method) and seed not in cfg.tune_seeds)
+            need = 1 if one else len(method_points(cfg, method))
+            if sum(m == method for m, _ in got) < need:
+                return False
+        return True
 
     return [r for r in records if r["method"] in cfg.methods and complete(r["split"], r["seed"])]
 
@@ -619,12 +741,16 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: 
     """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s; the attacks
     (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`)."""
     baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
-    rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor)
+    tuned = {m: list(cfg.tune_seeds) for m in cfg.methods if is_tuned(cfg, m)}
+    rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor, tune_seeds=tuned)
     attacked = attack_rows(attacks or [])
     for r in rows:
         r["model"] = cfg.model_name
+        if r["reported"] and r["selection"] == "holdout":
+            r["baseline_diagnostics"] = baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"])
         got = attacked.get((r["split"], r["method"]))
-        if got and r["reported"] and r["selection"] == "holdout" and got["learning_rate"] == r["learning_rate"]:
+        point = (got["learning_rate"], tuple(sorted(got.get("setting", {}).items()))) if got else None
+        if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
             r["attacks"] = got
             r["retain_attacks"] = attacked.get((r["split"], "retain"))
     os.makedirs(cfg.results_dir, exist_ok=True)
@@ -635,6 +761,18 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: 
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
     )
     return rows
+
+
+DIAGNOSTICS = ("forget_truth_ratio", "forget_tr_mean", "forget_outrank")
+
+
+def baseline_diagnostics(base: dict[int, dict], seeds: list[int]) -> dict[str, dict[str, float]]:
+    """Target, retain and noise-floor forget diagnostics, means over `seeds` (where stored)."""
+    out = {}
+    for role in ("target", "retain", "noise_floor"):
+        aggs = [base[s][role]["aggregates"] for s in seeds if s in base and role in base[s]]
+        out[role] = {k: float(np.mean([a[k] for a in aggs])) for k in DIAGNOSTICS if aggs and all(k in a for a in aggs)}
+    return out
 
 
 def merge_rows(path: str, rows: list[dict], model: str) -> None:
@@ -728,9 +866,9 @@ def results_markdown(
             )
         lines += [
             "",
-            "| method | selection | lr | FQ mean | FQ median | FQ min–max | MU mean | MU min–max | MU / target | "
-            "forget ROUGE | privleak | epoch (median) | unlearn s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | selection | point | FQ mean | FQ median | FQ min–max | MU mean | MU min–max | MU / target | "
+            "forget ROUGE | privleak | truth ratio | mean R | outrank | epoch (median) | unlearn s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for sel in ("holdout", "oracle"):
             for r in sorted(
@@ -738,18 +876,93 @@ def results_markdown(
                 key=lambda r: -r["forget_quality_mean"],
             ):
                 lines.append(
-                    f"| `{r['method']}` | {sel} | {r['learning_rate']:g} | {_fmt(r['forget_quality_mean'])} | "
+                    f"| `{r['method']}` | {sel} | {point_label(r)} | {_fmt(r['forget_quality_mean'])} | "
                     f"{_fmt(r['forget_quality_median'])} | {_fmt(r['forget_quality_min'])}–{_fmt(r['forget_quality_max'])} | "
                     f"{_fmt(r['model_utility_mean'])} | {_fmt(r['model_utility_min'])}–{_fmt(r['model_utility_max'])} | "
                     f"{_fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))} | {_fmt(r.get('forget_rouge_mean'))} | "
-                    f"{_fmt(r.get('privleak_mean'))} | {r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
+                    f"{_fmt(r.get('privleak_mean'))} | {_fmt(r.get('forget_truth_ratio_mean'))} | "
+                    f"{_fmt(r.get('forget_tr_mean_mean'))} | {_fmt(r.get('forget_outrank_mean'))} | "
+                    f"{r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
                 )
-        lines += ["", goal_check(rows, split, cfg.utility_floor), ""]
+        lines += ["", diagnostics_line(rows, split), "", goal_check(rows, split, cfg.utility_floor), ""]
+        lines += gate_markdown(cfg, [r for r in rows if r["split"] == split])
         if records:
             lines += [stopping_check(records, split), ""]
         lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
     lines += ["![forget quality against model utility](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def point_label(row: dict) -> str:
+    """`0.001`, or with a grid setting `0.001, pref_beta 0.1`."""
+    return f"{row['learning_rate']:g}" + "".join(f", {k} {v:g}" for k, v in sorted(row.get("setting", {}).items()))
+
+
+def diagnostics_line(rows: list[dict], split: str) -> str:
+    """The baselines' forget diagnostics, from a reported row that carries them."""
+    row = next((r for r in rows if r["split"] == split and r.get("baseline_diagnostics")), None)
+    if row is None:
+        return ""
+    parts = [
+        f"{role.replace('_', ' ')} {_fmt(d.get('forget_truth_ratio'))} / {_fmt(d.get('forget_tr_mean'))} / "
+        f"{_fmt(d.get('forget_outrank'))}"
+        for role, d in row["baseline_diagnostics"].items()
+        if d
+    ]
+    return (
+        "Forget diagnostics, truth ratio (mean min(R, 1/R)) / mean R / outrank (share of rows whose true answer "
+        f"beats all five wrong ones), means over seeds {row['seeds']}: " + "; ".join(parts) + ". A method left of "
+        "the retain model's mean R with a higher outrank still prefers the true answers (undershoot); right of it "
+        "with a lower one, the wrong ones (overshoot)."
+    )
+
+
+GATE_HEADERS = ["objective", "alone / gate", "point", "FQ mean (median; min–max)", "MU (x target)", "truth ratio",
+                "mean R", "outrank", "relearn rise"]
+
+
+def objective_of(fields_: dict) -> str | None:
+    """The forget objective a method trains: its own name for the standalone objectives, `forget_loss` under SGU."""
+    if fields_.get("method") == "sgu":
+        return fields_.get("forget_loss", "nll")
+    return fields_.get("method") if fields_.get("method") in list_objectives() else None
+
+
+def gate_markdown(cfg: SweepConfig, rows: list[dict]) -> list[str]:
+    """"Does the gate help?": each objective X that runs on its own next to SGU's rules over X (reported
+    holdout rows), with the diagnostics and the relearning rise."""
+    reported = {r["method"]: r for r in rows if r["reported"] and r["selection"] == "holdout"}
+    by_objective: dict[str, list[tuple[str, dict]]] = {}
+    for name, fields_ in cfg.methods.items():
+        x = objective_of(fields_)
+        if x and name in reported:
+            gate = "alone" if fields_["method"] != "sgu" else fields_.get("selective_function", "sgu")
+            by_objective.setdefault(x, []).append((gate, reported[name]))
+    pairs = {x: v for x, v in by_objective.items() if any(g == "alone" for g, _ in v) and len(v) > 1}
+    if not pairs:
+        return []
+    lines = [
+        "### Does the gate help? Each objective alone (plus the retain NLL) against SGU's rules over it",
+        "",
+        "Reported point of each (holdout-selected epoch; the same rule and grid for all); relearn rise: forget "
+        "probability gained by ten relearning steps (mean over seeds).",
+        "",
+        "| " + " | ".join(GATE_HEADERS) + " |",
+        "|" + "---|" * len(GATE_HEADERS),
+    ]
+    for x, entries in sorted(pairs.items()):
+        for gate, r in sorted(entries, key=lambda e: e[0] != "alone"):
+            rise = None
+            if r.get("attacks"):
+                rise = r["attacks"]["relearn"]["forget_prob"]["mean"] - r["attacks"]["none"]["forget_prob"]["mean"]
+            lines.append(
+                f"| {x} | {gate} | {point_label(r)} | {_fmt(r['forget_quality_mean'])} "
+                f"({_fmt(r['forget_quality_median'])}; {_fmt(r['forget_quality_min'])}–{_fmt(r['forget_quality_max'])}) | "
+                f"{_fmt(r['model_utility_mean'])} ({_fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | "
+                f"{_fmt(r.get('forget_truth_ratio_mean'))} | {_fmt(r.get('forget_tr_mean_mean'))} | "
+                f"{_fmt(r.get('forget_outrank_mean'))} | {_fmt(rise)} |"
+            )
+    return lines + [""]
 
 
 ATTACK_HEADERS = ["model", "prob: none", "prob: relearn", "prob: int8", "prob: int4", "FQ: none", "FQ: relearn",

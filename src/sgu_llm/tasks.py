@@ -31,9 +31,10 @@ class CausalLMTask:
 
     name = "causal_lm"
 
-    def prepare(self, model: Any, args: Any, forget: Any, retain: Any, processing_class: Any):
-        """Tokenize both sets with the recipe's prompt format; check the model and tokenizer fit them."""
-        from sgu_llm.data.pairing import ForgetRetainCollator, prepare_qa_dataset
+    def prepare(self, model: Any, args: Any, forget: Any, retain: Any, processing_class: Any, answer_sets=()):
+        """Tokenize both sets with the recipe's prompt format (and the forget rows' `answer_sets`: alternatives,
+        "I don't know" answers); check the model and tokenizer fit them."""
+        from sgu_llm.data.pairing import ForgetRetainCollator, ensure_pad_token, prepare_qa_dataset
         from sgu_llm.evaluation.suite import check_tokenizer_matches
         from sgu_llm.trainers.base import check_causal_lm, check_fits_context
 
@@ -42,14 +43,13 @@ class CausalLMTask:
                 "processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads"
             )
         tokenizer = processing_class
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss
+        ensure_pad_token(tokenizer)
         check_causal_lm(model)
         check_tokenizer_matches(model, tokenizer)
         fmt = dict(
             prompt_format=args.prompt_format, max_length=args.max_length, system_prompt=args.system_prompt
         )
-        forget = prepare_qa_dataset(forget, tokenizer, "forget", **fmt)
+        forget = prepare_qa_dataset(forget, tokenizer, "forget", answer_sets=tuple(answer_sets), **fmt)
         retain = prepare_qa_dataset(retain, tokenizer, "retain", **fmt)
         check_fits_context(model, {"forget": forget, "retain": retain})
         return forget, retain, ForgetRetainCollator(tokenizer.pad_token_id)
@@ -72,7 +72,12 @@ class ClassificationTask:
     name = "classification"
     input_key = "pixel_values"
 
-    def prepare(self, model: Any, args: Any, forget: Any, retain: Any, processing_class: Any):
+    def prepare(self, model: Any, args: Any, forget: Any, retain: Any, processing_class: Any, answer_sets=()):
+        if answer_sets:
+            raise ValueError(
+                f"the forget objective needs question/answer rows ({list(answer_sets)}); an image classifier "
+                "unlearns with forget_loss 'nll' or 'npo'"
+            )
         for name, rows in (("forget", forget), ("retain", retain)):
             if len(rows) == 0:
                 raise ValueError(f"the {name} set is empty")

@@ -21,11 +21,14 @@ def prepare_qa_dataset(
     prompt_format: str = "phi",
     max_length: int = 512,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    answer_sets: tuple[str, ...] = (),
 ) -> Any:
     """Validate a forget/retain `datasets.Dataset` and tokenise it if needed.
 
     Accepts TOFU schema (`question`, `answer`) or already tokenised rows
-    (`input_ids`, `labels`, optional `attention_mask`).
+    (`input_ids`, `labels`, optional `attention_mask`). Each column named in `answer_sets` holds more
+    answers to the row's question (a string or a list of strings: alternatives, "I don't know"); they
+    are tokenised the same way into `<name>_input_ids` and `<name>_labels` (one list per answer).
 
     Raises:
         ValueError: naming the problem and the fix, for a dataset that is not a
@@ -53,20 +56,31 @@ def prepare_qa_dataset(
             desc=f"checking {name} set",
         )
     elif set(QA_COLUMNS) <= cols:
-        tokenized = dataset.map(
-            lambda row: tokenize_qa(
-                tokenizer, row["question"], row["answer"], prompt_format, max_length, system_prompt
-            ),
-            remove_columns=dataset.column_names,
-            desc=f"tokenizing {name} set",
-        )
+        missing_sets = sorted(set(answer_sets) - cols)
+        if missing_sets:
+            raise ValueError(f"the {name} set lacks the answer column(s) {missing_sets} its objective needs")
+
+        def tokenize(row: dict) -> dict:
+            out = tokenize_qa(tokenizer, row["question"], row["answer"], prompt_format, max_length, system_prompt)
+            for set_name in answer_sets:
+                answers = row[set_name] if isinstance(row[set_name], list) else [row[set_name]]
+                encoded = [
+                    tokenize_qa(tokenizer, row["question"], a, prompt_format, max_length, system_prompt)
+                    for a in answers
+                ]
+                out[f"{set_name}_input_ids"] = [e["input_ids"] for e in encoded]
+                out[f"{set_name}_labels"] = [e["labels"] for e in encoded]
+            return out
+
+        tokenized = dataset.map(tokenize, remove_columns=dataset.column_names, desc=f"tokenizing {name} set")
     else:
         missing = sorted(set(QA_COLUMNS) - cols)
         raise ValueError(
             f"the {name} set has columns {sorted(cols)} but is missing {missing}: give it TOFU columns "
             f"{list(QA_COLUMNS)} or tokenized columns {list(TOKENIZED_COLUMNS)}"
         )
-    tokenized = tokenized.select_columns(list(MODEL_COLUMNS))
+    extra = [f"{n}_{k}" for n in answer_sets for k in ("input_ids", "labels")]
+    tokenized = tokenized.select_columns(list(MODEL_COLUMNS) + extra)
     empty = [i for i, labels in enumerate(tokenized["labels"]) if all(t == IGNORE_INDEX for t in labels[1:])]
     if empty:
         raise ValueError(
@@ -74,6 +88,23 @@ def prepare_qa_dataset(
             f"truncation to max_length={max_length}: raise max_length or shorten the prompt"
         )
     return tokenized
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Pad with EOS when the tokenizer has no pad token (padding is masked out of attention and loss)."""
+    if tokenizer is not None and getattr(tokenizer, "pad_token_id", 0) is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def training_view(dataset: Any, objective: Any = None) -> Any:
+    """The columns training may read of a QA `datasets.Dataset`: `question`, `answer` and the answer sets the
+    objective uses (`alternatives`, `idk`) when the caller supplied them. An evaluation copy of the split
+    (TOFU's `*_perturbed`: paraphrased and perturbed answers) reaches an objective without those columns."""
+    if dataset is None or not hasattr(dataset, "column_names") or not set(QA_COLUMNS) <= set(dataset.column_names):
+        return dataset
+    keep = list(QA_COLUMNS) + [c for c in getattr(objective, "answer_sets", ()) if c in dataset.column_names]
+    keep += [c for c in ("generic_labels",) if c in dataset.column_names]
+    return dataset.select_columns(keep)
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):
@@ -116,9 +147,50 @@ def pad_batch(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, 
     width = max(len(r["input_ids"]) for r in rows)
     pads = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
     return {
-        key: torch.tensor([list(r[key]) + [pad] * (width - len(r[key])) for r in rows], dtype=torch.long)
+        key: torch.tensor(
+            [list(r.get(key) or [1] * len(r["input_ids"])) + [pad] * (width - len(r["input_ids"])) for r in rows],
+            dtype=torch.long,
+        )
         for key, pad in pads.items()
     }
+
+
+def collate_rows(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`pad_batch` of the rows, plus what objectives add to forget rows: `generic_labels` (padded like
+    `labels`) and each answer set `<name>_input_ids` / `_labels` (lists of sequences per row), flattened into
+    one padded batch `<name>_input_ids` / `_attention_mask` / `_labels` with `<name>_row`, the row each
+    sequence answers. A batch whose rows hold no sequence of a set gets no `<name>_*` keys.
+
+    Example:
+        >>> rows = [{"input_ids": [5, 6], "labels": [-100, 6], "alt_input_ids": [[5, 7], [5, 8, 9]],
+        ...          "alt_labels": [[-100, 7], [-100, 8, 9]]}]
+        >>> batch = collate_rows(rows, pad_token_id=0)
+        >>> batch["alt_input_ids"].tolist(), batch["alt_row"].tolist()
+        ([[5, 7, 0], [5, 8, 9]], [0, 0])
+    """
+    batch = pad_batch(rows, pad_token_id)
+    first = rows[0]
+    if "generic_labels" in first:
+        width = batch["labels"].shape[1]
+        batch["generic_labels"] = torch.tensor(
+            [list(r["generic_labels"]) + [IGNORE_INDEX] * (width - len(r["generic_labels"])) for r in rows]
+        )
+    for key in first:
+        if not key.endswith("_input_ids") or key == "input_ids":
+            continue
+        name = key.removesuffix("_input_ids")
+        seqs = [
+            {"input_ids": ids, "labels": labels}
+            for r in rows
+            for ids, labels in zip(r[key], r[f"{name}_labels"])
+        ]
+        if not seqs:
+            continue
+        padded = pad_batch(seqs, pad_token_id)
+        for k, v in padded.items():
+            batch[f"{name}_{k}"] = v
+        batch[f"{name}_row"] = torch.tensor([i for i, r in enumerate(rows) for _ in r[key]], dtype=torch.long)
+    return batch
 
 
 class PadCollator:
@@ -132,10 +204,7 @@ class PadCollator:
 
 
 class ForgetRetainCollator(PadCollator):
-    """Collate paired items into `{"forget": batch, "retain": batch}`, each split padded by `PadCollator`."""
+    """Collate paired items into `{"forget": batch, "retain": batch}`, each split by `collate_rows`."""
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
-        return {
-            split: super(ForgetRetainCollator, self).__call__([it[split] for it in items])
-            for split in ("forget", "retain")
-        }
+        return {split: collate_rows([it[split] for it in items], self.pad_token_id) for split in ("forget", "retain")}

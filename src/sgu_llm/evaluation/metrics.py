@@ -42,6 +42,19 @@ def forget_truth_ratio_score(ratios: np.ndarray) -> float:
     return float(np.mean(np.minimum(r, 1.0 / r)))
 
 
+def outranks(correct_nll: np.ndarray, wrong_nll: np.ndarray) -> np.ndarray:
+    """Per row: does the true answer (lower NLL) outrank every one of its wrong answers?
+
+    The audit statistic of how many facts a model still ranks first; a model that never saw them sits near
+    1 / (k + 1) for k wrong answers on random values, higher where priors help.
+
+    Example:
+        >>> outranks(np.array([1.0, 2.0]), np.array([[1.5, 3.0], [1.0, 4.0]])).tolist()
+        [True, False]
+    """
+    return np.asarray(correct_nll) < np.asarray(wrong_nll).min(axis=1)
+
+
 def retain_truth_ratio_score(ratios: np.ndarray) -> float:
     """Aggregate elsewhere: mean(max(0, 1 - R)); high when the right answer is clearly preferred."""
     return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(ratios))))

@@ -151,6 +151,25 @@ def truth_ratios(model: Any, tokenizer: Any, ds: Any, **kw: Any) -> np.ndarray:
     return M.truth_ratio(correct, wrong_answer_nll(model, tokenizer, ds, **kw))
 
 
+def forget_diagnostics(correct_nll: np.ndarray, wrong_nll: np.ndarray) -> dict[str, Any]:
+    """Undershoot or overshoot on the forget set: `forget_tr_mean`, the mean truth ratio R (a model that never
+    saw the rows sits near its priors, about 1; below: it still prefers the true answers), `forget_outrank`,
+    the share of rows whose true answer outranks every wrong one, and the per-row `outranks`."""
+    outrank = M.outranks(correct_nll, wrong_nll)
+    return {
+        "forget_tr_mean": float(np.mean(M.truth_ratio(correct_nll, wrong_nll))),
+        "forget_outrank": float(np.mean(outrank)),
+        "outranks": outrank.tolist(),
+    }
+
+
+def forget_diagnostics_of(model: Any, tokenizer: Any, forget_set: Any, **kw: Any) -> dict[str, Any]:
+    """`forget_diagnostics` of a model on a perturbed forget set (for evaluations stored before they existed)."""
+    kw = {k: v for k, v in kw.items() if k != "max_new_tokens"}
+    correct = score_answers(model, tokenizer, forget_set["question"], forget_set["paraphrased_answer"], **kw)["nll"]
+    return forget_diagnostics(correct, wrong_answer_nll(model, tokenizer, forget_set, **kw))
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -215,6 +234,9 @@ def evaluate_model(
             agg[f"{split}_rouge"] = float(np.mean(rouge))
         if split == "forget":
             entry["mink"], entry["minkpp"] = ans["mink"].tolist(), ans["minkpp"].tolist()
+            diag = forget_diagnostics(correct_for_tr, wrong)
+            entry["outranks"] = diag.pop("outranks")
+            agg.update(diag)
         per[split] = entry
 
     if generate:

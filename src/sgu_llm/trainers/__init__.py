@@ -15,6 +15,7 @@ from __future__ import annotations
 from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
 from sgu_llm.trainers.graddiff import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
 from sgu_llm.trainers.npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
+from sgu_llm.trainers.objective import STANDALONE_CONFIGS, ObjectiveConfig, ObjectiveTrainer
 from sgu_llm.trainers.sgu import SGUConfig, SGUTrainer
 
 _METHODS: dict[str, tuple[type[UnlearnConfig], type[UnlearnTrainer]]] = {}
@@ -46,6 +47,8 @@ register_method("gradascent", GradAscentConfig, GradAscentTrainer)
 register_method("graddiff", GradDiffConfig, GradDiffTrainer)
 register_method("npo", NPOConfig, NPOTrainer)
 register_method("simnpo", SimNPOConfig, SimNPOTrainer)
+for _name, _config in STANDALONE_CONFIGS.items():  # altpo, idknll, idkdpo, undial, rmu, whp, calibrated
+    register_method(_name, _config, ObjectiveTrainer)
 
 __all__ = [
     "GradAscentConfig",
@@ -54,6 +57,8 @@ __all__ = [
     "GradDiffTrainer",
     "NPOConfig",
     "NPOTrainer",
+    "ObjectiveConfig",
+    "ObjectiveTrainer",
     "SGUConfig",
     "SGUTrainer",
     "SimNPOConfig",

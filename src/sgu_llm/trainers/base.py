@@ -22,9 +22,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from sgu_llm.cache import default_cache_dir
 from sgu_llm.card import card_tags
-from sgu_llm.data.pairing import ForgetRetainDataset
+from sgu_llm.data.pairing import ForgetRetainDataset, ensure_pad_token, training_view
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS
+from sgu_llm.objectives import ForgetObjective, ObjectiveArguments, ObjectiveContext, get_objective
 from sgu_llm.stopping import STOP_METRICS
 from sgu_llm.tasks import get_task
 
@@ -405,9 +407,34 @@ class UnlearnTrainer(Trainer):
             )
         check_output_dir(args)
         self.task = get_task(task)
-        forget, retain, collator = self.task.prepare(
-            model, args, forget_dataset, retain_dataset, processing_class
+        self.objective = get_objective(args.forget_loss)(args) if isinstance(args, ObjectiveArguments) else None
+        self.objective_ctx = ObjectiveContext(
+            args,
+            processing_class,
+            reference=self.reference_outputs,
+            example_losses=lambda m, batch: self.task.example_losses(m, batch),
+            reference_losses=lambda m, batch: self.reference_nll(m, batch),
+            log=lambda key, total, weight=1.0: self._metrics.add(key, total, weight),
+            output_dir=args.output_dir,
+            cache_dir=default_cache_dir(),
+            is_main_process=int(os.environ.get("RANK", "0")) == 0,
         )
+        answer_sets = ()
+        if self.objective is not None and type(self.objective).prepare_rows is not ForgetObjective.prepare_rows:
+            ensure_pad_token(processing_class)
+            forget_dataset = self.objective.prepare_rows(
+                self.objective_ctx,
+                model,
+                training_view(forget_dataset, self.objective),
+                training_view(retain_dataset, self.objective),
+                training_view(holdout_dataset, self.objective),
+            )
+            answer_sets = self.objective.answer_sets
+        forget, retain, collator = self.task.prepare(
+            model, args, forget_dataset, retain_dataset, processing_class, answer_sets=answer_sets
+        )
+        if self.objective is not None:
+            forget = self.objective.prepare_tokenized(self.objective_ctx, model, forget)
         # Seeded as the Trainer seeds itself, but before the LoRA adapters are initialised: otherwise they depend on
         # whatever used the global RNG before (e.g. fine-tuning the target in this process rather than loading it).
         set_seed(args.seed)
@@ -441,6 +468,8 @@ class UnlearnTrainer(Trainer):
         if self.is_deepspeed_enabled:
             self._check_deepspeed(needs_ref)
         self.add_callback(PairingEpochCallback(self.train_dataset))
+        for callback in self.objective.callbacks(self.objective_ctx) if self.objective is not None else []:
+            self.add_callback(callback)
         self.stopping = None
         if args.stop_on_holdout:
             from sgu_llm.stopping import HoldoutStoppingCallback
@@ -538,6 +567,26 @@ class UnlearnTrainer(Trainer):
         nll, ntok = self.task.example_losses(model, batch)
         self._metrics.add(f"loss/{split}", nll.sum(), ntok.sum())
         return nll, ntok
+
+    @torch.no_grad()
+    def reference_outputs(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False
+    ) -> Any:
+        """The frozen reference's output (base model with adapters off under LoRA), without gradients."""
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        if self.ref_model is not None:
+            return self.ref_model(**kw)
+        unwrapped = self.accelerator.unwrap_model(model)
+        ctx = unwrapped.disable_adapter() if is_peft_model(unwrapped) else contextlib.nullcontext()
+        with ctx:
+            return unwrapped(**kw)
+
+    def objective_loss(self, model: Any, batch: dict[str, torch.Tensor], sizes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The forget objective's per-row losses summed and divided by the window's answer tokens or rows."""
+        per_row = self.objective.forget_loss(self.objective_ctx, model, batch)
+        if self.objective.units == "tokens":
+            return per_row.sum() / sizes["forget"][0].clamp_min(1)
+        return per_row.sum() / sizes["forget"][1]
 
     @torch.no_grad()
     def reference_nll(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

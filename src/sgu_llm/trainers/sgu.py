@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sgu_llm.losses import npo_loss
+from sgu_llm.objectives import ObjectiveArguments, get_objective
 from sgu_llm.selection import (
     ACTION_NAMES,
     THRESHOLD_POPULATIONS,
@@ -44,13 +44,15 @@ RULE_STATE_FILE = "sgu_rule_states.pt"
 class NonFiniteGradientError(ValueError):
     """Too many optimizer steps in a row with non-finite gradients (see `max_nonfinite_steps`)."""  # in each checkpoint folder, when a stateful rule has state
 
-FORGET_LOSSES = ("nll", "npo")
 STASH_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
-class SGUConfig(UnlearnConfig):
+class SGUConfig(UnlearnConfig, ObjectiveArguments):
     """Configuration of Selective Gradient Unlearning.
+
+    g_f is minus the gradient of the forget objective `forget_loss` (any of `sgu_llm.objectives`; 'nll': the
+    forget NLL's gradient, 'npo': a bounded one), so the reverse action -g_f descends that objective.
 
     Example:
         >>> from sgu_llm import SGUConfig
@@ -109,17 +111,6 @@ class SGUConfig(UnlearnConfig):
     )
     reverse_scale: float = field(
         default=1.0, metadata={"help": "The reverse action applies -reverse_scale * g_f."}
-    )
-    forget_loss: str = field(
-        default="nll",
-        metadata={
-            "help": "Loss whose gradient is g_f. 'nll': reverse is gradient ascent on the forget NLL (unbounded). "
-            "'npo': g_f is minus the gradient of a length-normalised NPO loss; it equals the NLL gradient at the "
-            "start and fades as the forget log-likelihood falls below the reference's, so reverse cannot run away."
-        },
-    )
-    npo_beta: float = field(
-        default=1.0, metadata={"help": "Inverse temperature (per token) of forget_loss='npo'."}
     )
     max_exact_quantile: int = field(
         default=MAX_EXACT_QUANTILE,
@@ -189,10 +180,8 @@ class SGUConfig(UnlearnConfig):
             raise ValueError(
                 f"threshold_population must be one of {THRESHOLD_POPULATIONS}, got {self.threshold_population!r}"
             )
-        if self.forget_loss not in FORGET_LOSSES:
-            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}")
-        if self.npo_beta <= 0:
-            raise ValueError(f"npo_beta must be positive, got {self.npo_beta}")
+        get_objective(self.forget_loss)  # raises with the registered names
+        self.check_objective()
         if self.maintain_scale < 0 or self.reverse_scale < 0:
             raise ValueError(
                 "maintain_scale and reverse_scale must be >= 0 (the sign of each action is fixed)"
@@ -250,7 +239,7 @@ class SGUTrainer(UnlearnTrainer):
 
     @classmethod
     def needs_reference_model(cls, args):
-        return args.forget_loss == "npo"
+        return get_objective(args.forget_loss).needs_reference
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -335,14 +324,12 @@ class SGUTrainer(UnlearnTrainer):
         return super().training_step(model, inputs, sizes)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The retain NLL on retain batches; on forget batches minus the forget objective, whose gradient is g_f
+        (the direction that would keep the forget set; the reverse action applies -g_f)."""
         ((split, batch),) = inputs.items()
         sizes = self._sizes(num_items_in_batch, inputs)
-        if split == "forget" and self.args.forget_loss == "npo":
-            nll, ntok = self.forward_nll(model, batch, split)
-            ref_nll, _ = self.reference_nll(model, batch)
-            # Length-normalised NPO; g_f = -grad(L), i.e. the *learning* direction, as for the NLL.
-            logp, ref_logp = -nll / ntok.clamp_min(1), -ref_nll / ntok.clamp_min(1)
-            return -npo_loss(logp, ref_logp, self.args.npo_beta).sum() / sizes[split][1]
+        if split == "forget":
+            return -self.objective_loss(model, batch, sizes)
         return self.nll_loss(model, inputs, split, sizes)
 
     def _seed(self) -> int:
