@@ -19,7 +19,7 @@ commands:
   probe     SAE probe of a saved before/after pair: sgu-llm probe --before DIR --after DIR --output_dir OUT
   attack    relearning and quantization attacks: sgu-llm attack MODEL_DIR --retain_model DIR --output OUT.json
   vision    SGU on an image classifier (8x8 digits): sgu-llm vision --output docs/vision.md
-  methods   list the registered unlearning methods and selective functions
+  methods   list the registered unlearning methods, selective functions and forget objectives
 """
 
 
@@ -62,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return vision_main(rest)
     if command == "methods":
+        from sgu_llm.objectives import list_objectives
         from sgu_llm.selection import list_selective_functions
         from sgu_llm.trainers import list_methods
 
         print("methods:", ", ".join(list_methods()))
         print("selective functions:", ", ".join(list_selective_functions()))
+        print("forget objectives (forget_loss):", ", ".join(list_objectives()))
         return 0
     print(f"sgu-llm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
