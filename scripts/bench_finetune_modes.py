@@ -26,12 +26,12 @@ def main() -> None:
     ap.add_argument("--lora_r", type=int, default=16)
     a = ap.parse_args()
 
-    from sgu_llm.benchmark import _trainable_part
+    from sgu_llm.core.losses import per_example_nll
     from sgu_llm.data.pairing import pad_batch
     from sgu_llm.data.prompts import tokenize_qa
     from sgu_llm.data.synthetic import synthetic_tofu
-    from sgu_llm.losses import per_example_nll
-    from sgu_llm.pretrained import load_pretrained
+    from sgu_llm.models.benchmark import _trainable_part
+    from sgu_llm.models.pretrained import load_pretrained
 
     base, tok = load_pretrained(a.model, dtype="float32")
     qa = synthetic_tofu(num_authors=40, seed=0)["full"]

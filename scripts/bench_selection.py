@@ -87,7 +87,7 @@ def measure(n: int, device: str, settings: SelectionSettings, repeats: int) -> t
 
 def measure_model(device: str, settings: SelectionSettings, repeats: int) -> tuple[float, float, int, int]:
     """The same, over the parameter tensors of bench_step.py's 29.6M-parameter Llama (random gradients)."""
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
     tok = train_tokenizer(["a tokenizer only needs some text to train on"] * 8, vocab_size=400)
     shapes = [

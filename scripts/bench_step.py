@@ -62,7 +62,7 @@ def worker(args) -> dict:
 
     from sgu_llm.data.prompts import build_prompt
     from sgu_llm.data.synthetic import synthetic_tofu
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
     from sgu_llm.selection import SelectionSettings, select_gradients
     from sgu_llm.trainers import GradDiffConfig, GradDiffTrainer, SGUConfig, SGUTrainer
 

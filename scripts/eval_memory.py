@@ -32,7 +32,7 @@ def main() -> None:
 
     from sgu_llm.data.synthetic import synthetic_tofu
     from sgu_llm.evaluation import evaluate_model
-    from sgu_llm.pretrained import load_pretrained
+    from sgu_llm.models.pretrained import load_pretrained
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_pretrained(a.model, dtype="float32")

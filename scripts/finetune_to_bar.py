@@ -23,15 +23,16 @@ def main() -> None:
     ap.add_argument("--learning_rate", type=float, default=1e-3, help="LoRA's rate (adapters usually need more)")
     a = ap.parse_args()
 
-    from sgu_llm.benchmark import benchmark_models, load_benchmark_data
+    from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
     from sgu_llm.evaluation.metrics import forget_quality
     from sgu_llm.evaluation.suite import truth_ratios
-    from sgu_llm.run import eval_kwargs, eval_sets
-    from sgu_llm.unlearn import parse_args
+    from sgu_llm.experiments.config import parse_args
+    from sgu_llm.experiments.shared import eval_kwargs
+    from sgu_llm.models.benchmark import benchmark_models
 
-    script, model_args, bench, _, config = parse_args(["--config", a.recipe])
+    script, model_args, bench, evaluation, _, config = parse_args(["--config", a.recipe])
     data = load_benchmark_data(script)
-    kw = eval_kwargs(config, bench)
+    kw = eval_kwargs(config, evaluation)
     kw.pop("max_new_tokens")
     forget = eval_sets(data)["forget"]
     tok, cached, metas = benchmark_models(data, bench, ("target", "retain"), config.prompt_format, model_args)

@@ -16,7 +16,7 @@ import os
 
 import yaml
 
-from sgu_llm.sweep import aggregate, merge_rows, run_record
+from sgu_llm.experiments.sweep.records import aggregate, merge_rows, run_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ("method", "selective_function", "forget_loss")

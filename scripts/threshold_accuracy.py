@@ -39,7 +39,7 @@ SAMPLERS = [  # (samples, block)
 def gradients(hidden: int, layers: int, steps: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     from sgu_llm.data.prompts import build_prompt
     from sgu_llm.data.synthetic import synthetic_tofu
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
     torch.manual_seed(0)
     splits = synthetic_tofu(num_authors=100, seed=0)

@@ -10,8 +10,8 @@ import torch
 
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
-from sgu_llm.finetune import finetune
-from sgu_llm.models import tiny_llama, train_tokenizer
+from sgu_llm.models.finetune import finetune
+from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
-from sgu_llm.models import tiny_llama, train_tokenizer
+from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 from sgu_llm.trainers import get_method
 
 

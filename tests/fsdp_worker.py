@@ -18,11 +18,11 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
+from sgu_llm.core.losses import per_example_nll
 from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
-from sgu_llm.losses import per_example_nll
-from sgu_llm.models import tiny_llama, train_tokenizer
+from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 from sgu_llm.selection import SelectionSettings, same_sign, select_gradients
 from sgu_llm.trainers.gradient_pairing import StashPairing
 

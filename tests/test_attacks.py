@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgu_llm.attacks import attack_report, attack_table, quantize_weights
+from sgu_llm.evaluation.attacks import attack_report, quantize_weights
+from sgu_llm.report.tables import run_attack_rows
 
 KW = dict(prompt_format="phi", system_prompt=None, batch_size=64, max_new_tokens=24)
 
@@ -24,8 +25,8 @@ def test_quantization_is_round_to_nearest_per_output_channel(model, bits, levels
 
 
 def test_relearning_brings_back_what_gradient_ascent_removed(model, tokenizer, splits):
+    from sgu_llm.core.losses import per_example_nll
     from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
-    from sgu_llm.losses import per_example_nll
 
     forget = splits["forget10_perturbed"]
     rows = prepare_qa_dataset(forget.select_columns(["question", "answer"]), tokenizer, "f").to_list()
@@ -47,8 +48,7 @@ def test_relearning_brings_back_what_gradient_ascent_removed(model, tokenizer, s
     assert report["rows_measured"] == len(forget) // 2
     assert m["relearn"]["forget_prob"] > 2 * m["none"]["forget_prob"]  # the held-out half comes back
     assert set(m) == {"none", "relearn", "int4"}
-    lines = attack_table(report)
-    assert any("| ascended | relearn |" in line for line in lines)
+    assert ["ascended", "relearn"] == run_attack_rows(report)[1][:2]
 
 
 def test_attacks_need_two_halves(model, tokenizer, splits):

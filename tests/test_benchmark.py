@@ -5,10 +5,11 @@ import os
 
 import pytest
 
-from sgu_llm.benchmark import BenchmarkArguments, cached_finetuned_model, cached_tokenizer, training_sets
+from sgu_llm.data.benchmark import training_sets
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
 from sgu_llm.evaluation import check_tokenizer_matches, evaluate_model
+from sgu_llm.models.benchmark import BenchmarkArguments, cached_finetuned_model, cached_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_model_cache_reuse_and_rebuild(tmp_path, tiny_data):
 
 
 def test_tokenizer_model_mismatch_is_an_error(tmp_path, tiny_data):
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
     small = train_tokenizer(["a b c d"] * 3, vocab_size=30)
     big = train_tokenizer([r["question"] + " " + r["answer"] for r in tiny_data["retain"]], vocab_size=200)
@@ -84,7 +85,7 @@ def test_config_validation():
 def test_models_are_shared_across_splits_and_seeds(tmp_path):
     """Cached by what they train on: one target for every forget split of a data set, and the noise
     floor of model seed s is the retain model of seed s + 1."""
-    from sgu_llm.benchmark import benchmark_models
+    from sgu_llm.models.benchmark import benchmark_models
 
     s = synthetic_tofu(num_authors=10, qa_per_author=3, seed=0)
 

@@ -102,7 +102,7 @@ def test_ddp_two_processes_match_one(tmp_path, method, one_process):
     # The runs did train (so equal weights are not trivially equal starting points).
     from sgu_llm.data.prompts import build_prompt
     from sgu_llm.data.synthetic import synthetic_tofu
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
     splits = synthetic_tofu(num_authors=20, qa_per_author=10, seed=0)
     tok = train_tokenizer([build_prompt(r["question"]) + r["answer"] for r in splits["full"]], vocab_size=400)

@@ -132,7 +132,7 @@ def test_fsdp_launch_that_accelerate_runs_without_fsdp_warns(model, tokenizer, s
 
 
 def test_tokenizer_that_does_not_fit_the_model(tokenizer, small_sets, make_config):
-    from sgu_llm.models import tiny_llama, train_tokenizer
+    from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
     forget, retain = small_sets
     small = train_tokenizer(["a b c"] * 3, vocab_size=30)
@@ -194,7 +194,7 @@ def test_overlapping_forget_and_retain(splits):
 
 
 def test_unknown_recipe_key_with_a_suggestion(tmp_path):
-    from sgu_llm.unlearn import load_recipe
+    from sgu_llm.experiments.config import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text("method: sgu\nlearning_rte: 1e-3\n")
@@ -203,10 +203,10 @@ def test_unknown_recipe_key_with_a_suggestion(tmp_path):
 
 
 def test_flags_that_unlearn_ignores_are_refused(tmp_path, capsys):
-    from sgu_llm.unlearn import main
+    from sgu_llm.cli import main
 
     out = tmp_path / "out"
-    code = main(["--config", "recipes/tiny-llama/sgu.yaml", "--sae_hook_name", "blocks.0.hook_resid_post",
+    code = main(["unlearn", "--config", "recipes/tiny-llama/sgu.yaml", "--sae_hook_name", "blocks.0.hook_resid_post",
                  "--max_new_tokens", "5", "--output_dir", str(out)])
     assert code == 2
     err = capsys.readouterr().err
@@ -222,7 +222,7 @@ def test_probe_hook_on_a_layer_the_model_does_not_have(model):
 
 
 def test_corrupt_cached_model_names_the_folder(splits, tokenizer, tmp_path):
-    from sgu_llm.benchmark import BenchmarkArguments, cached_finetuned_model
+    from sgu_llm.models.benchmark import BenchmarkArguments, cached_finetuned_model
 
     args = BenchmarkArguments(cache_dir=str(tmp_path / "cache"), hidden_size=16, num_heads=2, finetune_max_epochs=1)
     train = splits["forget10"]
@@ -237,7 +237,7 @@ def test_corrupt_cached_model_names_the_folder(splits, tokenizer, tmp_path):
 def test_a_model_without_a_language_model_head(tokenizer, small_sets, make_config):
     from transformers import LlamaModel
 
-    from sgu_llm.models import tiny_llama
+    from sgu_llm.models.tiny import tiny_llama
 
     forget, retain = small_sets
     backbone = LlamaModel(tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2).config)
@@ -269,7 +269,7 @@ def test_resume_from_a_checkpoint_of_another_method(tmp_path):
     import torch
 
     from sgu_llm.trainers import NPOConfig
-    from sgu_llm.trainers.base import resume_argument
+    from sgu_llm.trainers.outputs import resume_argument
 
     ckpt = tmp_path / "out" / "checkpoint-4"
     ckpt.mkdir(parents=True)
@@ -290,7 +290,7 @@ def test_resume_from_a_checkpoint_of_another_method(tmp_path):
     ],
 )
 def test_bad_model_arguments(kwargs, message):
-    from sgu_llm.unlearn import ModelArguments
+    from sgu_llm.experiments.config import ModelArguments
 
     with pytest.raises(ValueError, match=message):
         ModelArguments(**kwargs)
@@ -306,7 +306,7 @@ def test_bad_model_arguments(kwargs, message):
     ],
 )
 def test_bad_benchmark_arguments(kwargs, message):
-    from sgu_llm.benchmark import BenchmarkArguments
+    from sgu_llm.models.benchmark import BenchmarkArguments
 
     with pytest.raises(ValueError, match=message):
         BenchmarkArguments(**kwargs)
@@ -321,7 +321,7 @@ def test_bad_benchmark_arguments(kwargs, message):
     ],
 )
 def test_bad_probe_arguments(kwargs, message):
-    from sgu_llm.probe.probe import ProbeArguments
+    from sgu_llm.probe.sae_probe import ProbeArguments
 
     with pytest.raises(ValueError, match=message):
         ProbeArguments(**kwargs)

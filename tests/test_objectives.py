@@ -8,11 +8,7 @@ import datasets
 import pytest
 import torch
 
-from sgu_llm.data.alternatives import AlternativeSettings, generate_alternatives, key_terms
-from sgu_llm.data.idk import assign_idk, idk_answers
-from sgu_llm.data.pairing import training_view
-from sgu_llm.data.prompts import tokenize_qa
-from sgu_llm.losses import (
+from sgu_llm.core.losses import (
     activation_distance,
     answer_margins,
     generic_logits,
@@ -21,6 +17,10 @@ from sgu_llm.losses import (
     quantile_matching_loss,
     undial_loss,
 )
+from sgu_llm.data.alternatives import AlternativeSettings, generate_alternatives, key_terms
+from sgu_llm.data.idk import assign_idk, idk_answers
+from sgu_llm.data.pairing import training_view
+from sgu_llm.data.prompts import tokenize_qa
 from sgu_llm.objectives import list_objectives
 from sgu_llm.selection import Action, register_selective_function
 from sgu_llm.trainers import SGUConfig, get_method
@@ -103,7 +103,7 @@ def test_key_terms_are_the_rare_words_outside_the_question():
 
 @pytest.fixture(scope="module")
 def alternatives_of(splits, tokenizer, finetuned_state):
-    from sgu_llm.models import tiny_llama
+    from sgu_llm.models.tiny import tiny_llama
 
     model = tiny_llama(tokenizer, hidden_size=64, num_layers=2, seed=0)
     model.load_state_dict(finetuned_state)

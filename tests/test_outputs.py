@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from sgu_llm.files import atomic_dir, write_json, write_text
+from sgu_llm.core.files import atomic_dir, write_json, write_text
 
 SECRET = "hf_SECRET_abc123"
 

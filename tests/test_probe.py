@@ -21,7 +21,7 @@ from sgu_llm.probe import (
     select_forget_features,
     train_sae,
 )
-from sgu_llm.probe.probe import ProbeArguments, answer_probability, feeding_pattern
+from sgu_llm.probe.sae_probe import ProbeArguments, answer_probability, feeding_pattern
 
 
 def hand_sae(d_in=4, d_sae=4):
@@ -175,7 +175,7 @@ def test_probe_callback_during_sgu(model, tokenizer, small_sets, make_config):
 
 def test_causal_check_falls_back_to_the_largest_forget_drops():
     """With nothing pruned or reversed, the causal check clamps the features whose forget activation fell most."""
-    from sgu_llm.run import largest_forget_drops
+    from sgu_llm.experiments.probing import largest_forget_drops
 
     def feature(f, start, end):
         return {"feature": f, "steps": [{"forget_mean_act": start}, {"forget_mean_act": end}]}

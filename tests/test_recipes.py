@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
+from sgu_llm.experiments.config import load_recipe, parse_args
 from sgu_llm.trainers import get_method
-from sgu_llm.unlearn import load_recipe, parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
@@ -29,7 +29,7 @@ def test_recipe_parses(path, tmp_path):
     argv = ["--config", path, "--output_dir", str(tmp_path / "o")]
     if cfg.get("bf16") and not torch.cuda.is_available():
         argv += ["--use_cpu", "true"]  # GPU recipes: TrainingArguments refuses bf16 without a GPU otherwise
-    script, model, bench, probe, config = parse_args(argv)
+    script, model, bench, evaluation, probe, config = parse_args(argv)
     assert isinstance(config, get_method(script.method)[0])
     for key, value in cfg.items():
         got = next(getattr(obj, key) for obj in (script, model, bench, probe, config) if hasattr(obj, key))

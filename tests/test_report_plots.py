@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from sgu_llm.report import _fmt, build_probe_section, build_report, probe_plots, run_plots, use_log_scale
+from sgu_llm.core.formatting import fmt as _fmt
+from sgu_llm.report.figures import use_log_scale
+from sgu_llm.report.run_report import build_probe_section, build_report, probe_plots, run_plots
 
 MODELS = ("target", "retain", "noise_floor", "unlearned")
 ACTIONS = ("sgu/maintain_frac", "sgu/prune_frac", "sgu/reverse_frac", "sgu/conflict_frac")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from sgu_llm.models import tiny_llama
+from sgu_llm.models.tiny import tiny_llama
 from sgu_llm.trainers import get_method
 from sgu_llm.trainers.sgu import RULE_STATE_FILE
 
@@ -65,7 +65,7 @@ def test_resumed_run_equals_uninterrupted_run(case, tokenizer, finetuned_state, 
 
 def test_resume_true_without_checkpoints_is_a_clear_error(tmp_path):
     from sgu_llm.trainers import SGUConfig
-    from sgu_llm.trainers.base import resume_argument
+    from sgu_llm.trainers.outputs import resume_argument
 
     cfg = SGUConfig(output_dir=str(tmp_path / "empty"), report_to="none", resume_from_checkpoint="true")
     with pytest.raises(ValueError, match="no checkpoint-"):

@@ -227,9 +227,9 @@ def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
 
 def test_model_card_masks_tokens(tmp_path):
     """The card `sgu-llm run` writes (and push_to_hub would publish) never holds a hub token."""
-    from sgu_llm.run import model_card
+    from sgu_llm.experiments.config import ScriptArguments
+    from sgu_llm.experiments.run import model_card
     from sgu_llm.trainers import SGUConfig
-    from sgu_llm.unlearn import ScriptArguments
 
     cfg = SGUConfig(output_dir=str(tmp_path), report_to="none", hub_token="hf_SECRET_123")
     none = {k: None for k in ("unlearned", "target", "retain", "noise_floor")}

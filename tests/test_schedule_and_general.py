@@ -2,7 +2,7 @@
 
 import pytest
 
-from sgu_llm.benchmark import unlearning_retain_set
+from sgu_llm.data.benchmark import unlearning_retain_set
 from sgu_llm.trainers import SGUConfig, SGUTrainer
 
 

@@ -8,7 +8,7 @@ from sgu_llm.data.pairing import pad_batch
 from sgu_llm.data.prompts import tokenize_qa
 from sgu_llm.evaluation import metrics as M
 from sgu_llm.evaluation import scoring
-from sgu_llm.models import tiny_llama, train_tokenizer
+from sgu_llm.models.tiny import tiny_llama, train_tokenizer
 
 TEXTS = [f"Question: who wrote book {i}?\nAnswer: author number {i} wrote it in {1900 + i}" for i in range(40)]
 

@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig
 
 from sgu_llm.data.synthetic import synthetic_tofu
-from sgu_llm.pretrained import PRETRAINED_MODELS, load_pretrained, resolve
+from sgu_llm.models.pretrained import PRETRAINED_MODELS, load_pretrained, resolve
 
 INSTALL = PRETRAINED_MODELS["smollm2-135m-instruct"][2]
 pytestmark = [

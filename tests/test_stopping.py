@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgu_llm.stopping import HoldoutStoppingCallback, check_stop_sets, ks_distance, pick_checkpoint
 from sgu_llm.trainers import SGUConfig, SGUTrainer
+from sgu_llm.trainers.stopping import HoldoutStoppingCallback, check_stop_sets, ks_distance, pick_checkpoint
 
 
 def test_pick_checkpoint_on_a_constructed_curve():

@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from sgu_llm.sweep import (
+from sgu_llm.experiments.sweep import (
     Sweep,
     SweepConfig,
     aggregate,
@@ -42,7 +42,7 @@ TINY = {
 @pytest.mark.slow
 def test_sweep_runs_writes_results_and_resumes(tmp_path):
     cfg = SweepConfig(**TINY, output_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "docs"))
-    records = Sweep(cfg, log=lambda m: None).run()
+    records = Sweep(cfg, log=lambda m: None).run_grid()
     assert {(r["method"], r["seed"]) for r in records} == {("sgu", 0), ("graddiff", 0)}
     for r in records:
         assert len(r["curve"]) == 2  # the start and 1 epoch
@@ -69,10 +69,10 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
 
     # Resume: a second run trains nothing and returns the same records.
     class NoTraining(Sweep):
-        def run_one(self, *args, **kwargs):
+        def train_point(self, *args, **kwargs):
             raise AssertionError("a finished run was trained again")
 
-    again = NoTraining(cfg, log=lambda m: None).run()
+    again = NoTraining(cfg, log=lambda m: None).run_grid()
     assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(
         json.dumps(r, sort_keys=True) for r in records
     )
@@ -97,7 +97,7 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
             raise AssertionError("an attacked run was repeated")
 
     assert NoRepeat(cfg, log=lambda m: None).attack(records) == attacks
-    from sgu_llm.sweep import sweep_attacks
+    from sgu_llm.report.tables import sweep_attack_rows as sweep_attacks
 
     found = sweep_attacks(str(tmp_path / "docs" / "results.json"), "tiny-llama", "forget10")
     assert sorted(r["method"] for r in found["rows"]) == ["graddiff", "sgu"] and found["retain"] is not None
@@ -109,11 +109,11 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     trained = []
 
     class Counting(Sweep):
-        def run_one(self, split, seed, method, lr, *rest):
+        def train_point(self, split, seed, method, point, ctx):
             trained.append(method)
-            return super().run_one(split, seed, method, lr, *rest)
+            return super().train_point(split, seed, method, point, ctx)
 
-    Counting(cfg, log=lambda m: None).run()
+    Counting(cfg, log=lambda m: None).run_grid()
     assert trained == ["graddiff"]
     # A seed left unfinished, resumed with models that differ from the ones its finished runs used
     # (fine-tuned again elsewhere): its runs are moved aside, not mixed, and the whole seed runs again.
@@ -123,7 +123,7 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     base.write_text(json.dumps(saved))
     os.remove(tmp_path / "runs" / "forget10" / "seed0" / "graddiff" / "lr0.001.json")
     trained.clear()
-    Counting(cfg, log=lambda m: None).run()
+    Counting(cfg, log=lambda m: None).run_grid()
     assert sorted(trained) == ["graddiff", "sgu"]
     assert len(list((tmp_path / "runs" / "forget10").glob("seed0.stale-*"))) == 1
 
@@ -170,7 +170,7 @@ def test_reported_learning_rate_is_the_same_rule_for_every_method():
 
 
 def test_only_complete_seeds_are_reported():
-    from sgu_llm.sweep import complete_seeds
+    from sgu_llm.experiments.sweep import complete_seeds
 
     cfg = SweepConfig(
         **{**TINY, "learning_rates": [1.0, 2.0], "methods": {"m": {"method": "sgu"}, "n": {"method": "sgu"}}}

@@ -207,7 +207,7 @@ def test_npo_under_lora_uses_disabled_adapters_as_reference(model, tokenizer, sm
     trainer.train()
     ref_nll, _ = trainer.reference_nll(trainer.model, batch)
     with trainer.model.disable_adapter(), torch.no_grad():
-        from sgu_llm.losses import per_example_nll
+        from sgu_llm.core.losses import per_example_nll
 
         logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         expected, _ = per_example_nll(logits, batch["labels"])

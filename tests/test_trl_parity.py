@@ -59,7 +59,7 @@ def test_save_model_honours_save_merged(model, tokenizer, small_sets, make_confi
 
 
 def test_use_lora_is_a_deprecated_alias_of_use_peft():
-    from sgu_llm.unlearn import ModelArguments
+    from sgu_llm.experiments.config import ModelArguments
 
     assert ModelArguments(use_peft=True).peft_config() is not None
     with pytest.warns(FutureWarning, match="use_peft"):

@@ -7,15 +7,16 @@ pytest.importorskip(
     "sklearn", reason="the vision benchmark needs scikit-learn: pip install 'sgu-llm[vision]'"
 )
 
-from sgu_llm import vision  # noqa: E402
+from sgu_llm.experiments.vision import benchmark as vision  # noqa: E402
+from sgu_llm.experiments.vision import data as vision_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def digits():
-    data = vision.load_digits_split()
-    mask = vision.forget_mask(data, "class", seed=0, forget_class=0, fraction=0.1)
-    original = vision.train_classifier(data.x_train, data.y_train, seed=0)
-    retrained = vision.train_classifier(data.x_train[~mask], data.y_train[~mask], seed=0)
+    data = vision_data.load_digits_split()
+    mask = vision_data.forget_mask(data, "class", seed=0, forget_class=0, fraction=0.1)
+    original = vision_data.train_classifier(data.x_train, data.y_train, seed=0)
+    retrained = vision_data.train_classifier(data.x_train[~mask], data.y_train[~mask], seed=0)
     return data, mask, original, retrained
 
 
@@ -27,15 +28,15 @@ def test_class_forgetting_reaches_the_retrained_model(digits, tmp_path, method):
     """The forgotten class's accuracy drops to the retrained model's (which never saw it); the kept classes stay
     within MARGIN of the retrained model on the retain and test images."""
     data, mask, original, retrained = digits
-    gold = vision.measure(retrained, data, mask, "class", 0)
-    before = vision.measure(original, data, mask, "class", 0)
+    gold = vision_data.measure(retrained, data, mask, "class", 0)
+    before = vision_data.measure(original, data, mask, "class", 0)
     assert (
         before["UA"] < 5 and gold["UA"] == 100
     )  # the original knows the class; the retrained one never predicts it
     model = vision.unlearn(
         original, method, data, mask, lr=1e-3, seed=0, epochs=5, batch_size=32, workdir=str(tmp_path)
     )
-    after = vision.measure(model, data, mask, "class", 0)
+    after = vision_data.measure(model, data, mask, "class", 0)
     assert after["UA"] >= gold["UA"] - 5
     assert after["RA"] >= gold["RA"] - MARGIN
     assert after["TA"] >= gold["TA"] - MARGIN
@@ -43,7 +44,7 @@ def test_class_forgetting_reaches_the_retrained_model(digits, tmp_path, method):
 
 def test_original_weights_untouched_and_only_the_loss_differs(digits, tmp_path):
     """Unlearning works on a copy, and the trainer scores a classification batch with per-example cross-entropy."""
-    from sgu_llm.tasks import get_task
+    from sgu_llm.trainers.tasks import get_task
 
     data, mask, original, _ = digits
     before = {k: v.clone() for k, v in original.state_dict().items()}
@@ -52,7 +53,7 @@ def test_original_weights_untouched_and_only_the_loss_differs(digits, tmp_path):
     )
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
     task = get_task("classification")
-    batch = task.collate(vision.rows_of(data.x_train[:4], data.y_train[:4]))
+    batch = task.collate(vision_data.rows_of(data.x_train[:4], data.y_train[:4]))
     loss, units = task.example_losses(original, batch)
     ref = torch.nn.functional.cross_entropy(
         original(batch["pixel_values"]), batch["labels"], reduction="none"
@@ -67,12 +68,12 @@ def test_classification_rows_without_labels_are_refused(tmp_path):
     config = config_cls(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True)
     rows = [{"pixel_values": torch.zeros(1, 8, 8)}]
     with pytest.raises(ValueError, match="'labels'"):
-        trainer_cls(vision.DigitsCNN(), config, rows, rows, processing_class=None, task="classification")
+        trainer_cls(vision_data.DigitsCNN(), config, rows, rows, processing_class=None, task="classification")
 
 
 def test_markdown_table_from_a_small_benchmark():
     """Every method's row carries its chosen learning rate and a gap; the retrained model has no gap."""
-    result = vision.run_benchmark(
+    result = vision.vision_benchmark(
         seeds=(0,), methods=("sgu", "graddiff"), learning_rates=(1e-3,), settings=("random",), epochs=1
     )
     rows = result["settings"]["random"]

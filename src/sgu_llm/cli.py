@@ -1,11 +1,14 @@
-"""The `sgu-llm` command.
+"""The `sgu-llm` command: dispatch to a subcommand, and the one place a user error becomes a message.
 
-sgu-llm unlearn --config recipes/tiny-llama/sgu.yaml --output_dir runs/tiny-sgu
-sgu-llm methods
+Every subcommand's `main(argv)` raises `ValueError` for a mistake the user can fix (a bad recipe, a missing
+file, an impossible setting); here it is printed as `sgu-llm <command>: error: ...` and the exit status is 2
+(`SGU_LLM_DEBUG=1` shows the traceback instead). Subcommands are imported when called, so `--help` is fast.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
 USAGE = """usage: sgu-llm <command> [options]
@@ -22,6 +25,30 @@ commands:
   methods   list the registered unlearning methods, selective functions and forget objectives
 """
 
+# command -> (module, function), imported when the command runs
+COMMANDS = {
+    "unlearn": ("sgu_llm.experiments.unlearn", "main"),
+    "run": ("sgu_llm.experiments.run", "main"),
+    "sweep": ("sgu_llm.experiments.sweep", "main"),
+    "finetune": ("sgu_llm.experiments.commands", "finetune_main"),
+    "eval": ("sgu_llm.experiments.commands", "eval_main"),
+    "probe": ("sgu_llm.experiments.commands", "probe_main"),
+    "attack": ("sgu_llm.experiments.commands", "attack_main"),
+    "vision": ("sgu_llm.experiments.vision", "main"),
+    "methods": ("sgu_llm.cli", "list_registries"),
+}
+
+
+def list_registries(argv: list[str]) -> int:
+    """`sgu-llm methods`: every registered method, selective function and forget objective."""
+    objectives = importlib.import_module("sgu_llm.objectives")
+    selection = importlib.import_module("sgu_llm.selection")
+    trainers = importlib.import_module("sgu_llm.trainers")
+    print("methods:", ", ".join(trainers.list_methods()))
+    print("selective functions:", ", ".join(selection.list_selective_functions()))
+    print("forget objectives (forget_loss):", ", ".join(objectives.list_objectives()))
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -29,49 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "unlearn":
-        from sgu_llm.unlearn import main as unlearn_main
-
-        return unlearn_main(rest)
-    if command == "run":
-        from sgu_llm.run import main as run_main
-
-        return run_main(rest)
-    if command == "sweep":
-        from sgu_llm.sweep import main as sweep_main
-
-        return sweep_main(rest)
-    if command == "finetune":
-        from sgu_llm.commands import finetune_main
-
-        return finetune_main(rest)
-    if command == "eval":
-        from sgu_llm.commands import eval_main
-
-        return eval_main(rest)
-    if command == "probe":
-        from sgu_llm.commands import probe_main
-
-        return probe_main(rest)
-    if command == "attack":
-        from sgu_llm.commands import attack_main
-
-        return attack_main(rest)
-    if command == "vision":
-        from sgu_llm.vision import main as vision_main
-
-        return vision_main(rest)
-    if command == "methods":
-        from sgu_llm.objectives import list_objectives
-        from sgu_llm.selection import list_selective_functions
-        from sgu_llm.trainers import list_methods
-
-        print("methods:", ", ".join(list_methods()))
-        print("selective functions:", ", ".join(list_selective_functions()))
-        print("forget objectives (forget_loss):", ", ".join(list_objectives()))
-        return 0
-    print(f"sgu-llm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"sgu-llm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[command]
+    try:
+        return getattr(importlib.import_module(module), function)(rest)
+    except ValueError as err:  # a user's error: what is wrong and how to fix it, without a traceback
+        if os.environ.get("SGU_LLM_DEBUG"):
+            raise
+        print(f"sgu-llm {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

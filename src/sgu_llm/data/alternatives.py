@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from sgu_llm.cache import cached_json, fingerprint, weights_fingerprint
+from sgu_llm.core.cache import cached_json, fingerprint, weights_fingerprint
+from sgu_llm.core.files import write_json, write_text
+from sgu_llm.core.losses import IGNORE_INDEX, per_example_nll
 from sgu_llm.data.pairing import pad_batch
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, tokenize_qa
-from sgu_llm.files import write_json, write_text
-from sgu_llm.losses import IGNORE_INDEX, per_example_nll
 
 ALTERNATIVES_COLUMN = "alternatives"
 CACHE_FORMAT = 2  # bump when the same settings would sample other alternatives

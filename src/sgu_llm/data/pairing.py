@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
+from sgu_llm.core.losses import IGNORE_INDEX
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, tokenize_qa
-from sgu_llm.losses import IGNORE_INDEX
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 QA_COLUMNS = ("question", "answer")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgu_llm.losses import IGNORE_INDEX
+from sgu_llm.core.losses import IGNORE_INDEX
 
 PROMPT_FORMATS = ("phi", "llama2", "chat_template")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -56,7 +56,7 @@ def tokenize_qa(
     The sequence is cut at `max_length`.
 
     Example:
-        >>> from sgu_llm.models import train_tokenizer
+        >>> from sgu_llm.models.tiny import train_tokenizer
         >>> tok = train_tokenizer(["Question: a\\nAnswer: b"] * 4, vocab_size=64)
         >>> row = tokenize_qa(tok, "a", "b")
         >>> row["labels"][-1] == tok.eos_token_id and row["labels"][0] == -100

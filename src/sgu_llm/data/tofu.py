@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from sgu_llm.data.loading import LOCAL_FORMATS, load_local_split
+from sgu_llm.data.synthetic import synthetic_tofu
 
 HUB_ID = "locuslab/TOFU"
 PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question")
@@ -61,8 +62,6 @@ def load_tofu(config: str, source: str = HUB_ID, **synthetic_kwargs: Any) -> Any
         **synthetic_kwargs: passed to `synthetic_tofu` when `source="synthetic"`.
     """
     if source == "synthetic":
-        from sgu_llm.data.synthetic import synthetic_tofu
-
         splits = synthetic_tofu(**synthetic_kwargs)
         if config not in splits:
             raise ValueError(f"the synthetic benchmark has no config {config!r}; it has {sorted(splits)}")

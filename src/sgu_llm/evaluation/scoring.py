@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgu_llm.losses import IGNORE_INDEX
+from sgu_llm.core.losses import IGNORE_INDEX
+from sgu_llm.data.pairing import pad_batch
+from sgu_llm.evaluation.metrics import min_k
 
 DEFAULT_TOKEN_BUDGET = 8192  # padded tokens per forward pass
 DEFAULT_CHUNK_TOKENS = 1024  # answer positions per output-layer chunk
@@ -136,9 +138,6 @@ def score_rows(
     `mink` / `minkpp` (Min-K% and Min-K%++ at `min_k_fraction`) and `correct` / `tokens` (argmax hits and
     answer-token counts). Rows keep their order; batches follow `token_budget_batches`.
     """
-    from sgu_llm.data.pairing import pad_batch
-    from sgu_llm.evaluation.metrics import min_k
-
     was_training = model.training
     model.eval()
     n = len(rows)

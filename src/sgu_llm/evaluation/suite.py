@@ -199,71 +199,67 @@ def evaluate_model(
     kw = dict(prompt_format=prompt_format, system_prompt=system_prompt, batch_size=batch_size)
     agg: dict[str, float] = {}
     per: dict[str, dict[str, list]] = {}
-
-    def wrong_nll(ds) -> np.ndarray:
-        return wrong_answer_nll(model, tokenizer, ds, **kw)
-
     for split in ("forget", "retain", "real_authors", "world_facts"):
-        ds = sets[split]
-        is_author_set = split in ("forget", "retain")
-        ans = score_answers(
-            model, tokenizer, ds["question"], ds["answer"], token_stats=split == "forget", **kw
-        )
-        wrong = wrong_nll(ds)
-        correct_for_tr = (
-            score_answers(model, tokenizer, ds["question"], ds["paraphrased_answer"], **kw)["nll"]
-            if is_author_set
-            else ans["nll"]
-        )
-        tr = M.truth_ratio(correct_for_tr, wrong)
-        prob = np.exp(-ans["nll"]) if is_author_set else M.normalised_probability(ans["nll"], wrong)
-        entry: dict[str, list] = {
-            "answer_nll": ans["nll"].tolist(),
-            "prob": prob.tolist(),
-            "truth_ratio": tr.tolist(),
-        }
-        agg[f"{split}_prob"] = float(np.mean(prob))
-        agg[f"{split}_truth_ratio"] = (
-            M.forget_truth_ratio_score(tr) if split == "forget" else M.retain_truth_ratio_score(tr)
-        )
-        if generate:
-            gens = generate_answers(model, tokenizer, ds["question"], max_new_tokens=max_new_tokens, **kw)
-            rouge = rouge_recall(gens, ds["answer"])
-            entry["generation"] = gens
-            entry["rouge"] = rouge.tolist()
-            agg[f"{split}_rouge"] = float(np.mean(rouge))
-        if split == "forget":
-            entry["mink"], entry["minkpp"] = ans["mink"].tolist(), ans["minkpp"].tolist()
-            diag = forget_diagnostics(correct_for_tr, wrong)
-            entry["outranks"] = diag.pop("outranks")
-            agg.update(diag)
-        per[split] = entry
-
+        per[split] = evaluate_split(model, tokenizer, split, sets[split], agg, kw, max_new_tokens if generate else 0)
     if generate:
         agg["model_utility"] = M.model_utility(agg)
     if reference is not None:
         agg["forget_quality"] = M.forget_quality(
             per["forget"]["truth_ratio"], reference["per_example"]["forget"]["truth_ratio"]
         )
-
     if "holdout" in sets:
-        ho = sets["holdout"]
-        h = score_answers(model, tokenizer, ho["question"], ho["answer"], token_stats=True, **kw)
-        per["holdout"] = {
-            "answer_nll": h["nll"].tolist(),
-            "mink": h["mink"].tolist(),
-            "minkpp": h["minkpp"].tolist(),
-        }
-        f = per["forget"]
-        per["forget"]["zlib"] = [
-            n / len(zlib.compress(a.encode())) for n, a in zip(f["answer_nll"], sets["forget"]["answer"])
-        ]
-        per["holdout"]["zlib"] = [n / len(zlib.compress(a.encode())) for n, a in zip(h["nll"], ho["answer"])]
-        for attack, key in (("loss", "answer_nll"), ("mink", "mink"), ("minkpp", "minkpp"), ("zlib", "zlib")):
-            a = M.auc(per["forget"][key], per["holdout"][key])  # forget = label 0, holdout = label 1
-            agg[f"mia_{attack}_auc"] = a
-            ref = reference["aggregates"].get(f"mia_{attack}_auc", 0.5) if reference else 0.5
-            agg[f"privleak_{attack}"] = M.privleak(a, ref)
-        agg["privleak"] = agg["privleak_mink"]
+        membership_inference(model, tokenizer, sets, per, agg, reference, kw)
     model.train(was_training)
     return {"aggregates": agg, "per_example": per}
+
+
+def evaluate_split(
+    model: Any, tokenizer: Any, split: str, ds: Any, agg: dict, kw: dict, max_new_tokens: int
+) -> dict[str, list]:
+    """One set's per-example values (adding its aggregates to `agg`): probability (normalised on the general
+    sets), truth ratio, ROUGE-L of greedy answers (when `max_new_tokens`), and on the forget set Min-K% scores and
+    the undershoot/overshoot diagnostics."""
+    is_author_set = split in ("forget", "retain")
+    ans = score_answers(model, tokenizer, ds["question"], ds["answer"], token_stats=split == "forget", **kw)
+    wrong = wrong_answer_nll(model, tokenizer, ds, **kw)
+    correct_for_tr = (
+        score_answers(model, tokenizer, ds["question"], ds["paraphrased_answer"], **kw)["nll"]
+        if is_author_set
+        else ans["nll"]
+    )
+    tr = M.truth_ratio(correct_for_tr, wrong)
+    prob = np.exp(-ans["nll"]) if is_author_set else M.normalised_probability(ans["nll"], wrong)
+    entry: dict[str, list] = {"answer_nll": ans["nll"].tolist(), "prob": prob.tolist(), "truth_ratio": tr.tolist()}
+    agg[f"{split}_prob"] = float(np.mean(prob))
+    agg[f"{split}_truth_ratio"] = M.forget_truth_ratio_score(tr) if split == "forget" else M.retain_truth_ratio_score(tr)
+    if max_new_tokens:
+        gens = generate_answers(model, tokenizer, ds["question"], max_new_tokens=max_new_tokens, **kw)
+        rouge = rouge_recall(gens, ds["answer"])
+        entry["generation"] = gens
+        entry["rouge"] = rouge.tolist()
+        agg[f"{split}_rouge"] = float(np.mean(rouge))
+    if split == "forget":
+        entry["mink"], entry["minkpp"] = ans["mink"].tolist(), ans["minkpp"].tolist()
+        diag = forget_diagnostics(correct_for_tr, wrong)
+        entry["outranks"] = diag.pop("outranks")
+        agg.update(diag)
+    return entry
+
+
+def membership_inference(
+    model: Any, tokenizer: Any, sets: dict, per: dict, agg: dict, reference: dict | None, kw: dict
+) -> None:
+    """Forget vs holdout AUCs of the LOSS, Min-K%, Min-K%++ and zlib attacks, and privleak against the
+    reference's AUCs (added to `per` and `agg`)."""
+    ho = sets["holdout"]
+    h = score_answers(model, tokenizer, ho["question"], ho["answer"], token_stats=True, **kw)
+    per["holdout"] = {"answer_nll": h["nll"].tolist(), "mink": h["mink"].tolist(), "minkpp": h["minkpp"].tolist()}
+    f = per["forget"]
+    f["zlib"] = [n / len(zlib.compress(a.encode())) for n, a in zip(f["answer_nll"], sets["forget"]["answer"])]
+    per["holdout"]["zlib"] = [n / len(zlib.compress(a.encode())) for n, a in zip(h["nll"], ho["answer"])]
+    for attack, key in (("loss", "answer_nll"), ("mink", "mink"), ("minkpp", "minkpp"), ("zlib", "zlib")):
+        a = M.auc(f[key], per["holdout"][key])  # forget = label 0, holdout = label 1
+        agg[f"mia_{attack}_auc"] = a
+        ref = reference["aggregates"].get(f"mia_{attack}_auc", 0.5) if reference else 0.5
+        agg[f"privleak_{attack}"] = M.privleak(a, ref)
+    agg["privleak"] = agg["privleak_mink"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sgu_llm.losses import preference_loss
+from sgu_llm.core.losses import preference_loss
 from sgu_llm.objectives.base import (
     ForgetObjective,
     row_mean,

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from sgu_llm.cache import default_cache_dir
+from sgu_llm.core.cache import default_cache_dir
+from sgu_llm.core.losses import per_example_nll
 from sgu_llm.data.alternatives import (
     ALTERNATIVES_COLUMN,
     DIVERGE_AT,
@@ -29,7 +30,6 @@ from sgu_llm.data.alternatives import (
     save_alternatives,
 )
 from sgu_llm.data.idk import assign_idk, idk_answers
-from sgu_llm.losses import per_example_nll
 
 UNITS = ("tokens", "examples")
 

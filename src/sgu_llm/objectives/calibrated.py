@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
+from sgu_llm.core.losses import answer_margins, quantile_matching_loss
 from sgu_llm.data.pairing import collate_rows, prepare_qa_dataset
-from sgu_llm.losses import answer_margins, quantile_matching_loss
 from sgu_llm.objectives.base import (
     ForgetObjective,
     sequence_logps,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sgu_llm.losses import npo_loss
+from sgu_llm.core.losses import npo_loss
 from sgu_llm.objectives.base import ForgetObjective, ObjectiveContext
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sgu_llm.losses import IGNORE_INDEX, activation_distance
+from sgu_llm.core.losses import IGNORE_INDEX, activation_distance
 from sgu_llm.objectives.base import ForgetObjective
 
 

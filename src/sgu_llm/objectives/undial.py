@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sgu_llm.losses import undial_loss
+from sgu_llm.core.losses import undial_loss
 from sgu_llm.objectives.base import ForgetObjective
 
 

@@ -13,9 +13,9 @@ import copy
 
 import torch
 
-from sgu_llm.cache import cached_json, default_cache_dir, fingerprint, weights_fingerprint
+from sgu_llm.core.cache import cached_json, default_cache_dir, fingerprint, weights_fingerprint
+from sgu_llm.core.losses import IGNORE_INDEX, generic_logits, per_example_nll
 from sgu_llm.data.pairing import pad_batch
-from sgu_llm.losses import IGNORE_INDEX, generic_logits, per_example_nll
 from sgu_llm.objectives.base import ForgetObjective
 
 BATCH = 16

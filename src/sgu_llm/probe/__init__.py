@@ -1,8 +1,8 @@
 """SAE probe: track which sparse-autoencoder features SGU prunes or reverses, and check it causally."""
 
 from sgu_llm.probe.hooks import capture, replace_activation, resolve_hook
-from sgu_llm.probe.probe import ProbeArguments, SAEProbe, SAEProbeCallback, causal_check, encode_with_pre
 from sgu_llm.probe.sae import collect_activations, load_sae, sae_quality, save_sae, train_sae
+from sgu_llm.probe.sae_probe import ProbeArguments, SAEProbe, SAEProbeCallback, causal_check, encode_with_pre
 from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
 
 __all__ = [

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from sgu_llm.selection.fused import sgu_select_
-from sgu_llm.selection.rules import FUSED_IMPLEMENTATIONS, get_selective_function
+from sgu_llm.selection.rules import FUSED_IMPLEMENTATIONS, SelectiveFunction, get_selective_function
 from sgu_llm.selection.sharded import local_shards
 from sgu_llm.selection.thresholds import (
     DEFAULT_SAMPLE_BLOCK,
@@ -136,6 +138,38 @@ def select_gradients(
     n = len(grads_r)
     local_r, global_numels, group = local_shards(grads_r)
     local_f, _, group_f = local_shards(grads_f)
+    _check_sharding(rule, group, group_f)
+    tau_d, tau_m = _thresholds(rule, settings, local_r, local_f, seed, group, global_numels)
+    device = local_r[0].device if n else torch.device("cpu")
+    # One host-to-device copy for every threshold (None: +inf, the test never passes); tensor i reads row i.
+    taus = torch.tensor(
+        [[float("inf") if t is None else float(t) for t in pair] for pair in zip(tau_d, tau_m)],
+        dtype=torch.float32,
+        device=device,
+    ).reshape(n, 2)
+    rows = []  # per tensor: fused.STAT_COLUMNS
+    updates = []
+    for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
+        if fused:
+            out = g_r if inplace and g_r.is_contiguous() else g_r.clone(memory_format=torch.contiguous_format)
+            # .to(): a no-op unless the model is spread over devices
+            row = sgu_select_(out, g_f, taus[i, 0].to(out.device), taus[i, 1].to(out.device),
+                              settings.maintain_scale, settings.reverse_scale, compile=settings.compile)
+        else:
+            extra = _rule_extras(rule, settings, i, seed, states, names)
+            out, row = _apply_rule(rule, settings, g_r, g_f, tau_d[i], tau_m[i], extra, inplace)
+        rows.append(row)
+        updates.append(out)
+    numels = torch.tensor([float(g.numel()) for g in local_r], device=device).reshape(n, 1)
+    table = torch.cat([numels, torch.stack(rows)], 1) if rows else torch.zeros(0, 7, device=device)
+    if group is not None:
+        dist.all_reduce(table, group=group)  # shard statistics -> full-tensor statistics
+        updates = [_like(g, u) for g, u in zip(grads_r, updates)]
+    return updates, _statistics(table, tau_d, tau_m, device)
+
+
+def _check_sharding(rule: SelectiveFunction, group: Any, group_f: Any) -> None:
+    """g_r and g_f sharded alike, and a per-tensor rule never on shards."""
     if (group is None) != (group_f is None):
         raise ValueError("g_r and g_f must both be sharded DTensors or both plain tensors")
     if rule.per_tensor and group is not None:
@@ -144,6 +178,14 @@ def select_gradients(
             "tensor) and the gradients are FSDP2 shards: it would run on each shard alone. Use a per-coordinate "
             "rule (sgu, sgu_reverse, sign_conflict, sago, ...) under FSDP2, or DDP / DeepSpeed ZeRO-1/2."
         )
+
+
+def _thresholds(
+    rule: SelectiveFunction, settings: SelectionSettings, local_r: list, local_f: list, seed: int, group: Any,
+    global_numels: Any,
+) -> tuple[list[float | None], list[float | None]]:
+    """tau_d and tau_m per tensor: fixed, the quantiles the rule needs, or None where it reads none."""
+    n = len(local_r)
     tau_d: list[float | None] = [settings.tau_d] * n
     tau_m: list[float | None] = [settings.tau_m] * n
     need_q_d = rule.uses_tau_d and settings.tau_d is None
@@ -166,90 +208,62 @@ def select_gradients(
         )
         tau_d = q_tau_d if need_q_d else tau_d
         tau_m = q_tau_m if need_q_m else tau_m
-    if not rule.uses_tau_d:
-        tau_d = [None] * n
-    if not rule.uses_tau_m:
-        tau_m = [None] * n
+    return (tau_d if rule.uses_tau_d else [None] * n), (tau_m if rule.uses_tau_m else [None] * n)
 
-    device = local_r[0].device if n else torch.device("cpu")
-    # One host-to-device copy for every threshold (None: +inf, the test never passes); tensor i reads row i.
-    taus = torch.tensor(
-        [[float("inf") if t is None else float(t) for t in pair] for pair in zip(tau_d, tau_m)],
-        dtype=torch.float32,
-        device=device,
-    ).reshape(n, 2)
-    rows = []  # per tensor: fused.STAT_COLUMNS
-    updates = []
-    for i, (g_r, g_f) in enumerate(zip(local_r, local_f)):
-        if fused:
-            out = g_r if inplace and g_r.is_contiguous() else g_r.clone(memory_format=torch.contiguous_format)
-            row = sgu_select_(
-                out,
-                g_f,
-                taus[i, 0].to(out.device),  # no-op unless the model is spread over devices
-                taus[i, 1].to(out.device),
-                settings.maintain_scale,
-                settings.reverse_scale,
-                compile=settings.compile,
-            )
-        else:
-            extra: dict = {}
-            if "state" in rule.extras:
-                extra["state"] = states[i] if states is not None else {}
-            if "q" in rule.extras:
-                extra.update(q_d=settings.q_d, q_m=settings.q_m)
-            if "seed" in rule.extras:
-                extra["seed"] = seed * 1009 + i
-            if "name" in rule.extras:
-                extra["name"] = names[i] if names is not None else str(i)
-            update, actions = rule.fn(
-                g_r,
-                g_f,
-                tau_d[i],
-                tau_m[i],
-                maintain_scale=settings.maintain_scale,
-                reverse_scale=settings.reverse_scale,
-                **extra,
-            )
-            r, f = g_r.float(), g_f.float()
-            counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()
-            conflicts = (~same_sign(g_r, g_f)).sum().float()
-            row = torch.stack([counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()])
-            if update.numel():
-                # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must
-                # not vanish, or a loss scaler would step on an overflowed gradient (the fused kernel
-                # does this per coordinate).
-                update.view(-1)[:1].add_((row[4] + row[5]).mul(0).to(update.dtype))
-            if inplace:
-                g_r.copy_(update)
-                update = g_r
-            out = update
-        rows.append(row)
-        updates.append(out)
-    numels = torch.tensor([float(g.numel()) for g in local_r], device=device).reshape(n, 1)
-    table = torch.cat([numels, torch.stack(rows)], 1) if rows else torch.zeros(0, 7, device=device)
-    if group is not None:
-        import torch.distributed as dist
 
-        dist.all_reduce(table, group=group)  # shard statistics -> full-tensor statistics
-        updates = [_like(g, u) for g, u in zip(grads_r, updates)]
+def _rule_extras(
+    rule: SelectiveFunction, settings: SelectionSettings, i: int, seed: int, states: list | None, names: list | None
+) -> dict:
+    """The keyword arguments a rule asked for with `extras`, for tensor i."""
+    extra: dict = {}
+    if "state" in rule.extras:
+        extra["state"] = states[i] if states is not None else {}
+    if "q" in rule.extras:
+        extra.update(q_d=settings.q_d, q_m=settings.q_m)
+    if "seed" in rule.extras:
+        extra["seed"] = seed * 1009 + i
+    if "name" in rule.extras:
+        extra["name"] = names[i] if names is not None else str(i)
+    return extra
 
+
+def _apply_rule(
+    rule: SelectiveFunction, settings: SelectionSettings, g_r: torch.Tensor, g_f: torch.Tensor,
+    tau_d: float | None, tau_m: float | None, extra: dict, inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The registered function on one tensor pair: its update (in g_r when `inplace`) and statistics row."""
+    update, actions = rule.fn(
+        g_r, g_f, tau_d, tau_m, maintain_scale=settings.maintain_scale, reverse_scale=settings.reverse_scale, **extra
+    )
+    r, f = g_r.float(), g_f.float()
+    counts = torch.bincount(actions.reshape(-1).long(), minlength=3)[:3].float()
+    conflicts = (~same_sign(g_r, g_f)).sum().float()
+    row = torch.stack([counts[1], counts[2], conflicts, (r * f).sum(), (r * r).sum(), (f * f).sum()])
+    if update.numel():
+        # 0 * (|g_r|^2 + |g_f|^2) is 0, or nan when an input holds inf/nan: a pruned inf must
+        # not vanish, or a loss scaler would step on an overflowed gradient (the fused kernel
+        # does this per coordinate).
+        update.view(-1)[:1].add_((row[4] + row[5]).mul(0).to(update.dtype))
+    if inplace:
+        g_r.copy_(update)
+        update = g_r
+    return update, row
+
+
+def _statistics(
+    table: torch.Tensor, tau_d: list[float | None], tau_m: list[float | None], device: Any
+) -> SelectionStats:
+    """The step's statistics from the per-tensor table (numel, then fused.STAT_COLUMNS)."""
     numel, maintain, reverse = table[:, 0], table[:, 1], table[:, 2]
     counts = torch.stack([numel - maintain - reverse, maintain, reverse], 1).round().long()
 
     def as_tensor(vals: list[float | None]) -> torch.Tensor:
         return torch.tensor([float("nan") if v is None else float(v) for v in vals], device=device)
 
-    stats = SelectionStats(
-        counts,
-        table[:, 3].round().long(),
-        as_tensor(tau_d),
-        as_tensor(tau_m),
-        table[:, 4].sum(),
-        table[:, 5].sum(),
-        table[:, 6].sum(),
+    return SelectionStats(
+        counts, table[:, 3].round().long(), as_tensor(tau_d), as_tensor(tau_m),
+        table[:, 4].sum(), table[:, 5].sum(), table[:, 6].sum(),
     )
-    return updates, stats
 
 
 def _like(reference: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from sgu_llm.selection.fused import Kernel
+from sgu_llm.selection.sharded import all_gather_ragged
 
 # Exact up to 2**14 elements per tensor, then 2**14 sampled coordinates in blocks of 16: per-tensor
 # thresholds for a whole model cost a fraction of one pass over its gradients (scripts/bench_selection.py).
@@ -318,68 +320,66 @@ def magnitude_thresholds(
     n = len(grads_r)
     if not qs:
         return [None] * n, [None] * n
-    local_numels = [g.numel() for g in grads_r]
-    global_numels = global_numels or local_numels
-    rank = 0
-    if group is not None:
-        import torch.distributed as dist
-
-        rank = dist.get_rank(group)
 
     def unpack(vals: list[float]) -> tuple[float | None, float | None]:
-        d = vals[0] if q_d is not None else None
-        m = -vals[-1] if q_m is not None else None
-        return d, m
+        return (vals[0] if q_d is not None else None), (-vals[-1] if q_m is not None else None)
 
-    def gathered(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-        if group is None:
-            return parts
-        from sgu_llm.selection.sharded import all_gather_ragged
-
-        return all_gather_ragged(parts, group)
-
+    global_numels = global_numels or [g.numel() for g in grads_r]
     # Different ranks sample different shards: give each its own stream.
-    rank_seed = seed + 1_000_003 * rank
+    rank_seed = seed + 1_000_003 * (dist.get_rank(group) if group is not None else 0)
     if scope == "tensor" and group is None:
-        taus = [
-            unpack(t)
-            for t in _tensor_thresholds(
-                grads_r, grads_f, qs, population, max_exact, sample_size, block, seed, compile
-            )
-        ]
-        return [t[0] for t in taus], [t[1] for t in taus]
-    if scope == "tensor":
-        parts = []
-        for i, (g_r, g_f) in enumerate(zip(grads_r, grads_f)):
-            k = None
-            if global_numels[i] > max_exact:
-                k = _sample_count(sample_size, local_numels[i], global_numels[i])
-            parts.append(population_sample(g_r, g_f, population, k, rank_seed + i, block))
-        taus = [unpack(quantiles(v, qs)) for v in gathered(parts)]
-        return [t[0] for t in taus], [t[1] for t in taus]
+        found = _tensor_thresholds(grads_r, grads_f, qs, population, max_exact, sample_size, block, seed, compile)
+        taus = [unpack(t) for t in found]
+    elif scope == "tensor":
+        samples = _sharded_tensor_samples(grads_r, grads_f, population, max_exact, sample_size, block, rank_seed,
+                                          global_numels)
+        taus = [unpack(quantiles(v, qs)) for v in all_gather_ragged(samples, group)]
+    else:
+        values = _global_sample(grads_r, grads_f, population, max_exact, sample_size, seed, rank_seed, global_numels)
+        if group is not None:
+            (values,) = all_gather_ragged([values], group)
+        taus = [unpack(quantiles(values, qs))] * n
+    return [t[0] for t in taus], [t[1] for t in taus]
 
+
+def _sharded_tensor_samples(
+    grads_r: list[torch.Tensor], grads_f: list[torch.Tensor], population: str, max_exact: int, sample_size: int,
+    block: int, rank_seed: int, global_numels: list[int],
+) -> list[torch.Tensor]:
+    """Per tensor, this rank's share of the population (whole up to `max_exact` elements in the full tensor, a
+    sample in proportion to the shard's size above)."""
+    parts = []
+    for i, (g_r, g_f) in enumerate(zip(grads_r, grads_f)):
+        k = None
+        if global_numels[i] > max_exact:
+            k = _sample_count(sample_size, g_r.numel(), global_numels[i])
+        parts.append(population_sample(g_r, g_f, population, k, rank_seed + i, block))
+    return parts
+
+
+def _global_sample(
+    grads_r: list[torch.Tensor], grads_f: list[torch.Tensor], population: str, max_exact: int, sample_size: int,
+    seed: int, rank_seed: int, global_numels: list[int],
+) -> torch.Tensor:
+    """This rank's values of the population over all tensors together (`scope="global"`): all of them up to
+    `max_exact`, else a sample split across the tensors in proportion to their sizes (multinomial counts)."""
+    local_numels = [g.numel() for g in grads_r]
     total, local_total = sum(global_numels), sum(local_numels)
     if total <= max_exact:
-        values = torch.cat(
-            [population_sample(r, f, population, None, seed) for r, f in zip(grads_r, grads_f)]
+        return torch.cat([population_sample(r, f, population, None, seed) for r, f in zip(grads_r, grads_f)])
+    n = len(grads_r)
+    device = grads_r[0].device
+    sizes = torch.tensor([max(m, 0) for m in local_numels], dtype=torch.float64)
+    k = _sample_count(sample_size, local_total, total)
+    counts = [0] * n
+    if k and sizes.sum() > 0:
+        draws = torch.multinomial(
+            sizes / sizes.sum(), k, replacement=True, generator=_generator(torch.device("cpu"), rank_seed)
         )
-    else:
-        # Split this rank's sample across its tensors in proportion to their sizes (multinomial counts).
-        device = grads_r[0].device
-        sizes = torch.tensor([max(m, 0) for m in local_numels], dtype=torch.float64)
-        k = _sample_count(sample_size, local_total, total)
-        counts = [0] * n
-        if k and sizes.sum() > 0:
-            draws = torch.multinomial(
-                sizes / sizes.sum(), k, replacement=True, generator=_generator(torch.device("cpu"), rank_seed)
-            )
-            counts = torch.bincount(draws, minlength=n).tolist()
-        chunks = [
-            population_sample(r, f, population, c, rank_seed + 1 + i).to(device)
-            for i, (r, f, c) in enumerate(zip(grads_r, grads_f, counts))
-            if c > 0
-        ]
-        values = torch.cat(chunks) if chunks else torch.zeros(0, device=device)
-    (values,) = gathered([values])
-    d, m = unpack(quantiles(values, qs))
-    return [d] * n, [m] * n
+        counts = torch.bincount(draws, minlength=n).tolist()
+    chunks = [
+        population_sample(r, f, population, c, rank_seed + 1 + i).to(device)
+        for i, (r, f, c) in enumerate(zip(grads_r, grads_f, counts))
+        if c > 0
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros(0, device=device)

@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
+from sgu_llm.trainers.base import UnlearnTrainer
+from sgu_llm.trainers.config import UnlearnConfig
 from sgu_llm.trainers.graddiff import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
 from sgu_llm.trainers.npo import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
 from sgu_llm.trainers.objective import STANDALONE_CONFIGS, ObjectiveConfig, ObjectiveTrainer

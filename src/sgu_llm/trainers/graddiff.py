@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
+from sgu_llm.trainers.base import UnlearnTrainer
+from sgu_llm.trainers.config import UnlearnConfig
 
 
 @dataclass

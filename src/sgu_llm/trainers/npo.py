@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sgu_llm.losses import npo_loss, simnpo_loss
-from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
+from sgu_llm.core.losses import npo_loss, simnpo_loss
+from sgu_llm.trainers.base import UnlearnTrainer
+from sgu_llm.trainers.config import UnlearnConfig
 
 
 @dataclass

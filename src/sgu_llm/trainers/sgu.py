@@ -35,7 +35,8 @@ from sgu_llm.selection import (
     select_gradients,
 )
 from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_BLOCK, DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
-from sgu_llm.trainers.base import UnlearnConfig, UnlearnTrainer
+from sgu_llm.trainers.base import UnlearnTrainer
+from sgu_llm.trainers.config import UnlearnConfig
 from sgu_llm.trainers.gradient_pairing import DeepSpeedPairing, LeanPairing, StashPairing
 
 RULE_STATE_FILE = "sgu_rule_states.pt"

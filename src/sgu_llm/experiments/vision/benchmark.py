@@ -25,12 +25,27 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+import transformers
+
+from sgu_llm.core.files import write_json, write_text
+from sgu_llm.core.formatting import spread
+from sgu_llm.experiments.shared import make_trainer
+from sgu_llm.experiments.vision.data import (
+    METRICS,
+    SETTINGS,
+    Digits,
+    DigitsCNN,
+    avg_gap,
+    forget_mask,
+    load_digits_split,
+    measure,
+    rows_of,
+    train_classifier,
+)
+from sgu_llm.trainers import get_method
 
 # name -> (registered method, config fields). The selective functions are the language benchmark's.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -44,128 +59,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gru": ("sgu", {"selective_function": "gru", "forget_loss": "npo"}),
 }
 SGU_FAMILY = ("sign_conflict", "sgu", "sgu_reverse", "gru")
-METRICS = ("UA", "RA", "TA", "MIA")
-SETTINGS = ("class", "random")
-
-
-class DigitsCNN(torch.nn.Module):
-    """Two 3x3 convolutions, a 2x2 max-pool and two linear layers: ~38k parameters."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = torch.nn.Linear(32 * 4 * 4, 64)
-        self.fc2 = torch.nn.Linear(64, num_classes)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(pixel_values))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
-@dataclass
-class Digits:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def load_digits_split(test_fraction: float = 0.2) -> Digits:
-    """The 1,797 digits scaled to [0, 1], one fixed stratified train/test split (the same for every seed)."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError("the vision benchmark needs scikit-learn: pip install 'sgu-llm[vision]'") from err
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target, dtype=torch.long)
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=d.target, random_state=0)
-    return Digits(x[tr], y[tr], x[te], y[te])
-
-
-def forget_mask(data: Digits, setting: str, seed: int, forget_class: int, fraction: float) -> torch.Tensor:
-    """Boolean mask over the training images: the forgotten class, or a seeded random `fraction`."""
-    if setting == "class":
-        return data.y_train == forget_class
-    if setting == "random":
-        gen = torch.Generator().manual_seed(10_007 + seed)
-        idx = torch.randperm(len(data.y_train), generator=gen)[: round(fraction * len(data.y_train))]
-        mask = torch.zeros(len(data.y_train), dtype=torch.bool)
-        mask[idx] = True
-        return mask
-    raise ValueError(f"unknown forget setting {setting!r}; choose one of {list(SETTINGS)}")
-
-
-def train_classifier(
-    x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 20, lr: float = 2e-3
-) -> DigitsCNN:
-    """A plain supervised training loop (Adam, batch 32): the original and the retrained models."""
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(32):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def losses_and_hits(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    logits = model.eval()(x)
-    return F.cross_entropy(logits, y, reduction="none").numpy(), (logits.argmax(-1) == y).numpy()
-
-
-def mia_efficacy(member: np.ndarray, nonmember: np.ndarray, forget: np.ndarray, seed: int = 0) -> float:
-    """Share of forget images a loss-based membership classifier calls non-members (higher = more forgotten).
-
-    A logistic regression on log-loss, fitted on as many members (retain images) as non-members (test images).
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(seed)
-    n = min(len(member), len(nonmember))
-    member = rng.choice(member, n, replace=False)
-    nonmember = rng.choice(nonmember, n, replace=False)
-    feat = lambda v: np.log(np.clip(v, 1e-12, None)).reshape(-1, 1)  # noqa: E731
-    clf = LogisticRegression().fit(feat(np.concatenate([member, nonmember])), np.r_[np.ones(n), np.zeros(n)])
-    return float((clf.predict(feat(forget)) == 0).mean())
-
-
-def measure(
-    model: torch.nn.Module, data: Digits, mask: torch.Tensor, setting: str, forget_class: int
-) -> dict:
-    """UA, RA, TA and MIA (in percent) of a model for one forget set."""
-    if setting == "class":
-        keep = data.y_test != forget_class
-        x_test, y_test = data.x_test[keep], data.y_test[keep]
-    else:
-        x_test, y_test = data.x_test, data.y_test
-    f_loss, f_hit = losses_and_hits(model, data.x_train[mask], data.y_train[mask])
-    r_loss, r_hit = losses_and_hits(model, data.x_train[~mask], data.y_train[~mask])
-    t_loss, t_hit = losses_and_hits(model, x_test, y_test)
-    return {
-        "UA": 100 * (1 - f_hit.mean()),
-        "RA": 100 * r_hit.mean(),
-        "TA": 100 * t_hit.mean(),
-        "MIA": 100 * mia_efficacy(r_loss, t_loss, f_loss),
-    }
-
-
-def avg_gap(m: dict, gold: dict) -> float:
-    return float(np.mean([abs(m[k] - gold[k]) for k in METRICS]))
-
-
-def rows_of(x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
-    return [{"pixel_values": xi, "labels": int(yi)} for xi, yi in zip(x, y)]
 
 
 def unlearn(
@@ -180,12 +73,8 @@ def unlearn(
     workdir: str,
 ) -> torch.nn.Module:
     """One unlearning run through the registered trainer of `method`, with the classification task."""
-    import copy
-
-    from sgu_llm.trainers import get_method
-
     name, fields = METHODS[method]
-    config_cls, trainer_cls = get_method(name)
+    config_cls, _ = get_method(name)
     config = config_cls(
         output_dir=os.path.join(workdir, f"{method}-{seed}"),
         overwrite_output_dir=True,
@@ -201,19 +90,13 @@ def unlearn(
         seed=seed,
         **fields,
     )
-    trainer = trainer_cls(
-        copy.deepcopy(model).train(),
-        config,
-        forget_dataset=rows_of(data.x_train[mask], data.y_train[mask]),
-        retain_dataset=rows_of(data.x_train[~mask], data.y_train[~mask]),
-        processing_class=None,
-        task="classification",
-    )
+    sets = {"forget": rows_of(data.x_train[mask], data.y_train[mask]), "retain": rows_of(data.x_train[~mask], data.y_train[~mask])}
+    trainer = make_trainer(name, model.train(), config, sets, None, task="classification")
     trainer.train()
     return trainer.accelerator.unwrap_model(trainer.model).eval()
 
 
-def run_benchmark(
+def vision_benchmark(
     seeds: tuple[int, ...] = (0, 1, 2),
     methods: tuple[str, ...] = tuple(METHODS),
     learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3),
@@ -225,20 +108,19 @@ def run_benchmark(
     log: Any = None,
 ) -> dict[str, Any]:
     """Every (setting, seed): original and retrained models, then every method at every learning rate."""
-    import transformers
-
     transformers.logging.set_verbosity_error()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 38k-parameter CNN: one thread is several times faster than two fighting
     try:
-        return _run(
+        return all_settings(
             seeds, methods, learning_rates, settings, forget_class, random_fraction, epochs, batch_size, log
         )
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(seeds, methods, learning_rates, settings, forget_class, random_fraction, epochs, batch_size, log):
+def all_settings(seeds, methods, learning_rates, settings, forget_class, random_fraction, epochs, batch_size, log):
+    """Every setting's per-seed measurements and their summary (`vision_benchmark`'s body)."""
     data = load_digits_split()
     out: dict[str, Any] = {"settings": {}, "seconds": {}}
     originals: dict[int, DigitsCNN] = {}
@@ -279,10 +161,6 @@ def _run(seeds, methods, learning_rates, settings, forget_class, random_fraction
     return out
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-
-
 def summarize(
     per_seed: list[dict], methods: tuple[str, ...], learning_rates: tuple[float, ...]
 ) -> dict[str, Any]:
@@ -291,8 +169,8 @@ def summarize(
 
     def stats(key: str | None, run: str | None = None) -> dict[str, Any]:
         ms = [rec[key] if run is None else rec["runs"][run] for rec in per_seed]
-        row = {k: _spread([m[k] for m in ms]) for k in METRICS}
-        row["gap"] = _spread([avg_gap(m, rec["retrained"]) for m, rec in zip(ms, per_seed)])
+        row = {k: spread([m[k] for m in ms]) for k in METRICS}
+        row["gap"] = spread([avg_gap(m, rec["retrained"]) for m, rec in zip(ms, per_seed)])
         return row
 
     rows = {"retrained": stats("retrained"), "original": stats("original")}
@@ -343,8 +221,6 @@ BEGIN, END = "<!-- vision-table:begin -->", "<!-- vision-table:end -->"
 
 def write_into(path: str, table: str) -> None:
     """Replace the text between the table markers of `path` (or create the page with just the table)."""
-    from sgu_llm.files import write_text
-
     block = f"{BEGIN}\n{table}\n{END}"
     if os.path.exists(path):
         with open(path) as fh:
@@ -358,7 +234,8 @@ def write_into(path: str, table: str) -> None:
     write_text(path, text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
+    """`sgu-llm vision` (errors are ValueErrors; `sgu_llm.cli` prints them)."""
     ap = argparse.ArgumentParser(
         prog="sgu-llm vision", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -383,29 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forget_class", type=int, default=0, help="The class forgotten in the class setting.")
     ap.add_argument("--epochs", type=int, default=5, help="Unlearning epochs (passes over the forget set).")
     a = ap.parse_args(argv)
-    try:
-        result = run_benchmark(
-            seeds=tuple(a.seeds),
-            methods=tuple(a.methods),
-            learning_rates=tuple(a.learning_rates),
-            settings=tuple(a.settings),
-            forget_class=a.forget_class,
-            epochs=a.epochs,
-            log=lambda s: print(s, file=sys.stderr),
-        )
-    except ValueError as err:
-        print(f"sgu-llm vision: error: {err}", file=sys.stderr)
-        return 2
+    result = vision_benchmark(
+        seeds=tuple(a.seeds),
+        methods=tuple(a.methods),
+        learning_rates=tuple(a.learning_rates),
+        settings=tuple(a.settings),
+        forget_class=a.forget_class,
+        epochs=a.epochs,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     table = markdown(result)
     print(table)
     if a.output:
         write_into(a.output, table)
     if a.json:
-        from sgu_llm.files import write_json
-
         write_json(a.json, result, indent=1)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+
+from sgu_llm.evaluation.suite import score_answers, truth_ratios
+from sgu_llm.trainers.callbacks import EpochScoring
 
 STOP_METRICS = ("truth_ratio", "nll")
 STATE_FILE = "holdout_stopping.pt"  # in each checkpoint folder of a run with stop_on_holdout
@@ -55,8 +57,6 @@ def check_stop_sets(forget_set: Any, holdout_set: Any, metric: str) -> None:
 
 def row_scores(model: Any, tokenizer: Any, ds: Any, metric: str, **eval_kwargs: Any) -> np.ndarray:
     """Per-row scores of `ds` under `model` for `metric` (see the module docstring)."""
-    from sgu_llm.evaluation.suite import score_answers, truth_ratios
-
     if metric == "truth_ratio":
         return truth_ratios(model, tokenizer, ds, **eval_kwargs)
     return score_answers(model, tokenizer, ds["question"], ds["answer"], **eval_kwargs)["nll"]
@@ -85,32 +85,28 @@ def pick_checkpoint(distances: list[float]) -> int:
     return int(np.argmin(values))
 
 
-class HoldoutStoppingCallback(TrainerCallback):
+class HoldoutStoppingCallback(EpochScoring):
     """Score after every epoch, restore the epoch whose forget set looks most like the holdout set."""
 
     def __init__(self, tokenizer: Any, forget_set: Any, holdout_set: Any, metric: str, eval_kwargs: dict):
+        super().__init__()
         check_stop_sets(forget_set, holdout_set, metric)
         self.tokenizer, self.forget, self.holdout = tokenizer, forget_set, holdout_set
         self.metric, self.kw = metric, eval_kwargs
-        self.records: list[dict] = []
         self.best: int | None = None
         self._snapshot: list[torch.Tensor] | None = None
-        self._resumed = False  # scores and snapshot came from a checkpoint: the start is not scored again
         self._saved: tuple[int, str] | None = None  # (step, folder) of the last checkpoint written
 
     @staticmethod
     def _trainable(model: Any) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
 
-    @torch.no_grad()
-    def _score(self, state: Any, model: Any) -> None:
-        # Every rank scores (a sharded model needs all of them for a forward pass); results are equal.
-        was_training = model.training
+    def score(self, model: Any) -> dict:
         f = row_scores(model, self.tokenizer, self.forget, self.metric, **self.kw)
         h = row_scores(model, self.tokenizer, self.holdout, self.metric, **self.kw)
-        model.train(was_training)
-        ks = ks_distance(f, h)
-        self.records.append({"step": state.global_step, "epoch": float(state.epoch or 0.0), "ks": ks})
+        return {"ks": ks_distance(f, h)}
+
+    def scored(self, state: Any, model: Any, record: dict) -> None:
         best = pick_checkpoint([r["ks"] for r in self.records])
         if best == len(self.records) - 1:
             self.best = best
@@ -135,14 +131,10 @@ class HoldoutStoppingCallback(TrainerCallback):
             return
         saved = torch.load(path, weights_only=True)
         self.records, self.best, self._snapshot = saved["records"], saved["best"], saved["snapshot"]
-        self._resumed = True
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not self._resumed:
-            self._score(state, model)
+        self.score_start = False  # the start was scored before the checkpoint
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self._score(state, model)
+        super().on_epoch_end(args, state, control, model=model, **kwargs)
         if self._saved is not None and self._saved[0] == state.global_step:
             # A step checkpoint on the epoch's last step was written before this score: add it there.
             self.save(self._saved[1], state.global_step)

@@ -23,7 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sgu_llm.losses import IGNORE_INDEX, per_example_nll
+from sgu_llm.core.losses import IGNORE_INDEX, per_example_nll
+from sgu_llm.data.pairing import ForgetRetainCollator, ensure_pad_token, prepare_qa_dataset
+from sgu_llm.evaluation.suite import check_tokenizer_matches
+from sgu_llm.models.checks import check_causal_lm, check_fits_context
 
 
 class CausalLMTask:
@@ -34,10 +37,6 @@ class CausalLMTask:
     def prepare(self, model: Any, args: Any, forget: Any, retain: Any, processing_class: Any, answer_sets=()):
         """Tokenize both sets with the recipe's prompt format (and the forget rows' `answer_sets`: alternatives,
         "I don't know" answers); check the model and tokenizer fit them."""
-        from sgu_llm.data.pairing import ForgetRetainCollator, ensure_pad_token, prepare_qa_dataset
-        from sgu_llm.evaluation.suite import check_tokenizer_matches
-        from sgu_llm.trainers.base import check_causal_lm, check_fits_context
-
         if processing_class is None:
             raise ValueError(
                 "processing_class (the tokenizer) is required: it tokenizes the QA pairs and pads"

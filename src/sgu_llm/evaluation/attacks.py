@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sgu_llm.core.losses import per_example_nll
+from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
 from sgu_llm.evaluation import metrics as M
+from sgu_llm.evaluation.suite import generate_answers, rouge_recall, score_answers, truth_ratios
 
 
 @torch.no_grad()
@@ -46,9 +49,6 @@ def quantize_weights(model: Any, bits: int) -> Any:
 def relearn(model: Any, tokenizer: Any, rows: Any, *, steps: int, learning_rate: float, batch_size: int,
             prompt_format: str, system_prompt: str | None, seed: int = 0) -> Any:
     """A copy of `model` fine-tuned for `steps` AdamW steps on QA `rows` (answer-only NLL)."""
-    from sgu_llm.data.pairing import pad_batch, prepare_qa_dataset
-    from sgu_llm.losses import per_example_nll
-
     data = prepare_qa_dataset(rows, tokenizer, "relearning", prompt_format=prompt_format,
                               system_prompt=system_prompt).to_list()
     out = copy.deepcopy(model).train()
@@ -70,8 +70,6 @@ def relearn(model: Any, tokenizer: Any, rows: Any, *, steps: int, learning_rate:
 
 def measure(model: Any, tokenizer: Any, rows: Any, reference_ratios: np.ndarray, kw: dict[str, Any]) -> dict:
     """Probability, ROUGE-L recall and forget quality (against `reference_ratios`) on perturbed-schema `rows`."""
-    from sgu_llm.evaluation.suite import generate_answers, rouge_recall, score_answers, truth_ratios
-
     score_kw = dict(prompt_format=kw["prompt_format"], system_prompt=kw["system_prompt"],
                     batch_size=kw["batch_size"])
     was_training = model.training
@@ -132,22 +130,3 @@ def attack_report(
             entry[f"int{b}"] = measure(quantize_weights(model, b), tokenizer, test_rows, ref, kw)
         out["models"][name] = entry
     return out
-
-
-def attack_table(report: dict[str, Any]) -> list[str]:
-    """Markdown lines: one row per (model, attack), the measured half of the forget set."""
-    lines = [
-        f"Attacks, measured on {report['rows_measured']} held-out forget rows (relearning: "
-        f"{report['relearn']['steps']} AdamW steps at lr {report['relearn']['learning_rate']:g} on the other "
-        f"{report['rows_trained']} rows; int8 / int4: per-channel round-to-nearest of every linear layer). The "
-        "retain model never saw the forget set: its numbers after an attack are what \"nothing to recover\" looks like.",
-        "",
-        "| model | attack | forget prob | forget ROUGE | forget quality |",
-        "|---|---|---|---|---|",
-    ]
-    for name, entry in report["models"].items():
-        for attack, m in entry.items():
-            lines.append(
-                f"| {name} | {attack} | {m['forget_prob']:.4f} | {m['forget_rouge']:.4f} | {m['forget_quality']:.3g} |"
-            )
-    return lines

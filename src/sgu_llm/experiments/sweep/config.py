@@ -1,0 +1,131 @@
+"""A sweep's configuration (`SweepConfig`, read from YAML) and the names of its runs: points, paths, fields."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+
+@dataclass
+class SweepConfig:
+    """A sweep, as read from YAML (every key is a field here)."""
+
+    base: dict = field(metadata={"help": "Recipe fields shared by every run (data, schedule, batch size)."})
+    methods: dict = field(
+        metadata={
+            "help": "name -> recipe fields of that method (at least `method`), e.g. {sgu: {method: sgu}}."
+        }
+    )
+    learning_rates: list = field(metadata={"help": "The learning-rate grid, the same for every method."})
+    splits: dict = field(
+        metadata={"help": "forget split -> list of model seeds, e.g. {forget10: [0, 1, 2, 3, 4]}."}
+    )
+    output_dir: str = field(default="runs/sweep", metadata={"help": "One JSON per finished run (resume)."})
+    results_dir: str = field(default="docs", metadata={"help": "Where results.{md,json} and pareto.png go."})
+    best_only_splits: list = field(
+        default_factory=list, metadata={"help": "Splits that run only each method's reported learning rate."}
+    )
+    utility_floor: float = field(
+        default=0.95, metadata={"help": "Reported point: model utility at least this times the target's."}
+    )
+    model_name: str = field(default="tiny-llama", metadata={"help": "The `model` field of the result rows."})
+    tune_seeds: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Model seeds on which the methods with a `grid` search it (learning rates x grid); on the other "
+            "seeds of a split they run only the point chosen there (by the rule of the reported point)."
+        },
+    )
+    attack_splits: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Splits where each method's reported learning rate is attacked at its holdout-selected epoch "
+            "(relearning, int8 and int4 quantization; sgu_llm.evaluation.attacks), for every model seed, next to the same "
+            "attacks on that seed's retain model. The run is repeated to get its weights (runs store none)."
+        },
+    )
+
+    def __post_init__(self):
+        if not self.methods or not self.learning_rates or not self.splits:
+            raise ValueError("a sweep needs methods, learning_rates and splits")
+        for name, fields_ in self.methods.items():
+            if not isinstance(fields_, dict) or "method" not in fields_:
+                raise ValueError(f"sweep method {name!r} must be a mapping with at least a `method` key")
+            unknown = set(fields_.get("splits", [])) - set(self.splits)
+            if unknown:
+                raise ValueError(f"sweep method {name!r}: splits {sorted(unknown)} are not in splits {sorted(self.splits)}")
+            grid = fields_.get("grid", {})
+            if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+                raise ValueError(f"sweep method {name!r}: grid must map config fields to non-empty lists of values")
+        for name in ("best_only_splits", "attack_splits"):
+            unknown = set(getattr(self, name)) - set(self.splits)
+            if unknown:
+                raise ValueError(f"{name} {sorted(unknown)} are not in splits {sorted(self.splits)}")
+
+
+def load_sweep(path: str) -> SweepConfig:
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    allowed = set(SweepConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"sweep {path!r} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    return SweepConfig(**raw)
+
+
+SWEEP_KEYS = ("grid", "splits")  # keys of a sweep method that are not recipe fields
+
+
+Point = tuple  # (learning rate, setting): setting is a sorted tuple of (grid field, value) pairs
+
+
+def point_name(point: Point) -> str:
+    """`lr0.001`, or with a grid setting `lr0.001-pref_beta0.1`: the run's file name (without .json).
+
+    Example:
+        >>> point_name((0.001, (("pref_beta", 0.1),)))
+        'lr0.001-pref_beta0.1'
+    """
+    lr, setting = point
+    return f"lr{lr:g}" + "".join(f"-{k}{v:g}" for k, v in setting)
+
+
+def record_point(record: dict) -> Point:
+    return (record["learning_rate"], tuple(sorted(record.get("setting", {}).items())))
+
+
+def method_points(cfg: SweepConfig, method: str) -> list[Point]:
+    """The learning rates times the method's grid (no grid: the learning rates alone)."""
+    grid = cfg.methods[method].get("grid", {})
+    settings = [tuple(sorted(zip(grid, values))) for values in itertools.product(*grid.values())]
+    return [(float(lr), setting) for lr in cfg.learning_rates for setting in settings]
+
+
+def methods_on(cfg: SweepConfig, split: str) -> list[str]:
+    """The methods that run on `split` (a method's `splits` key limits it; default: every split)."""
+    return [m for m, f in cfg.methods.items() if split in f.get("splits", cfg.splits)]
+
+
+def is_tuned(cfg: SweepConfig, method: str) -> bool:
+    """A method with a `grid` (even an empty one) searches on `tune_seeds` and runs its choice elsewhere."""
+    return "grid" in cfg.methods[method] and bool(cfg.tune_seeds)
+
+
+def run_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Point) -> str:
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"{point_name(point)}.json")
+
+
+def attack_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Point) -> str:
+    """The attacks on one run (`method` "retain": the seed's retain model, the point ignored)."""
+    if method == "retain":
+        return os.path.join(cfg.output_dir, split, f"seed{seed}", "attacks-retain.json")
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"attacks-{point_name(point)}.json")
+
+
+def method_fields(cfg: SweepConfig, method: str, setting: tuple = ()) -> dict:
+    """The recipe fields of a method at one grid setting."""
+    fields_ = {k: v for k, v in cfg.methods[method].items() if k not in SWEEP_KEYS}
+    return {**fields_, **dict(setting)}

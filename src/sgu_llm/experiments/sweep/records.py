@@ -1,0 +1,273 @@
+"""Finished runs as data: collecting them, the spread over model seeds, the reported point of each method, and
+which (split, seed)s are complete. Pure functions of records and baselines (no model is loaded here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from sgu_llm.core.files import write_json
+from sgu_llm.core.formatting import spread
+from sgu_llm.experiments.sweep.config import (
+    Point,
+    SweepConfig,
+    is_tuned,
+    method_points,
+    methods_on,
+    record_point,
+)
+from sgu_llm.objectives import list_objectives
+from sgu_llm.trainers.stopping import pick_checkpoint
+
+SELECTIONS = ("holdout", "oracle")  # evaluated in full; "final" keeps the curve's numbers only
+
+
+SUMMARY_KEYS = (
+    "forget_quality",
+    "model_utility",
+    "forget_rouge",
+    "privleak",
+    "forget_prob",
+    "retain_prob",
+    "forget_truth_ratio",
+    "forget_tr_mean",
+    "forget_outrank",
+)
+
+
+ATTACKS = ("none", "relearn", "int8", "int4")
+
+
+ATTACK_METRICS = ("forget_prob", "forget_rouge", "forget_quality")
+
+
+DIAGNOSTICS = ("forget_truth_ratio", "forget_tr_mean", "forget_outrank")
+
+
+BASELINE_METHODS = ("gradascent", "graddiff", "npo", "simnpo")
+
+
+CONTROL_RULES = ("retain_only", "random_mask")
+
+
+SIGN_GATING_RULES = ("sign_conflict", "sago")
+
+
+def choose(curve: list[dict]) -> dict[str, int]:
+    """Checkpoint index per selection rule (ties: the earliest)."""
+
+    return {
+        "holdout": pick_checkpoint([c["holdout_ks"] for c in curve]),
+        "oracle": pick_checkpoint([-c["forget_quality"] for c in curve]),
+        "final": len(curve) - 1,
+    }
+
+
+def collect_records(cfg: SweepConfig, prefix: str = "lr") -> list[dict]:
+    """Every finished run on disk (the JSON files whose names start with `prefix`)."""
+    out = []
+    for root, dirs, files in os.walk(cfg.output_dir):
+        dirs.sort()  # the same order on every machine (float sums over seeds depend on it in the last bit)
+        for name in sorted(files):
+            if name.startswith(prefix) and name.endswith(".json"):
+                with open(os.path.join(root, name)) as fh:
+                    out.append(json.load(fh))
+    return out
+
+
+def collect_attacks(cfg: SweepConfig) -> list[dict]:
+    """Every attacked run on disk."""
+    return collect_records(cfg, prefix="attacks")
+
+
+def load_baselines(cfg: SweepConfig, split: str) -> dict[int, dict]:
+    out = {}
+    for seed in cfg.splits[split]:
+        path = os.path.join(cfg.output_dir, split, f"seed{seed}", "baselines.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                out[seed] = json.load(fh)
+    return out
+
+
+def family(fields_: dict) -> str:
+    """`baseline` (loss-based methods, the forget objectives on their own), `control`, `sign_gating` (SAGO,
+    sign_conflict) or `sgu`."""
+    if fields_.get("method") in BASELINE_METHODS or fields_.get("method") in list_objectives():
+        return "baseline"
+    rule = fields_.get("selective_function", "sgu")
+    if rule in CONTROL_RULES:
+        return "control"
+    return "sign_gating" if rule in SIGN_GATING_RULES else "sgu"
+
+
+def summarise(runs: list[dict], base: dict[int, dict], sel: str) -> dict:
+    """Spread over the model seeds of `runs` (one method, split and point) at one selection."""
+    seeds = sorted(r["seed"] for r in runs)
+    target_mu = [base[s]["target"]["aggregates"]["model_utility"] for s in seeds if s in base]
+    first = runs[0]
+    row = {
+        "method": first["method"],
+        "split": first["split"],
+        "learning_rate": first["learning_rate"],
+        "selection": sel,
+        "seeds": seeds,
+        "target_model_utility": float(np.mean(target_mu)) if target_mu else None,
+        "noise_floor_forget_quality": [
+            base[s]["noise_floor"]["aggregates"]["forget_quality"] for s in seeds if s in base
+        ],
+        "family": family(first.get("fields", {})),
+        "epoch": spread([r["selections"][sel]["epoch"] for r in runs])
+        if all(r["selections"][sel].get("epoch") is not None for r in runs)
+        else None,
+        "unlearn_seconds": spread([r["unlearn_seconds"] for r in runs]),
+    }
+    if first.get("setting"):
+        row["setting"] = first["setting"]
+    for key in SUMMARY_KEYS:
+        vals = [r["selections"][sel].get(key) for r in runs]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            for stat, v in spread(vals).items():
+                row[f"{key}_{stat}"] = v
+    row["log10_forget_quality_mean"] = float(
+        np.mean([math.log10(max(r["selections"][sel]["forget_quality"], 1e-300)) for r in runs])
+    )
+    return row
+
+
+def best_point(rows: list[dict], floor: float) -> Point:
+    """The reported point among one method's holdout rows: the best mean log10 forget quality among those with
+    mean utility >= floor x the target's; if none, the highest mean utility."""
+    ok = [r for r in rows if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]]
+    best = max(ok, key=lambda r: r["log10_forget_quality_mean"]) if ok else max(rows, key=lambda r: r["model_utility_mean"])
+    return record_point(best)
+
+
+def aggregate(
+    records: list[dict],
+    baselines: dict[str, dict[int, dict]],
+    floor: float,
+    selections: tuple = SELECTIONS,
+    tune_seeds: dict[str, list] | None = None,
+) -> list[dict]:
+    """One row per (split, method, point, selection): spread over model seeds, and `reported`.
+
+    `baselines` maps split -> model seed -> that seed's baselines.json. The reported point of a method is
+    decided on its holdout rows (`best_point`); for a method in `tune_seeds` on those seeds' runs alone (its
+    other seeds ran only that point).
+    """
+    tune_seeds = tune_seeds or {}
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["split"], r["method"], record_point(r)), []).append(r)
+    rows = []
+    for (split, _, _), runs in sorted(groups.items(), key=lambda kv: kv[0]):
+        rows += [summarise(runs, baselines.get(split, {}), sel) for sel in selections]
+    for split, method in sorted({(r["split"], r["method"]) for r in rows}):
+        if method in tune_seeds:
+            decide = [
+                summarise([r for r in runs if r["seed"] in tune_seeds[method]], baselines.get(split, {}), "holdout")
+                for (sp, m, _), runs in groups.items()
+                if sp == split and m == method and any(r["seed"] in tune_seeds[method] for r in runs)
+            ]
+        else:
+            decide = [r for r in rows if r["split"] == split and r["method"] == method and r["selection"] == "holdout"]
+        best = best_point(decide, floor)
+        for r in rows:
+            if r["split"] == split and r["method"] == method:
+                r["reported"] = record_point(r) == best
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (forget quality, model utility)."""
+    front = []
+    for i, (fq, mu) in enumerate(points):
+        dominated = any(
+            (f2 >= fq and m2 >= mu) and (f2 > fq or m2 > mu) for j, (f2, m2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def complete_seeds(cfg: SweepConfig, records: list[dict]) -> list[dict]:
+    """The records of (split, seed)s where every configured method has all its points (one point on the
+    `best_only_splits`, and for tuned methods on seeds outside `tune_seeds`), so every row of a split covers
+    the same model seeds."""
+    have: dict[tuple, set] = {}
+    for r in records:
+        have.setdefault((r["split"], r["seed"]), set()).add((r["method"], record_point(r)))
+
+    def complete(split: str, seed: int) -> bool:
+        got = have.get((split, seed), set())
+        for method in methods_on(cfg, split):
+            one = split in cfg.best_only_splits or (is_tuned(cfg, method) and seed not in cfg.tune_seeds)
+            need = 1 if one else len(method_points(cfg, method))
+            if sum(m == method for m, _ in got) < need:
+                return False
+        return True
+
+    return [r for r in records if r["method"] in cfg.methods and complete(r["split"], r["seed"])]
+
+
+def attack_rows(attacks: list[dict]) -> dict[tuple, dict]:
+    """(split, method) -> {"seeds", "learning_rate", attack -> metric -> spread over seeds}; method "retain"
+    is the retain model (what "nothing to recover" looks like)."""
+    groups: dict[tuple, list[dict]] = {}
+    for a in attacks:
+        groups.setdefault((a["split"], a["method"]), []).append(a)
+    out = {}
+    for key, runs in groups.items():
+        out[key] = {
+            "seeds": sorted(r["seed"] for r in runs),
+            "learning_rate": runs[0]["learning_rate"],
+            **({"setting": runs[0]["setting"]} if runs[0].get("setting") else {}),
+            "relearn_settings": runs[0]["relearn"],
+            "models_match": all(r.get("models_match", True) for r in runs),
+            "same_curve": all(r.get("same_curve", True) for r in runs),
+            **{
+                attack: {m: spread([r["attacks"][attack][m] for r in runs]) for m in ATTACK_METRICS}
+                for attack in ATTACKS
+            },
+        }
+    return out
+
+
+def baseline_diagnostics(base: dict[int, dict], seeds: list[int]) -> dict[str, dict[str, float]]:
+    """Target, retain and noise-floor forget diagnostics, means over `seeds` (where stored)."""
+    out = {}
+    for role in ("target", "retain", "noise_floor"):
+        aggs = [base[s][role]["aggregates"] for s in seeds if s in base and role in base[s]]
+        out[role] = {k: float(np.mean([a[k] for a in aggs])) for k in DIAGNOSTICS if aggs and all(k in a for a in aggs)}
+    return out
+
+
+def merge_rows(path: str, rows: list[dict], model: str) -> None:
+    """Write `rows` into results.json in place of that model's rows, keeping every other model's."""
+    kept = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            kept = [r for r in json.load(fh) if r.get("model") != model]
+    write_json(path, kept + rows)
+
+
+def run_record(metrics: dict, name: str, fields: dict, learning_rate: float, split: str, seed: int) -> tuple:
+    """A finished `sgu-llm run` as a sweep record (its one selection: the holdout stop) and its baselines."""
+    unlearned = metrics["unlearned"]
+    chosen = {key: unlearned.get(key) for key in SUMMARY_KEYS}
+    chosen["epoch"] = (metrics.get("stop") or {}).get("epoch")
+    record = {
+        "method": name,
+        "split": split,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "fields": fields,
+        "selections": {"holdout": chosen},
+        "unlearn_seconds": metrics["timings"]["unlearn"],
+    }
+    return record, {"target": {"aggregates": metrics["target"]}, "noise_floor": {"aggregates": metrics["noise_floor"]}}

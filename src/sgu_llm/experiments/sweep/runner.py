@@ -1,0 +1,431 @@
+"""`sgu-llm sweep SWEEP.yaml`: methods x learning rates x model seeds x splits on the embedded benchmark.
+
+Every method gets the same budget: the same learning-rate grid, epochs, data and models, and the
+same rule for its reported point. For each (split, model seed) the target, retain and noise-floor
+models are fine-tuned (cached) with that seed; the noise floor of seed s is the retain model of seed
+s + 1. Each run unlearns a copy of the target and, at the start and after every epoch, records
+
+- `holdout_ks`: the KS statistic between the forget set's and the holdout authors' truth ratios
+  under the current model (`sgu_llm.trainers.stopping`; what a user without a retain model can compute);
+- `forget_quality`: the KS p-value against the retain model (the benchmark's oracle).
+
+Two checkpoints of each run are evaluated in full (`selection`): `holdout` (the epoch with the
+smallest holdout_ks, no retain model used) and `oracle` (the epoch with the best forget quality);
+`final` (the last epoch) keeps its forget quality and holdout_ks from the curve. Each finished run is one JSON file under `output_dir`, written atomically:
+a killed sweep skips finished runs when started again. `results_dir` receives `results.json`,
+`results.md` and `pareto.png`.
+
+Reported point of a method (the same rule for all): among its learning rates whose mean model
+utility (holdout selection) is at least `utility_floor` x the target's, the one with the highest
+mean log10 forget quality; if none qualifies, the one with the highest mean model utility. The
+splits in `best_only_splits` run only that learning rate per method (chosen on the first split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sgu_llm.core.cache import weights_fingerprint
+from sgu_llm.core.files import write_json, write_text
+from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
+from sgu_llm.evaluation import evaluate_model
+from sgu_llm.evaluation.attacks import attack_report
+from sgu_llm.evaluation.metrics import forget_quality
+from sgu_llm.evaluation.suite import forget_diagnostics_of
+from sgu_llm.experiments.config import Recipe, parse_fields
+from sgu_llm.experiments.shared import eval_kwargs, make_trainer
+from sgu_llm.experiments.sweep.config import (
+    Point,
+    SweepConfig,
+    attack_path,
+    is_tuned,
+    load_sweep,
+    method_fields,
+    method_points,
+    methods_on,
+    point_name,
+    record_point,
+    run_path,
+)
+from sgu_llm.experiments.sweep.records import (
+    SELECTIONS,
+    aggregate,
+    attack_rows,
+    baseline_diagnostics,
+    choose,
+    collect_attacks,
+    collect_records,
+    complete_seeds,
+    load_baselines,
+    merge_rows,
+)
+from sgu_llm.models.benchmark import benchmark_models
+from sgu_llm.report.figures import plot_pareto
+from sgu_llm.report.tables import results_markdown
+from sgu_llm.trainers.callbacks import EpochScoring
+from sgu_llm.trainers.stopping import ks_distance, row_scores
+
+RETAIN_SPLIT = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def run_recipe(cfg: SweepConfig, split: str, seed: int, method: str, point: Point, out: str) -> Recipe:
+    """The recipe of one run: the sweep's base fields, the method's at this point, the split and the seed."""
+    lr, setting = point
+    fields_ = {**cfg.base, **method_fields(cfg, method, setting), "forget_split": split, "learning_rate": lr}
+    if split in RETAIN_SPLIT:
+        fields_["retain_split"] = RETAIN_SPLIT[split]
+    fields_.update(model_seed=seed, noise_floor_seed=seed + 1, seed=seed, output_dir=out, report_to="none")
+    return parse_fields(fields_, ["--overwrite_output_dir", "true"])
+
+
+class EpochRecorder(EpochScoring):
+    """The two stopping statistics and a CPU copy of the weights, at the start and after every epoch:
+    `holdout_ks` (KS statistic of forget vs holdout truth ratios: what a user without a retain model can
+    compute) and `forget_quality` (against the retain model: the benchmark's oracle)."""
+
+    def __init__(self, tokenizer: Any, sets: dict, reference: dict, kw: dict):
+        super().__init__()
+        self.tokenizer, self.sets, self.ref = tokenizer, sets, reference
+        self.kw = {k: v for k, v in kw.items() if k != "max_new_tokens"}  # scoring only, no generation
+        self.snapshots: list[dict] = []
+
+    def score(self, model: Any) -> dict:
+        f = row_scores(model, self.tokenizer, self.sets["forget"], "truth_ratio", **self.kw)
+        h = row_scores(model, self.tokenizer, self.sets["holdout"], "truth_ratio", **self.kw)
+        return {"holdout_ks": ks_distance(f, h), "forget_quality": forget_quality(f, self.ref["per_example"]["forget"]["truth_ratio"])}
+
+    def scored(self, state: Any, model: Any, record: dict) -> None:
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+
+    @property
+    def curve(self) -> list[dict]:
+        return self.records
+
+
+def keep_alternatives(run_dir: str, seed_dir: str) -> None:
+    """Keep the alternatives a run sampled (`<run_dir>/alternatives/<split>.jsonl`, the same for every run of a
+    seed: they come from the seed's target) beside the seed's runs: each file once."""
+    made = os.path.join(run_dir, "alternatives")
+    if not os.path.isdir(made):
+        return
+    os.makedirs(seed_dir, exist_ok=True)
+    for name in sorted(os.listdir(made)):
+        if not os.path.exists(os.path.join(seed_dir, name)):
+            with open(os.path.join(made, name)) as fh:
+                write_text(os.path.join(seed_dir, name), fh.read())
+
+
+@dataclass
+class SeedContext:
+    """What every run of one (split, model seed) shares: data, tokenizer, the three models, the evaluation sets
+    and settings, and the baselines' evaluations (`models_match`: the models are the ones the stored runs used)."""
+
+    data: dict
+    tokenizer: Any
+    models: dict
+    sets: dict
+    kw: dict
+    evals: dict
+
+
+class Sweep:
+    """Runs a `SweepConfig`, one (split, model seed) at a time; models and baselines loaded once each."""
+
+    def __init__(self, cfg: SweepConfig, log: Any = print):
+        self.cfg, self.log = cfg, log
+
+    def baselines(self, split: str, seed: int, keep: bool = False) -> SeedContext:
+        """Data, tokenizer, models, eval sets, eval kwargs and the baselines' evaluations (cached as JSON).
+
+        Models that differ from the ones the finished runs used move those runs aside (they are run again),
+        unless `keep`: then they stay, and `evals["models_match"]` is False.
+        """
+        first = next(iter(self.cfg.methods))
+        recipe = run_recipe(self.cfg, split, seed, first, (1e-3, ()), tempfile.gettempdir())
+        data = load_benchmark_data(recipe.script)
+        tokenizer, models, metas = benchmark_models(
+            data, recipe.bench, prompt_format=recipe.config.prompt_format, base=recipe.model
+        )
+        sets = eval_sets(data)
+        kw = eval_kwargs(recipe.config, recipe.evaluation)
+        evals = self.stored_baselines(split, seed, models, metas, tokenizer, sets, kw, keep)
+        return SeedContext(data, tokenizer, models, sets, kw, evals)
+
+    def stored_baselines(
+        self, split: str, seed: int, models: dict, metas: dict, tokenizer: Any, sets: dict, kw: dict, keep: bool
+    ) -> dict:
+        """The seed's baselines.json (evaluated and written when missing; diagnostics added when older)."""
+        folder = os.path.join(self.cfg.output_dir, split, f"seed{seed}")
+        path = os.path.join(folder, "baselines.json")
+        weights = {role: weights_fingerprint(m) for role, m in models.items()}
+        evals = None
+        if os.path.exists(path):
+            with open(path) as fh:
+                evals = json.load(fh)
+            stored = {role: m.get("weights") for role, m in evals.get("meta", {}).items()}
+            if set(stored.values()) == {None}:  # written before fingerprints existed: record them now
+                for role, meta in evals.get("meta", {}).items():
+                    meta["weights"] = weights.get(role)
+                write_json(path, evals)
+                stored = weights
+            evals["models_match"] = stored == weights
+            if stored != weights and keep:  # the reference for these models (not written)
+                evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw), "models_match": False}
+            elif stored != weights:
+                # Models fine-tuned again (another machine, another library version) differ in their last
+                # bits, and forget quality with them: a seed's runs must all use the same models.
+                stale = f"{folder}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(folder, stale)
+                self.log(
+                    f"[sweep] {split} seed {seed}: models differ from the finished runs'; moved them to {stale}"
+                )
+                evals = None
+        if evals is None:
+            evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
+            for name in ("target", "noise_floor"):
+                evals[name] = evaluate_model(models[name], tokenizer, sets, reference=evals["retain"], **kw)
+            evals["meta"] = {
+                k: {"train_seconds": m.get("train_seconds"), "key": m.get("key"), "weights": weights[k]}
+                for k, m in metas.items()
+            }
+            write_json(path, evals)
+            evals["models_match"] = True
+        if evals["models_match"] and self.backfill_diagnostics(evals, models, tokenizer, sets, kw):
+            write_json(path, {k: v for k, v in evals.items() if k != "models_match"})
+        return evals
+
+    @staticmethod
+    def backfill_diagnostics(evals: dict, models: dict, tokenizer: Any, sets: dict, kw: dict) -> bool:
+        """Add `forget_tr_mean` / `forget_outrank` to baselines evaluated before they existed (the rest of the
+        stored evaluation is kept as it is). Returns whether anything was added."""
+        added = False
+        for role in ("retain", "target", "noise_floor"):
+            if role in evals and "forget_outrank" not in evals[role]["aggregates"]:
+                diag = forget_diagnostics_of(models[role], tokenizer, sets["forget"], **kw)
+                evals[role]["per_example"]["forget"]["outranks"] = diag.pop("outranks")
+                evals[role]["aggregates"].update(diag)
+                added = True
+        return added
+
+    def unlearn(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> tuple:
+        """Unlearn a copy of the target with one method at one point: (model, EpochRecorder, seconds)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = run_recipe(self.cfg, split, seed, method, point, tmp)
+            recipe.config.disable_tqdm = True
+            recorder = EpochRecorder(ctx.tokenizer, ctx.sets, ctx.evals["retain"], ctx.kw)
+            trainer = make_trainer(
+                recipe.script.method, ctx.models["target"], recipe.config, ctx.data, ctx.tokenizer,
+                retain_general=recipe.script.retain_general, peft_config=recipe.model.peft_config(),
+                callbacks=[recorder],
+            )
+            start = time.perf_counter()
+            trainer.train()
+            wall = time.perf_counter() - start - recorder.seconds
+            keep_alternatives(tmp, os.path.join(self.cfg.output_dir, split, f"seed{seed}", "alternatives"))
+        return trainer.model, recorder, wall
+
+    def train_point(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> dict:
+        """One run's record: its per-epoch curve and the full evaluation of the selected epochs."""
+        model, recorder, wall = self.unlearn(split, seed, method, point, ctx)
+        tokenizer, sets, kw, evals = ctx.tokenizer, ctx.sets, ctx.kw, ctx.evals
+        picks = choose(recorder.curve)
+        evaluated: dict[int, dict] = {}
+        selections = {}
+        for rule, idx in picks.items():
+            if rule in SELECTIONS and idx not in evaluated:  # full evaluation (with generation)
+                model.load_state_dict(recorder.snapshots[idx])
+                result = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)
+                evaluated[idx] = result["aggregates"]
+            selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
+        lr, setting = point
+        record = {
+            "method": method,
+            "split": split,
+            "seed": seed,
+            "learning_rate": lr,
+            "fields": method_fields(self.cfg, method, setting),
+            "curve": recorder.curve,
+            "selections": selections,
+            "unlearn_seconds": wall,
+        }
+        if setting:
+            record["setting"] = dict(setting)
+        return record
+
+    def run_grid(self) -> list[dict]:
+        """Run everything not already on disk; returns every run's record."""
+        records = []
+        for split, seeds in self.cfg.splits.items():
+            tune = [s for s in seeds if s in self.cfg.tune_seeds]  # first: the other seeds run their choice
+            for seed in tune + [s for s in seeds if s not in tune]:
+                points = self.points_for(split, seed, records)
+                todo = [(m, p) for m in methods_on(self.cfg, split) for p in points[m]]
+                missing = [x for x in todo if not os.path.exists(run_path(self.cfg, split, seed, *x))]
+                # Loaded first: a seed whose models changed is moved aside and run again whole.
+                loaded = self.baselines(split, seed) if missing else None
+                for method, point in todo:
+                    path = run_path(self.cfg, split, seed, method, point)
+                    if os.path.exists(path):
+                        with open(path) as fh:
+                            records.append(json.load(fh))
+                        continue
+                    t = time.perf_counter()
+                    rec = self.train_point(split, seed, method, point, loaded)
+                    write_json(path, rec)
+                    records.append(rec)
+                    h = rec["selections"]["holdout"]
+                    self.log(
+                        f"[sweep] {split} seed {seed} {method} {point_name(point)}: holdout-selected epoch "
+                        f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} "
+                        f"({time.perf_counter() - t:.0f} s)"
+                    )
+        return records
+
+    def points_for(self, split: str, seed: int, records: list[dict]) -> dict[str, list[Point]]:
+        """Each method's points on this (split, seed): its whole grid, or the point chosen on the first split
+        (`best_only_splits`) or on the tune seeds (tuned methods on the other seeds)."""
+        methods = methods_on(self.cfg, split)
+        out = {m: method_points(self.cfg, m) for m in methods}
+        if split in self.cfg.best_only_splits:
+            first = next(iter(self.cfg.splits))
+            return {m: [p] for m, p in self.chosen(first, records, methods).items()}
+        tuned = [m for m in methods if is_tuned(self.cfg, m) and seed not in self.cfg.tune_seeds]
+        if tuned:
+            out.update({m: [p] for m, p in self.chosen(split, records, tuned).items()})
+        return out
+
+    def chosen(self, split: str, records: list[dict], methods: list[str]) -> dict[str, Point]:
+        """The reported point of each of `methods` on `split` from the finished runs (tuned methods: on the
+        tune seeds)."""
+        table = aggregate(records, {split: load_baselines(self.cfg, split)}, self.cfg.utility_floor,
+                          tune_seeds=self.tune_seeds_of())
+        best = {r["method"]: record_point(r) for r in table if r["split"] == split and r["reported"]}
+        missing = [m for m in methods if m not in best]
+        if missing:
+            raise ValueError(f"no finished {split} runs to pick the point of {missing} from")
+        return {m: best[m] for m in methods}
+
+    def tune_seeds_of(self) -> dict[str, list]:
+        """method -> the seeds its reported point is chosen on (tuned methods only)."""
+        return {m: list(self.cfg.tune_seeds) for m in self.cfg.methods if is_tuned(self.cfg, m)}
+
+
+    def attack(self, records: list[dict]) -> list[dict]:
+        """Attack each method's reported learning rate (holdout-selected epoch) on every seed of the
+        `attack_splits`, and each seed's retain model; one JSON per attacked run, skipped when on disk.
+
+        Runs store no weights, so each run is repeated; `same_curve` in its file says whether the repeat
+        scored every epoch as the stored run did (same models, same machine: it does).
+        """
+        out = []
+        for split in self.cfg.attack_splits:
+            methods = methods_on(self.cfg, split)
+            try:
+                reported = self.chosen(split, complete_seeds(self.cfg, records), methods)
+            except ValueError as err:
+                raise ValueError(f"attack_splits: {err}") from None
+            for seed in self.cfg.splits[split]:
+                todo = [("retain", (0.0, ()))] + [(m, reported[m]) for m in methods]
+                paths = {m: attack_path(self.cfg, split, seed, m, point) for m, point in todo}
+                loaded = None
+                for method, point in todo:
+                    if not os.path.exists(paths[method]):
+                        loaded = loaded or self.baselines(split, seed, keep=True)
+                        write_json(paths[method], self.attack_one(split, seed, method, point, loaded))
+                    with open(paths[method]) as fh:
+                        out.append(json.load(fh))
+        return out
+
+    def attack_one(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> dict:
+        """The attacks on one run, repeated to get its holdout-selected weights (`method` "retain": the seed's
+        retain model)."""
+        fields_of = method if method != "retain" else next(iter(self.cfg.methods))
+        evaluation = run_recipe(self.cfg, split, seed, fields_of, (1e-3, ()), tempfile.gettempdir()).evaluation
+        t = time.perf_counter()
+        entry = {"method": method, "split": split, "seed": seed, "learning_rate": point[0],
+                 "models_match": ctx.evals["models_match"]}
+        if point[1]:
+            entry["setting"] = dict(point[1])
+        if method == "retain":
+            model = ctx.models["retain"]
+        else:
+            model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
+            idx = choose(recorder.curve)["holdout"]
+            model.load_state_dict(recorder.snapshots[idx])
+            with open(run_path(self.cfg, split, seed, method, point)) as fh:
+                stored = json.load(fh)
+            entry["epoch"] = recorder.curve[idx]["epoch"]
+            entry["same_curve"] = stored["curve"] == recorder.curve
+        reference = ctx.evals["retain"]["per_example"]["forget"]["truth_ratio"]
+        report = attack_report(
+            {method: model}, ctx.tokenizer, ctx.sets["forget"], reference, ctx.kw,
+            relearn_steps=evaluation.attack_relearn_steps, relearn_learning_rate=evaluation.attack_relearn_learning_rate,
+            seed=seed,
+        )
+        entry["attacks"] = report["models"][method]
+        entry["relearn"] = report["relearn"]
+        self.log(
+            f"[sweep] attacks {split} seed {seed} {method}: relearn prob {entry['attacks']['none']['forget_prob']:.3f}"
+            f" -> {entry['attacks']['relearn']['forget_prob']:.3f} ({time.perf_counter() - t:.0f} s)"
+        )
+        return entry
+
+
+
+
+def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: list[dict] | None = None) -> list[dict]:
+    """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s; the attacks
+    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`)."""
+    baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
+    tuned = {m: list(cfg.tune_seeds) for m in cfg.methods if is_tuned(cfg, m)}
+    rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor, tune_seeds=tuned)
+    attacked = attack_rows(attacks or [])
+    for r in rows:
+        r["model"] = cfg.model_name
+        if r["reported"] and r["selection"] == "holdout":
+            r["baseline_diagnostics"] = baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"])
+        got = attacked.get((r["split"], r["method"]))
+        point = (got["learning_rate"], tuple(sorted(got.get("setting", {}).items()))) if got else None
+        if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
+            r["attacks"] = got
+            r["retain_attacks"] = attacked.get((r["split"], "retain"))
+    os.makedirs(cfg.results_dir, exist_ok=True)
+    merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
+    plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
+    write_text(
+        os.path.join(cfg.results_dir, "results.md"),
+        results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
+    )
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    """`sgu-llm sweep SWEEP.yaml` (errors are ValueErrors; `sgu_llm.cli` prints them)."""
+    parser = argparse.ArgumentParser(prog="sgu-llm sweep", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("config", help="sweep YAML, e.g. recipes/tiny-tofu/sweep.yaml")
+    parser.add_argument("--output_dir", help="override the sweep's output_dir")
+    parser.add_argument("--results_dir", help="override the sweep's results_dir")
+    parser.add_argument("--report_only", action="store_true", help="aggregate finished runs, train nothing")
+    args = parser.parse_args(argv)
+    cfg = load_sweep(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.results_dir:
+        cfg.results_dir = args.results_dir
+    os.environ.setdefault("SGU_LLM_QUIET", "1")
+    sweep = Sweep(cfg, log=lambda m: print(m, flush=True))
+    if args.report_only:
+        records, attacks = collect_records(cfg), collect_attacks(cfg)
+    else:
+        records = sweep.run_grid()
+        attacks = sweep.attack(records) if cfg.attack_splits else []
+    # The command that reproduces the outputs (--report_only or not: the same tables from the same runs).
+    write_results(cfg, records, f"sgu-llm sweep {args.config}", attacks)
+    print(f"[sweep] {len(records)} runs; {cfg.results_dir}/results.md")
+    return 0

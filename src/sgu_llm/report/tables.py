@@ -1,0 +1,306 @@
+"""The sweep's tables and paragraphs as markdown, computed from its rows (`docs/results.md`), and the attack
+tables of a run and of a sweep. Rendering only: the rows come from `sgu_llm.experiments.sweep`."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from sgu_llm.core.formatting import fmt
+from sgu_llm.objectives import list_objectives
+
+
+def _ratio(a: float, b: float | None) -> float | None:
+    return a / b if b else None
+
+
+def point_label(row: dict) -> str:
+    """`0.001`, or with a grid setting `0.001, pref_beta 0.1`."""
+    return f"{row['learning_rate']:g}" + "".join(f", {k} {v:g}" for k, v in sorted(row.get("setting", {}).items()))
+
+
+def objective_of(fields_: dict) -> str | None:
+    """The forget objective a method trains: its own name for the standalone objectives, `forget_loss` under SGU."""
+    if fields_.get("method") == "sgu":
+        return fields_.get("forget_loss", "nll")
+    return fields_.get("method") if fields_.get("method") in list_objectives() else None
+
+
+def goal_check(rows: list[dict], split: str, floor: float, fq_goal: float = 0.5) -> str:
+    """One paragraph, computed from the rows: is an SGU-family method at forget quality >= `fq_goal`
+    with utility >= `floor` x target (holdout selection), and is it dominated by a baseline?"""
+    hold = [r for r in rows if r["split"] == split and r["selection"] == "holdout"]
+    fam = [r for r in hold if r.get("family") == "sgu"]
+    if not fam:
+        return "No SGU-family runs yet."
+    ok = [r for r in fam if (_ratio(r["model_utility_mean"], r["target_model_utility"]) or 0) >= floor]
+    best = max(ok, key=lambda r: r["forget_quality_mean"]) if ok else None
+    base_pts = [r for r in hold if r.get("family") == "baseline"]
+    out = []
+    if best is None:
+        out.append(f"No SGU-family configuration keeps model utility >= {floor} x the target's.")
+    else:
+        met = best["forget_quality_mean"] >= fq_goal
+        dominated = [
+            b["method"]
+            for b in base_pts
+            if b["forget_quality_mean"] >= best["forget_quality_mean"]
+            and b["model_utility_mean"] >= best["model_utility_mean"]
+        ]
+        out.append(
+            f"Goal (forget quality >= {fq_goal} at model utility >= {floor} x target, holdout selection, mean "
+            f"over seeds): **{'met' if met else 'missed'}**. Best SGU-family point within the utility bound: "
+            f"`{best['method']}` lr {best['learning_rate']:g}, forget quality {fmt(best['forget_quality_mean'])} "
+            f"(median {fmt(best['forget_quality_median'])}), utility {fmt(best['model_utility_mean'])} "
+            f"({fmt(_ratio(best['model_utility_mean'], best['target_model_utility']))} x target)"
+            + (
+                ""
+                if met
+                else f", {fmt(fq_goal / max(best['forget_quality_mean'], 1e-300))}x short in forget quality"
+            )
+            + ". "
+            + (
+                f"Dominated by baseline point(s): {', '.join(sorted(set(dominated)))}."
+                if dominated
+                else "No baseline point (any learning rate) has both higher forget quality and higher utility."
+            )
+        )
+    return " ".join(out)
+
+
+def stopping_check(records: list[dict], split: str) -> str:
+    """How close the holdout stopping rule (no retain model) comes to the oracle epoch, over every run."""
+    runs = [r for r in records if r["split"] == split]
+    if not runs:
+        return ""
+    near = sum(
+        abs(r["selections"]["holdout"]["epoch"] - r["selections"]["oracle"]["epoch"]) <= 1 + 1e-9 for r in runs
+    )
+    pairs: dict[tuple, list[dict]] = {}
+    for r in runs:
+        pairs.setdefault((r["method"], r["learning_rate"]), []).append(r)
+    ratios = []
+    for group in pairs.values():
+        hold = sum(r["selections"]["holdout"]["forget_quality"] for r in group) / len(group)
+        orac = sum(r["selections"]["oracle"]["forget_quality"] for r in group) / len(group)
+        ratios.append(orac / hold if hold > 0 else float("inf"))
+    within = sum(x <= 2 for x in ratios)
+    return (
+        f"Holdout stopping rule against the oracle, {len(runs)} runs: it picked the oracle's epoch or one "
+        f"epoch away in {100 * near / len(runs):.0f} % of them; its mean forget quality is within 2x of the "
+        f"oracle's for {within} of {len(ratios)} method and learning-rate pairs "
+        f"(median ratio {float(np.median(ratios)):.2f})."
+    )
+
+
+def diagnostics_line(rows: list[dict], split: str) -> str:
+    """The baselines' forget diagnostics, from a reported row that carries them."""
+    row = next((r for r in rows if r["split"] == split and r.get("baseline_diagnostics")), None)
+    if row is None:
+        return ""
+    parts = [
+        f"{role.replace('_', ' ')} {fmt(d.get('forget_truth_ratio'))} / {fmt(d.get('forget_tr_mean'))} / "
+        f"{fmt(d.get('forget_outrank'))}"
+        for role, d in row["baseline_diagnostics"].items()
+        if d
+    ]
+    return (
+        "Forget diagnostics, truth ratio (mean min(R, 1/R)) / mean R / outrank (share of rows whose true answer "
+        f"beats all five wrong ones), means over seeds {row['seeds']}: " + "; ".join(parts) + ". A method left of "
+        "the retain model's mean R with a higher outrank still prefers the true answers (undershoot); right of it "
+        "with a lower one, the wrong ones (overshoot)."
+    )
+
+
+GATE_HEADERS = ["objective", "alone / gate", "point", "FQ mean (median; min–max)", "MU (x target)", "truth ratio",
+                "mean R", "outrank", "relearn rise"]
+
+
+def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
+    """"Does the gate help?": each objective X that runs on its own next to SGU's rules over X (reported
+    holdout rows), with the diagnostics and the relearning rise."""
+    reported = {r["method"]: r for r in rows if r["reported"] and r["selection"] == "holdout"}
+    by_objective: dict[str, list[tuple[str, dict]]] = {}
+    for name, fields_ in cfg.methods.items():
+        x = objective_of(fields_)
+        if x and name in reported:
+            gate = "alone" if fields_["method"] != "sgu" else fields_.get("selective_function", "sgu")
+            by_objective.setdefault(x, []).append((gate, reported[name]))
+    pairs = {x: v for x, v in by_objective.items() if any(g == "alone" for g, _ in v) and len(v) > 1}
+    if not pairs:
+        return []
+    lines = [
+        "### Does the gate help? Each objective alone (plus the retain NLL) against SGU's rules over it",
+        "",
+        "Reported point of each (holdout-selected epoch; the same rule and grid for all); relearn rise: forget "
+        "probability gained by ten relearning steps (mean over seeds).",
+        "",
+        "| " + " | ".join(GATE_HEADERS) + " |",
+        "|" + "---|" * len(GATE_HEADERS),
+    ]
+    for x, entries in sorted(pairs.items()):
+        for gate, r in sorted(entries, key=lambda e: e[0] != "alone"):
+            rise = None
+            if r.get("attacks"):
+                rise = r["attacks"]["relearn"]["forget_prob"]["mean"] - r["attacks"]["none"]["forget_prob"]["mean"]
+            lines.append(
+                f"| {x} | {gate} | {point_label(r)} | {fmt(r['forget_quality_mean'])} "
+                f"({fmt(r['forget_quality_median'])}; {fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])}) | "
+                f"{fmt(r['model_utility_mean'])} ({fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | "
+                f"{fmt(r.get('forget_truth_ratio_mean'))} | {fmt(r.get('forget_tr_mean_mean'))} | "
+                f"{fmt(r.get('forget_outrank_mean'))} | {fmt(rise)} |"
+            )
+    return lines + [""]
+
+
+ATTACK_HEADERS = ["model", "prob: none", "prob: relearn", "prob: int8", "prob: int4", "FQ: none", "FQ: relearn",
+                  "FQ: int4"]
+
+
+def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
+    """Table cells (ATTACK_HEADERS) of attacked sweep rows and the retain model, mean (min–max) over seeds,
+    ordered by the forget probability relearning brings back (least first)."""
+
+    def cell(a: dict, attack: str, metric: str) -> str:
+        x = a[attack][metric]
+        return f"{fmt(x['mean'])} ({fmt(x['min'])}–{fmt(x['max'])})"
+
+    entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g})", r["attacks"]) for r in rows),
+                     key=lambda e: e[1]["relearn"]["forget_prob"]["mean"])
+    if retain:
+        entries.append(("retain model", retain))
+    return [
+        [name, cell(a, "none", "forget_prob"), cell(a, "relearn", "forget_prob"), cell(a, "int8", "forget_prob"),
+         cell(a, "int4", "forget_prob"), cell(a, "none", "forget_quality"), cell(a, "relearn", "forget_quality"),
+         cell(a, "int4", "forget_quality")]
+        for name, a in entries
+    ]
+
+
+def attack_caption(attacks: dict) -> str:
+    """What the attack table of `attacks` (an `attack_rows` entry) measured."""
+    r = attacks["relearn_settings"]
+    return (
+        "Each method at its reported learning rate and holdout-selected epoch, and the retain model (which never "
+        "saw the forget set: its numbers are what \"nothing to recover\" looks like). Relearning: "
+        f"{r['steps']} AdamW steps (lr {r['learning_rate']:g}, batch {r['batch_size']}) on the even forget rows; "
+        "int8 / int4: per-channel round-to-nearest of every linear layer; every number on the odd forget rows. "
+        "Forget probability (prob) and forget quality (FQ): mean (min–max) over model seeds."
+    )
+
+
+def attack_markdown(rows: list[dict]) -> list[str]:
+    """The attacks table of one split's attacked rows (`write_results`)."""
+    if not rows:
+        return []
+    lines = [f"### Attacks ({len(rows[0]['attacks']['seeds'])} model seeds)", "", attack_caption(rows[0]["attacks"]), ""]
+    lines += ["| " + " | ".join(ATTACK_HEADERS) + " |", "|" + "---|" * len(ATTACK_HEADERS)]
+    lines += ["| " + " | ".join(c) + " |" for c in attack_cells(rows, rows[0].get("retain_attacks"))]
+    notes = []
+    if not all(r["attacks"]["models_match"] for r in rows):
+        notes.append("the models fine-tuned for the attacks differ from the ones the sweep's runs used (another "
+                     "machine or library version), so the attacked runs are not the tabled runs")
+    elif not all(r["attacks"]["same_curve"] for r in rows):
+        notes.append("some repeated runs did not score every epoch as the stored run did")
+    lines += [""] + ([f"Note: {'; '.join(notes)}.", ""] if notes else [])
+    return lines
+
+
+def results_markdown(
+    cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None
+) -> str:
+    lines = [
+        "# Results: methods side by side on the embedded benchmark",
+        "",
+        f"Reproduce (fresh cache): `{command}`. Model `{cfg.model_name}`; learning rates "
+        f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method; spread over model seeds "
+        "(target, retain and noise-floor models trained with each seed). `holdout`: the epoch the "
+        "holdout-KS stopping rule picks (no retain model); `oracle`: the epoch with the best forget quality "
+        "(uses the retain model); the learning rate of each method is chosen by the same rule for all "
+        f"(holdout selection, model utility >= {cfg.utility_floor} x target, then best mean log10 forget quality).",
+        "",
+    ]
+    for split, seeds in cfg.splits.items():
+        base = baselines.get(split, {})
+        done = sorted({s for r in rows if r["split"] == split for s in r["seeds"]})
+        lines += [f"## {split} (model seeds finished: {len(done)} of {len(seeds)})", ""]
+        lines += [
+            "| seed | target FQ | target MU | noise floor FQ | noise floor MU |",
+            "|---|---|---|---|---|",
+        ]
+        for s in sorted(base):
+            t, n = base[s]["target"]["aggregates"], base[s]["noise_floor"]["aggregates"]
+            lines.append(
+                f"| {s} | {fmt(t['forget_quality'])} | {fmt(t['model_utility'])} | "
+                f"{fmt(n['forget_quality'])} | {fmt(n['model_utility'])} |"
+            )
+        lines += [
+            "",
+            "| method | selection | point | FQ mean | FQ median | FQ min–max | MU mean | MU min–max | MU / target | "
+            "forget ROUGE | privleak | truth ratio | mean R | outrank | epoch (median) | unlearn s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for sel in ("holdout", "oracle"):
+            for r in sorted(
+                (r for r in rows if r["split"] == split and r["reported"] and r["selection"] == sel),
+                key=lambda r: -r["forget_quality_mean"],
+            ):
+                lines.append(
+                    f"| `{r['method']}` | {sel} | {point_label(r)} | {fmt(r['forget_quality_mean'])} | "
+                    f"{fmt(r['forget_quality_median'])} | {fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])} | "
+                    f"{fmt(r['model_utility_mean'])} | {fmt(r['model_utility_min'])}–{fmt(r['model_utility_max'])} | "
+                    f"{fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))} | {fmt(r.get('forget_rouge_mean'))} | "
+                    f"{fmt(r.get('privleak_mean'))} | {fmt(r.get('forget_truth_ratio_mean'))} | "
+                    f"{fmt(r.get('forget_tr_mean_mean'))} | {fmt(r.get('forget_outrank_mean'))} | "
+                    f"{r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
+                )
+        lines += ["", diagnostics_line(rows, split), "", goal_check(rows, split, cfg.utility_floor), ""]
+        lines += gate_markdown(cfg, [r for r in rows if r["split"] == split])
+        if records:
+            lines += [stopping_check(records, split), ""]
+        lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
+    lines += ["![forget quality against model utility](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def sweep_attack_rows(path: str, model: str, split: str) -> dict | None:
+    """The attacked rows of a sweep's results.json for one model and split (`sgu-llm run --sweep_results`)."""
+    if not path:
+        return None
+    if not os.path.exists(path):
+        return {"source": path, "rows": [], "retain": None, "note": f"{path} does not exist (run the sweep first)"}
+    with open(path) as fh:
+        rows = [r for r in json.load(fh) if r.get("model") == model and r["split"] == split and r.get("attacks")]
+    keep = ("method", "learning_rate", "family", "attacks", "forget_quality_mean", "model_utility_mean")
+    return {
+        "source": path,
+        "rows": [{k: r.get(k) for k in keep} for r in rows],
+        "retain": rows[0].get("retain_attacks") if rows else None,
+        "note": None if rows else f"{path} has no attacked rows for model {model!r} and split {split!r}",
+    }
+
+
+RUN_ATTACK_HEADERS = ["model", "attack", "forget prob", "forget ROUGE", "forget quality"]
+
+
+def run_attack_caption(report: dict[str, Any]) -> str:
+    """What `sgu_llm.evaluation.attacks.attack_report` measured, in one paragraph."""
+    r = report["relearn"]
+    return (
+        f"Attacks, measured on {report['rows_measured']} held-out forget rows (relearning: {r['steps']} AdamW steps "
+        f"at lr {r['learning_rate']:g} on the other {report['rows_trained']} rows; int8 / int4: per-channel "
+        "round-to-nearest of every linear layer). The retain model never saw the forget set: its numbers after an "
+        "attack are what \"nothing to recover\" looks like."
+    )
+
+
+def run_attack_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per (model, attack) of an attack report (`RUN_ATTACK_HEADERS`)."""
+    return [
+        [name, attack, f"{m['forget_prob']:.4f}", f"{m['forget_rouge']:.4f}", f"{m['forget_quality']:.3g}"]
+        for name, entry in report["models"].items()
+        for attack, m in entry.items()
+    ]
