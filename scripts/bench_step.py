@@ -133,6 +133,9 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, default=2, help="rounds over all variants (interleaved); medians are reported"
     )
+    parser.add_argument(
+        "--modes", nargs="*", choices=("full", "lora"), default=["full", "lora"], help="full parameters and/or LoRA"
+    )
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,7 +149,7 @@ def main() -> int:
     memory = "max_memory_allocated" if device == "cuda" else "peak RSS"
     print(f"device={name} torch={torch.__version__} memory={memory} steps={args.steps} batch={args.batch}")
     ratio = float("nan")
-    for lora in (False, True):
+    for lora in [mode == "lora" for mode in args.modes]:
         rounds: dict[str, list[dict]] = {v: [] for v in args.variants}
         for _ in range(args.repeats):  # interleaved, so slow drift on a shared machine hits every variant
             for variant in args.variants:

@@ -1,9 +1,9 @@
 """The README's results table, printed from docs/results.json (the sweep's reported rows).
 
-    python scripts/readme_table.py [--split forget10] [--model tiny-llama]
+    python scripts/readme_table.py [--split forget10] [--model tiny-llama] [--rows 12]
 
-Rows: each method's reported point (holdout selection, the learning rate the sweep's shared rule chose),
-best mean forget quality first.
+Rows: each method's reported point (holdout selection, the point the sweep's shared rule chose), best mean
+forget quality first, the first `--rows` of them; docs/results.md has every row.
 """
 
 from __future__ import annotations
@@ -15,8 +15,19 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def g(x: float) -> str:
+def g(x: float | None) -> str:
+    if x is None:
+        return "–"
     return f"{x:.2g}" if abs(x) < 0.01 else f"{x:.3g}"
+
+
+def point(r: dict) -> str:
+    return f"{r['learning_rate']:g}" + "".join(f", {k} {v:g}" for k, v in sorted(r.get("setting", {}).items()))
+
+
+def rise(r: dict) -> str:
+    a = r.get("attacks")
+    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) if a else "–"
 
 
 def main() -> None:
@@ -24,6 +35,7 @@ def main() -> None:
     ap.add_argument("--results", default=os.path.join(ROOT, "docs", "results.json"))
     ap.add_argument("--split", default="forget10")
     ap.add_argument("--model", default="tiny-llama")
+    ap.add_argument("--rows", type=int, default=12)
     a = ap.parse_args()
     with open(a.results) as fh:
         rows = json.load(fh)
@@ -37,22 +49,25 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no reported rows for {a.split} / {a.model} in {a.results}")
     seeds = rows[0]["seeds"]
+    base = next((r["baseline_diagnostics"] for r in rows if r.get("baseline_diagnostics")), {})
+    retain = base.get("retain", {})
     print(
         f"{a.split}, {len(seeds)} model seeds; target utility {rows[0]['target_model_utility']:.3f} (mean); noise floors "
         + ", ".join(g(x) for x in rows[0]["noise_floor_forget_quality"])
-        + ":\n"
+        + f"; retain model: mean R {g(retain.get('forget_tr_mean'))}, outrank {g(retain.get('forget_outrank'))}"
+        + f"; the first {min(a.rows, len(rows))} of {len(rows)} methods:\n"
     )
-    print("| method | family | lr | forget quality: mean (median; min–max) | model utility (x target) | forget ROUGE | privleak |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("| method | family | point | forget quality: mean (median; min–max) | utility (x target) | mean R | outrank | relearn rise |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows[: a.rows]:
         fq = (
             f"{g(r['forget_quality_mean'])} ({g(r['forget_quality_median'])}; "
             f"{g(r['forget_quality_min'])}–{g(r['forget_quality_max'])})"
         )
         mu = f"{r['model_utility_mean']:.3f} ({r['model_utility_mean'] / r['target_model_utility']:.2f})"
         print(
-            f"| `{r['method']}` | {r['family']} | {r['learning_rate']:g} | {fq} | {mu} | "
-            f"{r['forget_rouge_mean']:.3f} | {r['privleak_mean']:.1f} |"
+            f"| `{r['method']}` | {r['family']} | {point(r)} | {fq} | {mu} | {g(r.get('forget_tr_mean_mean'))} | "
+            f"{g(r.get('forget_outrank_mean'))} | {rise(r)} |"
         )
 
 

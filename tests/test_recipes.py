@@ -32,7 +32,7 @@ def test_recipe_parses(path, tmp_path):
     script, model, bench, evaluation, probe, config = parse_args(argv)
     assert isinstance(config, get_method(script.method)[0])
     for key, value in cfg.items():
-        got = next(getattr(obj, key) for obj in (script, model, bench, probe, config) if hasattr(obj, key))
+        got = next(getattr(obj, key) for obj in (script, model, bench, evaluation, probe, config) if hasattr(obj, key))
         if key == "report_to":
             assert got == [] or got == value or got == [value]
         else:

@@ -11,9 +11,10 @@ from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml")
-# The recipe's data with 40 authors instead of 100 (forget10: 40 rows): the same code path, fine-tuned in a third
-# of the time.
-SMALL = ("--synthetic_num_authors", "40")
+# The recipe's data with 40 authors instead of 100 (forget10: 40 rows; the package ships its models), at a
+# batch of 20 that divides the forget set, so a two-process run at batch 10 per process sees the same batches.
+DATA = ("--synthetic_num_authors", "40")  # the data every command of these tests reads
+SMALL = (*DATA, "--per_device_train_batch_size", "20")  # a run: the data and the unlearning's batch
 
 
 def sgu_llm_cli(env, *args, timeout=600):
@@ -121,7 +122,7 @@ def test_eval_command_reproduces_the_run(run_dir, tmp_path):
         str(out / "unlearned"),
         "--reference",
         str(out / "eval" / "retain.json"),
-        *SMALL,
+        *DATA,
         "--output",
         str(target),
     )
@@ -175,6 +176,10 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
         "--num_train_epochs",
         "1",
         "--eval_each_epoch",
+        "false",
+        "--probe",
+        "false",
+        "--attacks",
         "false",
     )
     m = json.loads((out / "metrics.json").read_text())
@@ -242,7 +247,7 @@ def test_attack_command_on_the_saved_models(run_dir, tmp_path):
     out, env, _ = run_dir
     target = tmp_path / "attacks.json"
     proc = sgu_llm_cli(
-        env, "attack", str(out / "unlearned"), "--retain_model", cached_model(env, "retain"), *SMALL,
+        env, "attack", str(out / "unlearned"), "--retain_model", cached_model(env, "retain"), *DATA,
         "--output", str(target), "--relearn_steps", "3",
     )
     report = json.loads(target.read_text())
@@ -260,9 +265,8 @@ def test_two_process_run_finishes_saves_once_and_matches_one_process(run_dir, tm
     with repeated rows): it finishes, writes one model and one set of outputs, and its numbers are the
     one-process run's as far as SGU promises across process counts (the same action on all but a few
     coordinates; tests/test_distributed.py): per-example forget probabilities within 0.01."""
-    _, env, _ = run_dir
-    one, two = tmp_path / "one", tmp_path / "ddp"
-    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(one), "--per_device_train_batch_size", "20")
+    one, env, _ = run_dir  # the one-process run at global batch 20
+    two = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC, "--main_process_port"]
     cmd += ["29731", "-m", "sgu_llm.cli", "run", RECIPE, *SMALL, "--output_dir", str(two)]
     cmd += ["--per_device_train_batch_size", "10"]

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from sgu_llm.core.files import atomic_dir
+from sgu_llm.core.files import atomic_dir, locked
 
 
 def default_cache_dir() -> str:
@@ -40,18 +40,25 @@ def weights_fingerprint(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def lock_file(cache_dir: str, kind: str, name: str) -> str:
+    """Where the lock of the entry `cache_dir/kind/name` lives (`sgu_llm.core.files.locked`)."""
+    return os.path.join(cache_dir, "locks", f"{kind}-{name}.lock")
+
+
 def cached_json(cache_dir: str, kind: str, material: dict, compute: Any, filename: str = "result.json") -> Any:
     """`compute()`'s JSON result, cached under `cache_dir/kind/<hash of material>` (atomic write)."""
-    folder = os.path.join(cache_dir, kind, fingerprint(material)[:16])
+    key = fingerprint(material)[:16]
+    folder = os.path.join(cache_dir, kind, key)
     path = os.path.join(folder, filename)
-    if os.path.exists(path):
-        with open(path) as fh:
-            return json.load(fh)
-    result = compute()
+    with locked(lock_file(cache_dir, kind, key)):  # a second process computing the same entry waits, then reads it
+        if os.path.exists(path):
+            with open(path) as fh:
+                return json.load(fh)
+        result = compute()
 
-    def save(tmp: str) -> None:
-        with open(os.path.join(tmp, filename), "w") as fh:
-            json.dump(result, fh)
+        def save(tmp: str) -> None:
+            with open(os.path.join(tmp, filename), "w") as fh:
+                json.dump(result, fh)
 
-    atomic_dir(folder, save)
+        atomic_dir(folder, save)
     return json.loads(json.dumps(result))  # the same floats a cached run reads back

@@ -1,14 +1,19 @@
 """Atomic writes: a file or folder appears whole or not at all, so a crash never leaves half an output.
 
-Every JSON, report, model card and cache entry a run writes goes through here.
+Every JSON, report, model card and cache entry a run writes goes through here, and `locked` keeps two
+processes (two trials of a sweep on one machine or on a shared filesystem) from building the same cache entry
+at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -58,3 +63,26 @@ def atomic_dir(target: str, save: Any) -> None:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def locked(lock_file: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if missing) for the duration of the block.
+
+    The second process to ask waits until the first has finished, so a cache entry is built once and the
+    waiter reads it. `flock` locks are released when the holder dies, so a killed process never leaves an
+    entry locked. Lock files live apart from what they guard (`cache_dir/locks/`), so listing a cache folder
+    shows entries only.
+
+    Example:
+        >>> import tempfile, os
+        >>> with locked(os.path.join(tempfile.mkdtemp(), "locks", "entry")):
+        ...     pass
+    """
+    os.makedirs(os.path.dirname(lock_file) or ".", exist_ok=True)
+    with open(lock_file, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -29,19 +29,18 @@ from sgu_llm.report.tables import RUN_ATTACK_HEADERS, run_attack_caption, run_at
 
 
 def finetune_main(argv: list[str]) -> int:
-    """Fine-tune (or find cached) the benchmark's target, retain and noise-floor models for a recipe. With
-    `--use_shipped false` (what `sgu-llm finetune` is for) the shipped models are not used: each is trained (or
-    read from the cache) and compared with the shipped one of the same key."""
+    """Fine-tune the benchmark's target, retain and noise-floor models for a recipe, here, into the cache (runs
+    then use them), and say whether each rebuild matches the weights the package ships for the same key."""
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0], *argv[1:]]
     recipe = parse_args(argv)
     data = load_benchmark_data(recipe.script)
-    _, _, metas = benchmark_models(data, recipe.bench, prompt_format=recipe.config.prompt_format, base=recipe.model)
+    _, _, metas = benchmark_models(
+        data, recipe.bench, prompt_format=recipe.config.prompt_format, base=recipe.model, rebuild=True
+    )
     for role, meta in metas.items():
         shipped = shipped_weights(meta["material"]["role"], meta["key"])
-        if meta.get("shipped"):
-            source = "the shipped model (weights checked)"
-        elif shipped is None:
+        if shipped is None:
             source = "none shipped for this key"
         else:
             source = f"{'matches' if meta.get('weights') == shipped else 'differs from'} the shipped weights {shipped}"

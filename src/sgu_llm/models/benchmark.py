@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
-from sgu_llm.core.cache import default_cache_dir, fingerprint, weights_fingerprint
-from sgu_llm.core.files import atomic_dir
+from sgu_llm.core.cache import default_cache_dir, fingerprint, lock_file, weights_fingerprint
+from sgu_llm.core.files import atomic_dir, locked
 from sgu_llm.data.benchmark import training_sets
 from sgu_llm.data.pairing import prepare_qa_dataset
 from sgu_llm.data.prompts import build_prompt
@@ -135,14 +135,15 @@ def cached_tokenizer(texts: list[str], vocab_size: int, cache_dir: str) -> Any:
     """Train (or load) a BPE tokenizer on `texts`."""
     key = fingerprint({"format": CACHE_FORMAT, "texts": texts, "vocab_size": vocab_size})
     path = os.path.join(cache_dir, "tokenizers", key[:16])
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        if _multi_process():
-            raise ValueError(
-                "the benchmark's tokenizer is not cached yet and this is a multi-process launch: run "
-                "`sgu-llm finetune RECIPE.yaml` once in a single process first"
-            )
-        tok = train_tokenizer(texts, vocab_size)
-        atomic_dir(path, tok.save_pretrained)
+    with locked(lock_file(cache_dir, "tokenizers", key[:16])):
+        if not os.path.exists(os.path.join(path, "tokenizer.json")):
+            if _multi_process():
+                raise ValueError(
+                    "the benchmark's tokenizer is not cached yet and this is a multi-process launch: run "
+                    "`sgu-llm finetune RECIPE.yaml` once in a single process first"
+                )
+            tok = train_tokenizer(texts, vocab_size)
+            atomic_dir(path, tok.save_pretrained)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
@@ -252,7 +253,7 @@ def read_shipped(key: str, material: dict, role: str) -> tuple[Any, dict] | None
         )
         return None
     logger.info("using the shipped %s model %s", role, path)
-    return model, {**meta, "shipped": True}
+    return model, meta
 
 
 def train_entry(
@@ -300,9 +301,10 @@ def cached_finetuned_model(
     seed: int,
     prompt_format: str = "phi",
     base: Any = None,
+    rebuild: bool = False,
 ) -> tuple[Any, dict]:
     """A model fine-tuned on `train_set`: from the cache, the shipped models or trained here (module docstring).
-    Returns (model, metadata with the cache key).
+    Returns (model, metadata with the cache key). `rebuild`: train it here whatever the cache holds, and cache it.
 
     The model is a tiny Llama built from config, or with `base` (ModelArguments of a pretrained model)
     that model, fine-tuned as `args.finetune_train_layers` and `args.finetune_lora_r` say.
@@ -315,7 +317,21 @@ def cached_finetuned_model(
     material = model_material(role, train_set, tokenizer, args, seed, prompt_format, base, config)
     key = fingerprint(material)
     path = os.path.join(args.cache_dir, "models", f"{role}-{key[:16]}")
-    found = read_entry(path, material, role) or (read_shipped(key, material, role) if args.use_shipped else None)
+    # Two processes (sweep trials) asking for one model: the second waits, then reads what the first wrote.
+    with locked(lock_file(args.cache_dir, "models", f"{role}-{key[:16]}")):
+        return _cached_or_trained(model, role, path, key, material, train_set, tokenizer, args, seed, prompt_format, base, rebuild)
+
+
+def _cached_or_trained(
+    model: Any, role: str, path: str, key: str, material: dict, train_set: Any, tokenizer: Any,
+    args: BenchmarkArguments, seed: int, prompt_format: str, base: Any, rebuild: bool,
+) -> tuple[Any, dict]:
+    """`cached_finetuned_model` under its lock: the cache entry, the shipped model, or trained here."""
+    found = None if rebuild else read_entry(path, material, role)
+    if found is None and args.use_shipped and not rebuild:
+        found = read_shipped(key, material, role)
+        if found is not None:  # into the cache too: every model of a run is then where the cache says
+            write_entry(path, found[0], tokenizer, found[1])
     if found is not None:
         return found[0], {**found[1], "key": key}
     if _multi_process():  # every process would train (and write) the same entry at once
@@ -387,11 +403,14 @@ def benchmark_models(
     roles: tuple[str, ...] = ("target", "retain", "noise_floor"),
     prompt_format: str = "phi",
     base: Any = None,
+    rebuild: bool = False,
 ) -> tuple[Any, dict[str, Any], dict[str, dict]]:
     """The tokenizer and the fine-tuned (cached) models for `roles`, trained one after the other.
 
     `base` (ModelArguments) names the model to fine-tune; it is used when it is a pretrained model and
     `args.finetune_base` is set, and otherwise each model is a tiny Llama trained from scratch.
+
+    `rebuild`: train every model here (and cache it) even when the cache or the shipped models hold it.
 
     Models are keyed by what they train on, not by role: the noise floor of model seed s (a retain
     model with `noise_floor_seed`) is the retain model of seed s + 1 when `noise_floor_seed = s + 1`,
@@ -410,6 +429,6 @@ def benchmark_models(
     for role in roles:
         train_key, seed = plan[role]
         models[role], metas[role] = cached_finetuned_model(
-            train_key, sets[train_key], tokenizer, args, seed, prompt_format, base
+            train_key, sets[train_key], tokenizer, args, seed, prompt_format, base, rebuild
         )
     return tokenizer, models, metas

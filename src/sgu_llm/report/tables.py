@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from sgu_llm.core.formatting import fmt
-from sgu_llm.objectives import list_objectives
+from sgu_llm.trainers.objective import STANDALONE_CONFIGS
 
 
 def _ratio(a: float, b: float | None) -> float | None:
@@ -23,16 +23,24 @@ def point_label(row: dict) -> str:
 
 
 def objective_of(fields_: dict) -> str | None:
-    """The forget objective a method trains: its own name for the standalone objectives, `forget_loss` under SGU."""
-    if fields_.get("method") == "sgu":
-        return fields_.get("forget_loss", "nll")
-    return fields_.get("method") if fields_.get("method") in list_objectives() else None
+    """The forget objective a method trains, for the objectives that also run on their own (`method: altpo`,
+    ...): the method's name, or `forget_loss` under SGU. None for the rest (NLL / NPO under SGU, the baselines)."""
+    name = fields_.get("forget_loss", "nll") if fields_.get("method") == "sgu" else fields_.get("method")
+    return name if name in STANDALONE_CONFIGS else None
+
+
+def full_rows(rows: list[dict], split: str) -> list[dict]:
+    """The holdout rows of `split` that cover every model seed its rows do (a tuned method's other grid points
+    ran on the tune seeds only)."""
+    hold = [r for r in rows if r["split"] == split and r["selection"] == "holdout"]
+    most = max((len(r["seeds"]) for r in hold), default=0)
+    return [r for r in hold if len(r["seeds"]) == most]
 
 
 def goal_check(rows: list[dict], split: str, floor: float, fq_goal: float = 0.5) -> str:
     """One paragraph, computed from the rows: is an SGU-family method at forget quality >= `fq_goal`
     with utility >= `floor` x target (holdout selection), and is it dominated by a baseline?"""
-    hold = [r for r in rows if r["split"] == split and r["selection"] == "holdout"]
+    hold = full_rows(rows, split)
     fam = [r for r in hold if r.get("family") == "sgu"]
     if not fam:
         return "No SGU-family runs yet."

@@ -23,7 +23,10 @@ class SweepConfig:
     splits: dict = field(
         metadata={"help": "forget split -> list of model seeds, e.g. {forget10: [0, 1, 2, 3, 4]}."}
     )
-    output_dir: str = field(default="runs/sweep", metadata={"help": "One JSON per finished run (resume)."})
+    output_dir: str = field(
+        default="runs/sweep",
+        metadata={"help": "One JSON per finished run (resume), written by the driver whichever backend ran it."},
+    )
     results_dir: str = field(default="docs", metadata={"help": "Where results.{md,json} and pareto.png go."})
     best_only_splits: list = field(
         default_factory=list, metadata={"help": "Splits that run only each method's reported learning rate."}
@@ -47,8 +50,45 @@ class SweepConfig:
             "attacks on that seed's retain model. The run is repeated to get its weights (runs store none)."
         },
     )
+    trial_cpus: float = field(
+        default=1,
+        metadata={"help": "CPU cores each trial asks Ray for (--backend ray; Ray sets the trial's OMP_NUM_THREADS to it)."},
+    )
+    trial_gpus: float = field(
+        default=0,
+        metadata={
+            "help": "GPUs each trial asks Ray for (--backend ray): 1 runs one trial per GPU, 0.5 two trials on each GPU, "
+            "8 one trial over 8 GPUs (with trial_processes: 8)."
+        },
+    )
+    trial_processes: int = field(
+        default=1,
+        metadata={
+            "help": "Above 1: each unlearning run is an `accelerate launch --num_processes N` job (data-parallel over the "
+            "devices the trial was given); the fine-tunings, baselines and attacks stay single-process."
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "accelerate config file for trial_processes > 1, e.g. recipes/accelerate/ddp.yaml."},
+    )
+    max_retries: int = field(
+        default=2,
+        metadata={
+            "help": "How many times a trial whose worker died (killed, out of memory, node lost) is run again "
+            "(--backend ray). A trial that raises fails the sweep at once."
+        },
+    )
 
     def __post_init__(self):
+        if self.trial_cpus < 0 or self.trial_gpus < 0 or (self.trial_cpus == 0 and self.trial_gpus == 0):
+            raise ValueError(
+                f"trial_cpus ({self.trial_cpus}) and trial_gpus ({self.trial_gpus}) must be >= 0 and not both 0"
+            )
+        if self.trial_processes < 1 or self.max_retries < 0:
+            raise ValueError(
+                f"trial_processes must be >= 1 (got {self.trial_processes}) and max_retries >= 0 (got {self.max_retries})"
+            )
         if not self.methods or not self.learning_rates or not self.splits:
             raise ValueError("a sweep needs methods, learning_rates and splits")
         for name, fields_ in self.methods.items():
