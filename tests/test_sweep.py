@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from sgu_llm.experiments.sweep import (
     pareto_front,
     write_results,
 )
+from sgu_llm.experiments.sweep.backends import make_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,3 +201,12 @@ def test_sweep_yaml_parses_and_names_known_methods(tmp_path):
     bad.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
     with pytest.raises(ValueError, match="unknown keys"):
         load_sweep(str(bad))
+
+
+def test_ray_backend_without_ray_names_the_extra(monkeypatch):
+    """`--backend ray` without Ray installed: a ValueError with the install line (the CLI exits 2 with it)."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'sgu-llm\[ray\]'"):
+        make_backend("ray")
+    with pytest.raises(ValueError, match="--ray_address is for --backend ray"):
+        make_backend("local", address="head:6379")

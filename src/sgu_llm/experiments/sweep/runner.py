@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sgu_llm.core.cache import weights_fingerprint
@@ -40,6 +40,7 @@ from sgu_llm.evaluation.metrics import forget_quality
 from sgu_llm.evaluation.suite import forget_diagnostics_of
 from sgu_llm.experiments.config import Recipe, parse_fields
 from sgu_llm.experiments.shared import eval_kwargs, make_trainer
+from sgu_llm.experiments.sweep.backends import LocalBackend, Progress, Trial, make_backend
 from sgu_llm.experiments.sweep.config import (
     Point,
     SweepConfig,
@@ -132,73 +133,125 @@ class SeedContext:
     sets: dict
     kw: dict
     evals: dict
+    metas: dict = field(default_factory=dict)
 
 
 class Sweep:
-    """Runs a `SweepConfig`, one (split, model seed) at a time; models and baselines loaded once each."""
+    """Runs a `SweepConfig` stage by stage on a backend (`sgu_llm.experiments.sweep.backends`): the trials of a
+    stage run in any order (in this process, or as Ray tasks); this object, the driver, writes every file.
 
-    def __init__(self, cfg: SweepConfig, log: Any = print):
+    `execute(trial)` is what a worker runs; it reads nothing the driver writes (the seed's baselines and the
+    stored curves come with the trial) and keeps the last seed it loaded, so the trials of one seed load its
+    data and models once per worker.
+    """
+
+    def __init__(self, cfg: SweepConfig, log: Any = print, backend: Any = None, progress: Progress | None = None):
         self.cfg, self.log = cfg, log
+        self.backend = backend or LocalBackend()
+        self.progress = progress or Progress(enabled=False)
+        self._loaded: tuple | None = None  # ((split, seed), SeedContext without evals)
 
-    def baselines(self, split: str, seed: int, keep: bool = False) -> SeedContext:
-        """Data, tokenizer, models, eval sets, eval kwargs and the baselines' evaluations (cached as JSON).
+    # --- what a worker runs -------------------------------------------------------------------------------
 
-        Models that differ from the ones the finished runs used move those runs aside (they are run again),
-        unless `keep`: then they stay, and `evals["models_match"]` is False.
-        """
+    def execute(self, trial: Trial) -> Any:
+        """One trial's result: a seed's baselines (`models`), a run's record (`run`) or an attack entry (`attack`)."""
+        if trial.kind == "models":
+            return self.baseline_evals(trial.split, trial.seed, trial.inputs.get("stored"), trial.inputs["keep"])
+        ctx = self.context(trial.split, trial.seed, trial.inputs["evals"])
+        if trial.kind == "run":
+            return self.train_point(trial.split, trial.seed, trial.method, trial.point, ctx)
+        if trial.kind == "attack":
+            return self.attack_one(trial.split, trial.seed, trial.method, trial.point, ctx, trial.inputs.get("curve"))
+        raise ValueError(f"unknown trial kind {trial.kind!r}")
+
+    def load_seed(self, split: str, seed: int) -> SeedContext:
+        """Data, tokenizer, the three models (fine-tuned when not cached), eval sets and settings of one
+        (split, model seed); kept for the next trial of the same seed. `evals` is left empty."""
+        if self._loaded is not None and self._loaded[0] == (split, seed):
+            return self._loaded[1]
+        self._loaded = None  # free the previous seed's models first
         first = next(iter(self.cfg.methods))
         recipe = run_recipe(self.cfg, split, seed, first, (1e-3, ()), tempfile.gettempdir())
         data = load_benchmark_data(recipe.script)
         tokenizer, models, metas = benchmark_models(
             data, recipe.bench, prompt_format=recipe.config.prompt_format, base=recipe.model
         )
-        sets = eval_sets(data)
         kw = eval_kwargs(recipe.config, recipe.evaluation)
-        evals = self.stored_baselines(split, seed, models, metas, tokenizer, sets, kw, keep)
-        return SeedContext(data, tokenizer, models, sets, kw, evals)
+        ctx = SeedContext(data, tokenizer, models, eval_sets(data), kw, {}, metas)
+        self._loaded = ((split, seed), ctx)
+        return ctx
 
-    def stored_baselines(
-        self, split: str, seed: int, models: dict, metas: dict, tokenizer: Any, sets: dict, kw: dict, keep: bool
-    ) -> dict:
-        """The seed's baselines.json (evaluated and written when missing; diagnostics added when older)."""
-        folder = os.path.join(self.cfg.output_dir, split, f"seed{seed}")
-        path = os.path.join(folder, "baselines.json")
+    def context(self, split: str, seed: int, evals: dict) -> SeedContext:
+        """The seed's context with the baselines the driver handed over."""
+        ctx = self.load_seed(split, seed)
+        return SeedContext(ctx.data, ctx.tokenizer, ctx.models, ctx.sets, ctx.kw, evals, ctx.metas)
+
+    def baseline_evals(self, split: str, seed: int, stored: dict | None, keep: bool) -> dict:
+        """The `models` trial: fine-tune (or load) the seed's models and return `{"evals", "write", "stale"}`: the
+        stored baselines when their model fingerprints match (diagnostics added when older: `write`), else new
+        evaluations. Models that differ from the stored ones make the seed `stale` (its finished runs are moved
+        aside and run again), unless `keep`: then only the retain model is evaluated, as the reference for
+        these models, and `evals["models_match"]` is False."""
+        ctx = self.load_seed(split, seed)
+        models, tokenizer, sets, kw = ctx.models, ctx.tokenizer, ctx.sets, ctx.kw
         weights = {role: weights_fingerprint(m) for role, m in models.items()}
+        write = stale = False
         evals = None
-        if os.path.exists(path):
-            with open(path) as fh:
-                evals = json.load(fh)
-            stored = {role: m.get("weights") for role, m in evals.get("meta", {}).items()}
-            if set(stored.values()) == {None}:  # written before fingerprints existed: record them now
-                for role, meta in evals.get("meta", {}).items():
-                    meta["weights"] = weights.get(role)
-                write_json(path, evals)
-                stored = weights
-            evals["models_match"] = stored == weights
-            if stored != weights and keep:  # the reference for these models (not written)
+        if stored is not None:
+            evals = dict(stored)
+            recorded = {role: m.get("weights") for role, m in evals.get("meta", {}).items()}
+            if set(recorded.values()) == {None}:  # written before fingerprints existed: record them now
+                evals["meta"] = {role: {**meta, "weights": weights.get(role)} for role, meta in evals["meta"].items()}
+                recorded, write = weights, True
+            evals["models_match"] = recorded == weights
+            if recorded != weights and keep:
                 evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw), "models_match": False}
-            elif stored != weights:
+            elif recorded != weights:
                 # Models fine-tuned again (another machine, another library version) differ in their last
                 # bits, and forget quality with them: a seed's runs must all use the same models.
-                stale = f"{folder}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(folder, stale)
-                self.log(
-                    f"[sweep] {split} seed {seed}: models differ from the finished runs'; moved them to {stale}"
-                )
-                evals = None
+                evals, stale = None, True
         if evals is None:
             evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
             for name in ("target", "noise_floor"):
                 evals[name] = evaluate_model(models[name], tokenizer, sets, reference=evals["retain"], **kw)
             evals["meta"] = {
                 k: {"train_seconds": m.get("train_seconds"), "key": m.get("key"), "weights": weights[k]}
-                for k, m in metas.items()
+                for k, m in ctx.metas.items()
             }
-            write_json(path, evals)
-            evals["models_match"] = True
+            evals["models_match"], write = True, True
         if evals["models_match"] and self.backfill_diagnostics(evals, models, tokenizer, sets, kw):
-            write_json(path, {k: v for k, v in evals.items() if k != "models_match"})
-        return evals
+            write = True
+        return {"evals": evals, "write": write, "stale": stale}
+
+    # --- what the driver does -----------------------------------------------------------------------------
+
+    def seed_baselines(self, split: str, seeds: list[int], keep: bool = False) -> dict[int, dict]:
+        """Each seed's baselines (one `models` trial per seed), written to its baselines.json; a seed whose models
+        changed has its folder moved aside first (unless `keep`)."""
+        trials = []
+        for seed in seeds:
+            path = os.path.join(self.cfg.output_dir, split, f"seed{seed}", "baselines.json")
+            stored = None
+            if os.path.exists(path):
+                with open(path) as fh:
+                    stored = json.load(fh)
+            trials.append(Trial("models", split, seed, inputs={"stored": stored, "keep": keep}))
+        out = {}
+        for trial, result in self.backend.run(self, trials, self.progress):
+            folder = os.path.join(self.cfg.output_dir, split, f"seed{trial.seed}")
+            if result["stale"]:
+                moved = f"{folder}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(folder, moved)
+                self.log(f"[sweep] {split} seed {trial.seed}: models differ from the finished runs'; moved them to {moved}")
+            evals = result["evals"]
+            if result["write"]:
+                write_json(os.path.join(folder, "baselines.json"), {k: v for k, v in evals.items() if k != "models_match"})
+            out[trial.seed] = evals
+        return out
+
+    def baselines(self, split: str, seed: int, keep: bool = False) -> SeedContext:
+        """One seed's context with its baselines (evaluated and written when missing), in this process."""
+        return self.context(split, seed, self.seed_baselines(split, [seed], keep)[seed])
 
     @staticmethod
     def backfill_diagnostics(evals: dict, models: dict, tokenizer: Any, sets: dict, kw: dict) -> bool:
@@ -259,33 +312,52 @@ class Sweep:
         return record
 
     def run_grid(self) -> list[dict]:
-        """Run everything not already on disk; returns every run's record."""
-        records = []
+        """Run everything not already on disk; returns every run's record (in the order of the config: split,
+        seed, method, point, whichever order the trials finished in)."""
+        self.check_methods()
+        records: list[dict] = []
         for split, seeds in self.cfg.splits.items():
-            tune = [s for s in seeds if s in self.cfg.tune_seeds]  # first: the other seeds run their choice
-            for seed in tune + [s for s in seeds if s not in tune]:
-                points = self.points_for(split, seed, records)
-                todo = [(m, p) for m in methods_on(self.cfg, split) for p in points[m]]
-                missing = [x for x in todo if not os.path.exists(run_path(self.cfg, split, seed, *x))]
-                # Loaded first: a seed whose models changed is moved aside and run again whole.
-                loaded = self.baselines(split, seed) if missing else None
-                for method, point in todo:
-                    path = run_path(self.cfg, split, seed, method, point)
-                    if os.path.exists(path):
-                        with open(path) as fh:
-                            records.append(json.load(fh))
-                        continue
-                    t = time.perf_counter()
-                    rec = self.train_point(split, seed, method, point, loaded)
-                    write_json(path, rec)
-                    records.append(rec)
-                    h = rec["selections"]["holdout"]
-                    self.log(
-                        f"[sweep] {split} seed {seed} {method} {point_name(point)}: holdout-selected epoch "
-                        f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} "
-                        f"({time.perf_counter() - t:.0f} s)"
-                    )
+            tune = [s for s in seeds if s in self.cfg.tune_seeds]
+            for stage in (tune, [s for s in seeds if s not in tune]):  # the other seeds run the tune seeds' choice
+                if stage:
+                    records += self.run_stage(split, stage, records)
         return records
+
+    def check_methods(self) -> None:
+        """Parse every method's recipe at every point of its grid, so a bad field fails the sweep here, before any
+        model is trained, and not in a worker hours later."""
+        for split in self.cfg.splits:
+            for method in methods_on(self.cfg, split):
+                for point in method_points(self.cfg, method):
+                    try:
+                        run_recipe(self.cfg, split, 0, method, point, tempfile.gettempdir())
+                    except ValueError as err:
+                        raise ValueError(f"sweep method {method!r} at {point_name(point)}: {err}") from None
+
+    def run_stage(self, split: str, seeds: list[int], records: list[dict]) -> list[dict]:
+        """The runs of some seeds of one split whose points are known from `records`: those on disk are read, the
+        others run as trials (after the seeds' `models` trials) and written as they finish."""
+        todo = [(seed, m, p) for seed in seeds for m, ps in self.points_for(split, seed, records).items() for p in ps]
+        paths = {x: run_path(self.cfg, split, *x) for x in todo}
+        need = sorted({seed for (seed, *_), path in paths.items() if not os.path.exists(path)})
+        evals = self.seed_baselines(split, need) if need else {}  # may move a seed's runs aside
+        trials = [
+            Trial("run", split, seed, method, point, inputs={"evals": evals[seed]})
+            for (seed, method, point), path in paths.items()
+            if not os.path.exists(path)
+        ]
+        for trial, rec in self.backend.run(self, trials, self.progress):
+            write_json(paths[(trial.seed, trial.method, trial.point)], rec)
+            h = rec["selections"]["holdout"]
+            self.log(
+                f"[sweep] {split} seed {trial.seed} {trial.method} {point_name(trial.point)}: holdout-selected epoch "
+                f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({rec['unlearn_seconds']:.0f} s unlearning)"
+            )
+        out = []
+        for x in todo:
+            with open(paths[x]) as fh:
+                out.append(json.load(fh))
+        return out
 
     def points_for(self, split: str, seed: int, records: list[dict]) -> dict[str, list[Point]]:
         """Each method's points on this (split, seed): its whole grid, or the point chosen on the first split
@@ -330,24 +402,37 @@ class Sweep:
                 reported = self.chosen(split, complete_seeds(self.cfg, records), methods)
             except ValueError as err:
                 raise ValueError(f"attack_splits: {err}") from None
-            for seed in self.cfg.splits[split]:
-                todo = [("retain", (0.0, ()))] + [(m, reported[m]) for m in methods]
-                paths = {m: attack_path(self.cfg, split, seed, m, point) for m, point in todo}
-                loaded = None
-                for method, point in todo:
-                    if not os.path.exists(paths[method]):
-                        loaded = loaded or self.baselines(split, seed, keep=True)
-                        write_json(paths[method], self.attack_one(split, seed, method, point, loaded))
-                    with open(paths[method]) as fh:
-                        out.append(json.load(fh))
+            todo = [(seed, m, p) for seed in self.cfg.splits[split] for m, p in [("retain", (0.0, ()))] + list(reported.items())]
+            paths = {x: attack_path(self.cfg, split, *x) for x in todo}
+            seeds = sorted({seed for (seed, *_), path in paths.items() if not os.path.exists(path)})
+            evals = self.seed_baselines(split, seeds, keep=True) if seeds else {}
+            trials = []
+            for (seed, method, point), path in paths.items():
+                if not os.path.exists(path):
+                    curve = None
+                    if method != "retain":
+                        with open(run_path(self.cfg, split, seed, method, point)) as fh:
+                            curve = json.load(fh)["curve"]
+                    trials.append(Trial("attack", split, seed, method, point, inputs={"evals": evals[seed], "curve": curve}))
+            for trial, entry in self.backend.run(self, trials, self.progress):
+                write_json(paths[(trial.seed, trial.method, trial.point)], entry)
+                a = entry["attacks"]
+                self.log(
+                    f"[sweep] attacks {split} seed {trial.seed} {trial.method}: relearn prob "
+                    f"{a['none']['forget_prob']:.3f} -> {a['relearn']['forget_prob']:.3f}"
+                )
+            for x in todo:
+                with open(paths[x]) as fh:
+                    out.append(json.load(fh))
         return out
 
-    def attack_one(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> dict:
+    def attack_one(
+        self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stored_curve: list | None = None
+    ) -> dict:
         """The attacks on one run, repeated to get its holdout-selected weights (`method` "retain": the seed's
-        retain model)."""
+        retain model); `stored_curve` is the finished run's curve, which the repeat is compared with."""
         fields_of = method if method != "retain" else next(iter(self.cfg.methods))
         evaluation = run_recipe(self.cfg, split, seed, fields_of, (1e-3, ()), tempfile.gettempdir()).evaluation
-        t = time.perf_counter()
         entry = {"method": method, "split": split, "seed": seed, "learning_rate": point[0],
                  "models_match": ctx.evals["models_match"]}
         if point[1]:
@@ -358,10 +443,8 @@ class Sweep:
             model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
             idx = choose(recorder.curve)["holdout"]
             model.load_state_dict(recorder.snapshots[idx])
-            with open(run_path(self.cfg, split, seed, method, point)) as fh:
-                stored = json.load(fh)
             entry["epoch"] = recorder.curve[idx]["epoch"]
-            entry["same_curve"] = stored["curve"] == recorder.curve
+            entry["same_curve"] = stored_curve == recorder.curve
         reference = ctx.evals["retain"]["per_example"]["forget"]["truth_ratio"]
         report = attack_report(
             {method: model}, ctx.tokenizer, ctx.sets["forget"], reference, ctx.kw,
@@ -370,10 +453,6 @@ class Sweep:
         )
         entry["attacks"] = report["models"][method]
         entry["relearn"] = report["relearn"]
-        self.log(
-            f"[sweep] attacks {split} seed {seed} {method}: relearn prob {entry['attacks']['none']['forget_prob']:.3f}"
-            f" -> {entry['attacks']['relearn']['forget_prob']:.3f} ({time.perf_counter() - t:.0f} s)"
-        )
         return entry
 
 
@@ -408,10 +487,17 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: 
 def main(argv: list[str]) -> int:
     """`sgu-llm sweep SWEEP.yaml` (errors are ValueErrors; `sgu_llm.cli` prints them)."""
     parser = argparse.ArgumentParser(prog="sgu-llm sweep", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("config", help="sweep YAML, e.g. recipes/tiny-tofu/sweep.yaml")
+    parser.add_argument("config", help="sweep YAML, e.g. recipes/sweeps/tiny-tofu.yaml")
     parser.add_argument("--output_dir", help="override the sweep's output_dir")
     parser.add_argument("--results_dir", help="override the sweep's results_dir")
     parser.add_argument("--report_only", action="store_true", help="aggregate finished runs, train nothing")
+    parser.add_argument(
+        "--backend", default="local", choices=("local", "ray"),
+        help="where trials run: local (this process, one after another) or ray (Ray tasks; pip install 'sgu-llm[ray]')",
+    )
+    parser.add_argument("--ray_address", help="join this running Ray cluster (default: start a local Ray)")
+    parser.add_argument("--ray_num_cpus", type=int, help="CPUs of the local Ray (default: every core)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar (the log lines stay)")
     args = parser.parse_args(argv)
     cfg = load_sweep(args.config)
     if args.output_dir:
@@ -419,13 +505,19 @@ def main(argv: list[str]) -> int:
     if args.results_dir:
         cfg.results_dir = args.results_dir
     os.environ.setdefault("SGU_LLM_QUIET", "1")
-    sweep = Sweep(cfg, log=lambda m: print(m, flush=True))
     if args.report_only:
         records, attacks = collect_records(cfg), collect_attacks(cfg)
     else:
-        records = sweep.run_grid()
-        attacks = sweep.attack(records) if cfg.attack_splits else []
-    # The command that reproduces the outputs (--report_only or not: the same tables from the same runs).
+        progress = Progress(enabled=not args.no_progress)
+        backend = make_backend(args.backend, args.ray_address, args.ray_num_cpus)
+        sweep = Sweep(cfg, log=progress.write, backend=backend, progress=progress)
+        try:
+            records = sweep.run_grid()
+            attacks = sweep.attack(records) if cfg.attack_splits else []
+        finally:
+            progress.close()
+    # The command that reproduces the outputs (--report_only or not, either backend: the same tables from the
+    # same runs).
     write_results(cfg, records, f"sgu-llm sweep {args.config}", attacks)
     print(f"[sweep] {len(records)} runs; {cfg.results_dir}/results.md")
     return 0
