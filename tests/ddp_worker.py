@@ -21,8 +21,15 @@ from sgu_llm.trainers import get_method
 
 
 def main(
-    out_path: str, per_device: int, method: str = "sgu", accumulation: int = 1, zero_stage: int | None = None
+    out_path: str,
+    per_device: int,
+    method: str = "sgu",
+    accumulation: int = 1,
+    zero_stage: int | None = None,
+    launched: bool = True,
 ) -> None:
+    """Train and save. `launched` (the script): leave the process with `os._exit` once done (see below); called
+    in the test process (`launched=False`, one process), just return."""
     splits = synthetic_tofu(num_authors=20, qa_per_author=10, seed=0)
     tok = train_tokenizer([build_prompt(r["question"]) + r["answer"] for r in splits["full"]], vocab_size=400)
     model = tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
@@ -70,6 +77,8 @@ def main(
         )
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
     trainer.accelerator.end_training()
+    if not launched:
+        return
     # If a rank dies after this line, training and saving were complete (a teardown crash, not a wrong result).
     print(
         f"rank {trainer.args.process_index}: trained, saved, process group closed",

@@ -7,18 +7,21 @@ import sys
 
 import pytest
 
+from sgu_llm import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "recipes", "tiny-llama", "sgu.yaml")
 
 
-def run_cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "sgu_llm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+def in_process(capsys, *args):
+    """`sgu-llm ARGS` in this process: (exit code, stdout, stderr). For commands that train nothing a subprocess
+    adds only an interpreter start."""
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit_:  # argparse's --help
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def test_import_is_lazy():
@@ -27,49 +30,49 @@ def test_import_is_lazy():
     assert out.split() == ["False", "False"]
 
 
-def test_help_lists_config_fields():
-    out = run_cli("unlearn", "--config", TINY, "--help")
-    assert out.returncode == 0
+def test_help_lists_config_fields(capsys):
+    code, out, _ = in_process(capsys, "unlearn", "--config", TINY, "--help")
+    assert code == 0
     for flag in ("--q_d", "--selective_function", "--threshold_population", "--use_peft", "--learning_rate"):
-        assert flag in out.stdout
+        assert flag in out
 
 
-def test_methods_command():
-    out = run_cli("methods")
-    assert "sgu" in out.stdout and "graddiff" in out.stdout and "pcgrad" in out.stdout
+def test_methods_command(capsys):
+    code, out, _ = in_process(capsys, "methods")
+    assert code == 0 and "sgu" in out and "graddiff" in out and "pcgrad" in out
 
 
-def test_bad_recipe_key_exits_with_message(tmp_path):
+def test_bad_recipe_key_exits_with_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: sgu\nqd: 0.5\n")
-    out = run_cli("unlearn", "--config", str(bad), "--output_dir", str(tmp_path / "o"))
-    assert out.returncode == 2
-    assert "unknown keys: qd (did you mean 'q_d'?)" in out.stderr
+    code, _, err = in_process(capsys, "unlearn", "--config", str(bad), "--output_dir", str(tmp_path / "o"))
+    assert code == 2
+    assert "unknown keys: qd (did you mean 'q_d'?)" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_refuses_previous_run(tmp_path):
+def test_refuses_previous_run(tmp_path, capsys):
     out_dir = tmp_path / "o"
     out_dir.mkdir()
     (out_dir / "trainer_state.json").write_text("{}")
-    out = run_cli("unlearn", "--config", TINY, "--output_dir", str(out_dir))
-    assert out.returncode == 2 and "already holds a previous run" in out.stderr
+    code, _, err = in_process(capsys, "unlearn", "--config", TINY, "--output_dir", str(out_dir))
+    assert code == 2 and "already holds a previous run" in err
 
 
 @pytest.mark.slow
-def test_unlearn_end_to_end(tmp_path):
+def test_unlearn_end_to_end(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    out = run_cli("unlearn", "--config", TINY, "--output_dir", str(out_dir), "--disable_tqdm", "true")
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, stdout, err = in_process(capsys, "unlearn", "--config", TINY, "--output_dir", str(out_dir), "--disable_tqdm", "true")
+    assert code == 0, err[-3000:]
     summary = json.loads((out_dir / "unlearn_summary.json").read_text())
     assert summary["after"]["forget_nll"] > summary["before"]["forget_nll"] + 0.5
     assert summary["after"]["retain_nll"] < summary["before"]["retain_nll"] + 0.1
     assert (out_dir / "model.safetensors").exists() and (out_dir / "tokenizer.json").exists()
-    assert "[sgu] forget NLL" in out.stdout
+    assert "[sgu] forget NLL" in stdout
 
 
 @pytest.mark.slow
-def test_two_process_lora_unlearn_finishes_saves_once_and_matches_one_process(tmp_path):
+def test_two_process_lora_unlearn_finishes_saves_once_and_matches_one_process(tmp_path, capsys, monkeypatch):
     """`accelerate launch -m sgu_llm.unlearn` with 2 CPU processes (DDP, gloo) of the LoRA recipe against one
     process at the same global batch (10, which divides the 20 forget rows): it finishes, closes its process
     group, writes one adapter, and its forget and retain NLL are the one-process run's as far as SGU promises
@@ -80,12 +83,9 @@ def test_two_process_lora_unlearn_finishes_saves_once_and_matches_one_process(tm
     common = ["--config", recipe, "--disable_tqdm", "true", "--num_train_epochs", "3", "--selective_function",
               "sgu_reverse"]
     one, two = tmp_path / "one", tmp_path / "two"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgu_llm.cli", "unlearn", *common, "--output_dir", str(one),
-         "--per_device_train_batch_size", "10"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("SGU_LLM_CACHE", env["SGU_LLM_CACHE"])
+    code, _, err = in_process(capsys, "unlearn", *common, "--output_dir", str(one), "--per_device_train_batch_size", "10")
+    assert code == 0, err[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml"), "--main_process_port", "29741"]
     proc = subprocess.run(

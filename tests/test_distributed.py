@@ -3,6 +3,7 @@ metrics of one process with the same global batch, as far as SGU promises equali
 gradients equals the unsharded one."""
 
 import collections
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +14,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
+_spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+ddp_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ddp_worker)
 
 
 CPU_2PROC = os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml")
@@ -29,9 +33,11 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
     # A port of its own for every launch in this module (a just-closed store port can linger).
     port = 29500 + ENGINE_PORTS[engine] + processes + (7 if method == "sgu" else 0) + 10 * accumulation
     port = str(port + (50 if poison_steps else 0))
-    if processes == 1:
-        cmd = [sys.executable, WORKER]
-    elif engine == "ddp":
+    if processes == 1:  # in this process: a subprocess would add only an interpreter start
+        assert not poison_steps and engine == "ddp"
+        ddp_worker.main(str(out), per_device, method, accumulation, launched=False)
+        return torch.load(out, weights_only=False)
+    if engine == "ddp":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC]
         cmd += ["--main_process_port", port, WORKER]
     elif engine == "zero2":  # the DeepSpeed recipe, without its bf16 (for float32 equality on CPU)
@@ -67,6 +73,12 @@ def one_process(tmp_path_factory):
         return cache[method]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def ddp_accumulation(tmp_path_factory):
+    """2 DDP processes, 2 per device, gradient accumulation 2 (one launch for the two tests that read it)."""
+    return launch(tmp_path_factory.mktemp("acc") / "acc.pt", 2, 2, "sgu", accumulation=2)
 
 
 # What SGU promises across process counts. The selection compares magnitudes and per-tensor quantiles, so a
@@ -111,9 +123,9 @@ def test_ddp_two_processes_match_one(tmp_path, method, one_process):
 
 
 @pytest.mark.slow
-def test_ddp_reduces_each_gradient_once_per_optimizer_step(tmp_path):
+def test_ddp_reduces_each_gradient_once_per_optimizer_step(ddp_accumulation):
     """Gradient accumulation 2: no all-reduce on the first micro-step; on the last, g_f and g_r once each."""
-    run = launch(tmp_path / "acc.pt", 2, 2, "sgu", accumulation=2)
+    run = ddp_accumulation
     buckets = {b for _, b in run["reductions"]}
     per_step = collections.Counter(run["reductions"])
     assert run["engine"] == "ddp" and buckets
@@ -147,9 +159,9 @@ def test_deepspeed_skips_a_nonfinite_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_accumulation_matches_ddp(tmp_path):
+def test_deepspeed_zero2_accumulation_matches_ddp(tmp_path, ddp_accumulation):
     pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
-    ddp = launch(tmp_path / "ddp.pt", 2, 2, "sgu", accumulation=2)
+    ddp = ddp_accumulation
     zero = launch(tmp_path / "zero.pt", 2, 2, "sgu", accumulation=2, engine="zero2")
     assert (ddp["engine"], zero["engine"]) == ("ddp", "zero2")
     assert_same_run(ddp, zero)

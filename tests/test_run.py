@@ -1,5 +1,7 @@
 """`sgu-llm run` on the embedded default, end to end (trains three tiny models on 40 authors: ~2 minutes on 2 cores)."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -9,6 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
+from sgu_llm import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-tofu", "sgu.yaml")
 # The recipe's data with 40 authors instead of 100 (forget10: 40 rows; the package ships its models), at a
@@ -17,18 +21,21 @@ DATA = ("--synthetic_num_authors", "40")  # the data every command of these test
 SMALL = (*DATA, "--per_device_train_batch_size", "20")  # a run: the data and the unlearning's batch
 
 
-def sgu_llm_cli(env, *args, timeout=600):
-    """Run `sgu-llm ARGS` in a subprocess with `env`; fail the test with its stderr if it fails."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgu_llm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def in_process(env, *args):
+    """`sgu-llm ARGS` in this process with the run's cache (the first run is a subprocess; the commands after it
+    gain nothing from one but an interpreter start). Returns its stdout."""
+    saved = os.environ.get("SGU_LLM_CACHE")
+    os.environ["SGU_LLM_CACHE"] = env["SGU_LLM_CACHE"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            code = cli.main(list(args))
+    finally:
+        if saved is None:
+            os.environ.pop("SGU_LLM_CACHE", None)
+        else:
+            os.environ["SGU_LLM_CACHE"] = saved
+    assert code == 0, out.getvalue()[-4000:]
+    return out.getvalue()
 
 
 def cached_model(env, role, seed=0):
@@ -46,8 +53,7 @@ def cached_model(env, role, seed=0):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "sgu"
     env = {**os.environ, "SGU_LLM_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    proc = sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out), timeout=1200)
-    return out, env, proc.stdout
+    return out, env, in_process(env, "run", RECIPE, *SMALL, "--output_dir", str(out))
 
 
 @pytest.mark.slow
@@ -116,7 +122,7 @@ def test_report_and_model_card(run_dir):
 def test_eval_command_reproduces_the_run(run_dir, tmp_path):
     out, env, _ = run_dir
     target = tmp_path / "again.json"
-    sgu_llm_cli(
+    in_process(
         env,
         "eval",
         str(out / "unlearned"),
@@ -147,7 +153,7 @@ def test_second_run_reuses_cached_models_and_is_deterministic(run_dir, tmp_path)
 
     first, env, _ = run_dir
     out = tmp_path / "again"
-    sgu_llm_cli(env, "run", RECIPE, *SMALL, "--output_dir", str(out))
+    in_process(env, "run", RECIPE, *SMALL, "--output_dir", str(out))
     m = json.loads((out / "metrics.json").read_text())
     assert m["timings"]["models"] < 30  # loaded, not trained (training takes minutes)
     assert without_timings(m) == without_timings(json.loads((first / "metrics.json").read_text()))
@@ -162,7 +168,7 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     _, env, _ = run_dir
     target, retain = cached_model(env, "target"), cached_model(env, "retain")
     out = tmp_path / "local"
-    sgu_llm_cli(
+    in_process(
         env,
         "run",
         RECIPE,
@@ -215,9 +221,12 @@ def test_probe_json_and_sae_quality(run_dir):
 def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
     out, env, _ = run_dir
     target = cached_model(env, "target")
-    sgu_llm_cli(
+    in_process(
         env,
         "probe",
+        *DATA,
+        "--sae_hook_name",
+        "blocks.1.hook_resid_post",  # the run's probe: its SAE is cached
         "--before",
         target,
         "--after",
@@ -246,13 +255,13 @@ def test_model_card_masks_tokens(tmp_path):
 def test_attack_command_on_the_saved_models(run_dir, tmp_path):
     out, env, _ = run_dir
     target = tmp_path / "attacks.json"
-    proc = sgu_llm_cli(
+    stdout = in_process(
         env, "attack", str(out / "unlearned"), "--retain_model", cached_model(env, "retain"), *DATA,
         "--output", str(target), "--relearn_steps", "3",
     )
     report = json.loads(target.read_text())
     assert set(report["models"]) == {"unlearned", "retain"} and report["relearn"]["steps"] == 3
-    assert "| retain | int4 |" in proc.stdout
+    assert "| retain | int4 |" in stdout
 
 
 CPU_2PROC = os.path.join(ROOT, "recipes", "accelerate", "cpu_2proc.yaml")

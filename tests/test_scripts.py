@@ -1,8 +1,12 @@
 """The benchmark scripts run end to end on tiny sizes and end with their `ratio=` line."""
 
+import argparse
+import contextlib
+import importlib.util
+import io
 import os
 import re
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -10,19 +14,31 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def script(name, *args):
+    """Run `python scripts/NAME ARGS` in this process (its output, after asserting it exited 0): a subprocess
+    would add only an interpreter start; the scripts that need fresh processes start their own."""
+    argv = sys.argv
+    sys.argv = [os.path.join(ROOT, "scripts", name), *args]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    finally:
+        sys.argv = argv
+    assert code == 0, out.getvalue()[-3000:]
+    return out.getvalue()
+
+
 def run_script(*args):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", args[0]), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    """`script`, ending with its `ratio=` line: (output, ratio)."""
+    out = script(*args)
+    last = out.strip().splitlines()[-1]
     match = re.fullmatch(r"ratio=(\d+\.\d+)", last)
     assert match, last
-    return proc.stdout, float(match.group(1))
+    return out, float(match.group(1))
 
 
 @pytest.mark.slow
@@ -33,51 +49,33 @@ def test_bench_selection_prints_its_ratio():
 
 @pytest.mark.slow
 def test_bench_step_prints_time_and_memory():
+    """The script (full parameters, one fresh process per variant) and its LoRA worker, in this process: the
+    worker is what each fresh process runs, `--modes lora` only passes it a LoRA config."""
     out, ratio = run_script(
         "bench_step.py",
-        "--hidden",
-        "32",
-        "--layers",
-        "1",
-        "--steps",
-        "3",
-        "--repeats",
-        "1",
-        "--variants",
-        "graddiff",
-        "sgu",
+        *("--hidden", "32", "--layers", "1", "--steps", "3", "--repeats", "1", "--modes", "full"),
+        *("--variants", "graddiff", "sgu"),
     )
     assert ratio > 0
-    assert out.count("extra_memory=") == 2  # sgu against graddiff, full and LoRA
+    assert out.count("extra_memory=") == 1  # sgu against graddiff
+    spec = importlib.util.spec_from_file_location("bench_step", os.path.join(ROOT, "scripts", "bench_step.py"))
+    bench_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_step)
+    args = argparse.Namespace(variant="sgu", lora=True, hidden=32, layers=1, steps=3, batch=8, bf16=False)
+    lora = bench_step.worker(args)
+    assert lora["step_ms"] > 0 and 0 < lora["trainable_m"] < lora["params_m"]  # only the adapters train
 
 
 @pytest.mark.slow
 def test_threshold_accuracy_prints_rank_errors():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "threshold_accuracy.py"),
-            *("--hidden", "64", "--layers", "1", "--steps", "1", "--seeds", "2", "--max-exact", "1024"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
+    out = script(
+        "threshold_accuracy.py", *("--hidden", "64", "--layers", "1", "--steps", "1", "--seeds", "2", "--max-exact", "1024")
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+    lines = out.strip().splitlines()
     assert sum("rank error rms=" in line for line in lines) == 4
     assert 0 <= float(re.fullmatch(r"rank_error=(\d+\.\d+)", lines[-1]).group(1)) < 0.1
 
 
 def test_check_kernels_compares_the_compiled_rule_with_the_readable_one():
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "check_kernels.py"), "--device", "cpu", "--numel", "4099"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+    lines = script("check_kernels.py", "--device", "cpu", "--numel", "4099").strip().splitlines()
     assert len(lines) == 6 and all(line.endswith(" ok") for line in lines)
