@@ -1,5 +1,6 @@
 """The sweep harness: runs, aggregation over model seeds, the reported point, resume."""
 
+import glob
 import json
 import os
 import sys
@@ -197,6 +198,8 @@ def test_sweep_yaml_parses_and_names_known_methods(tmp_path):
     for fields_ in cfg.methods.values():
         assert fields_["method"] in list_methods()
         assert fields_.get("selective_function", "sgu") in list_selective_functions()
+    for path in sorted(glob.glob(os.path.join(ROOT, "recipes", "sweeps", "*.yaml"))):  # every run's recipe parses
+        Sweep(load_sweep(path), log=lambda m: None).check_methods()
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
     with pytest.raises(ValueError, match="unknown keys"):

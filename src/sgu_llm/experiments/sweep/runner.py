@@ -290,11 +290,15 @@ class Sweep:
         picks = choose(recorder.curve)
         evaluated: dict[int, dict] = {}
         selections = {}
+        target_weights = evals.get("meta", {}).get("target", {}).get("weights")
         for rule, idx in picks.items():
             if rule in SELECTIONS and idx not in evaluated:  # full evaluation (with generation)
                 model.load_state_dict(recorder.snapshots[idx])
-                result = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)
-                evaluated[idx] = result["aggregates"]
+                if target_weights and weights_fingerprint(model) == target_weights:
+                    # Unchanged from the target (an epoch-0 pick): its evaluation is the seed's baseline.
+                    evaluated[idx] = dict(evals["target"]["aggregates"])
+                else:
+                    evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)["aggregates"]
             selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
         lr, setting = point
         record = {
