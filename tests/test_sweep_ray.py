@@ -10,33 +10,17 @@ import time
 
 import pytest
 import torch
+from test_sweep import TINY  # the tiny sweep of tests/test_sweep.py
 
 from sgu_llm.experiments.sweep import Sweep, SweepConfig, collect_records, write_results
 from sgu_llm.experiments.sweep.backends import Progress, RayBackend
 
 ray = pytest.importorskip("ray", reason="the `ray` extra: pip install 'sgu-llm[ray]'")
 
-SMALL = {
-    "base": {
-        "model_name_or_path": "builtin:tiny-llama",
-        "dataset_name": "synthetic",
-        "synthetic_num_authors": 20,
-        "holdout_split": "holdout10",
-        "hidden_size": 32,
-        "finetune_max_epochs": 10,
-        "finetune_target_accuracy": 0.3,
-        "max_new_tokens": 8,
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": 8,
-        "disable_tqdm": True,
-        "save_strategy": "no",
-    },
-    "methods": {"sgu": {"method": "sgu"}, "graddiff": {"method": "graddiff"}},
-    "learning_rates": [1e-3, 3e-4],
-    "splits": {"forget10": [0]},
-}
+SMALL = {**TINY, "learning_rates": [1e-3, 3e-4]}  # 2 methods x 2 learning rates x 1 model seed
 
-TIMED = ("unlearn_seconds",)  # what differs between two runs of the same trial: its wall time
+
+TIMED = ("unlearn_seconds", "scoring_seconds", "evaluation_seconds")  # what differs between two runs of the same trial: its wall time
 
 
 def untimed(rows):

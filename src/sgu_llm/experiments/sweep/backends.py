@@ -85,7 +85,10 @@ class Progress:
 
     def write(self, message: str) -> None:
         """Print a line above the bar."""
-        self.bar.write(message) if not self.bar.disable else print(message, flush=True)
+        if self.bar.disable:
+            print(message, flush=True)
+        else:
+            self.bar.write(message)
 
     def close(self) -> None:
         self.bar.close()

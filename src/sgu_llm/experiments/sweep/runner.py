@@ -291,6 +291,7 @@ class Sweep:
         evaluated: dict[int, dict] = {}
         selections = {}
         target_weights = evals.get("meta", {}).get("target", {}).get("weights")
+        start = time.perf_counter()
         for rule, idx in picks.items():
             if rule in SELECTIONS and idx not in evaluated:  # full evaluation (with generation)
                 model.load_state_dict(recorder.snapshots[idx])
@@ -310,6 +311,10 @@ class Sweep:
             "curve": recorder.curve,
             "selections": selections,
             "unlearn_seconds": wall,
+            # Where a run's time goes: the per-epoch scoring of the stopping statistics, the full evaluations of
+            # the selected epochs (an epoch-0 pick reuses the target's).
+            "scoring_seconds": recorder.seconds,
+            "evaluation_seconds": time.perf_counter() - start,
         }
         if setting:
             record["setting"] = dict(setting)
@@ -355,7 +360,8 @@ class Sweep:
             h = rec["selections"]["holdout"]
             self.log(
                 f"[sweep] {split} seed {trial.seed} {trial.method} {point_name(trial.point)}: holdout-selected epoch "
-                f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({rec['unlearn_seconds']:.0f} s unlearning)"
+                f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({rec['unlearn_seconds']:.0f} s unlearning, {rec['scoring_seconds']:.0f} s scoring, "
+                f"{rec['evaluation_seconds']:.0f} s evaluation)"
             )
         out = []
         for x in todo:
