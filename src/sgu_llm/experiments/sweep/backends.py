@@ -106,17 +106,19 @@ def trial_env() -> dict[str, str]:
 _WORKER: dict = {}  # one sweep object per worker process (its loaded seed stays loaded between trials)
 
 
-def run_trial(sweep_class: type, cfg: Any, trial: Trial, env: dict[str, str]) -> Any:
-    """What a worker runs for one trial: `sweep_class(cfg).execute(trial)`, or with `cfg.trial_processes` > 1 and
-    an unlearning run, the same in an `accelerate launch` job (`launch_trial`)."""
-    os.environ.update(env)
+def run_trial(sweep_class: type, cfg: Any, trial: Trial, env: dict[str, str], sweep: Any = None) -> Any:
+    """What runs one trial: `sweep.execute(trial)` (in a worker, one `sweep_class(cfg)` per process), or with
+    `cfg.trial_processes` > 1 and an unlearning run, the same in an `accelerate launch` job (`launch_trial`)."""
     if trial.kind == "run" and cfg.trial_processes > 1:
         return launch_trial(sweep_class, cfg, trial, env)
-    key = (sweep_class, fingerprint(cfg.__dict__))
-    if key not in _WORKER:
-        _WORKER.clear()
-        _WORKER[key] = sweep_class(cfg, log=lambda message: None)
-    return _WORKER[key].execute(trial)
+    if sweep is None:  # a Ray worker
+        os.environ.update(env)
+        key = (sweep_class, fingerprint(cfg.__dict__))
+        if key not in _WORKER:
+            _WORKER.clear()
+            _WORKER[key] = sweep_class(cfg, log=lambda message: None)
+        sweep = _WORKER[key]
+    return sweep.execute(trial)
 
 
 def launch_trial(sweep_class: type, cfg: Any, trial: Trial, env: dict[str, str]) -> Any:
@@ -148,10 +150,7 @@ class LocalBackend:
         for trial in trials:
             progress.started()
             try:
-                if trial.kind == "run" and sweep.cfg.trial_processes > 1:
-                    result = launch_trial(type(sweep), sweep.cfg, trial, trial_env())
-                else:
-                    result = sweep.execute(trial)
+                result = run_trial(type(sweep), sweep.cfg, trial, trial_env(), sweep)
             except BaseException:
                 progress.failed()
                 raise

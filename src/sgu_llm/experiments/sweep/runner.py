@@ -75,6 +75,11 @@ from sgu_llm.trainers.stopping import ks_distance, row_scores
 RETAIN_SPLIT = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
+def read_json(path: str) -> Any:
+    with open(path) as fh:
+        return json.load(fh)
+
+
 def run_recipe(cfg: SweepConfig, split: str, seed: int, method: str, point: Point, out: str) -> Recipe:
     """The recipe of one run: the sweep's base fields, the method's at this point, the split and the seed."""
     lr, setting = point
@@ -355,7 +360,9 @@ class Sweep:
             for (seed, method, point), path in paths.items()
             if not os.path.exists(path)
         ]
+        done = {}
         for trial, rec in self.backend.run(self, trials, self.progress):
+            done[(trial.seed, trial.method, trial.point)] = rec
             write_json(paths[(trial.seed, trial.method, trial.point)], rec)
             h = rec["selections"]["holdout"]
             self.log(
@@ -363,11 +370,7 @@ class Sweep:
                 f"{h['epoch']:.0f} FQ {h['forget_quality']:.3g} MU {h['model_utility']:.3f} ({rec['unlearn_seconds']:.0f} s unlearning, {rec['scoring_seconds']:.0f} s scoring, "
                 f"{rec['evaluation_seconds']:.0f} s evaluation)"
             )
-        out = []
-        for x in todo:
-            with open(paths[x]) as fh:
-                out.append(json.load(fh))
-        return out
+        return [done[x] if x in done else read_json(paths[x]) for x in todo]
 
     def points_for(self, split: str, seed: int, records: list[dict]) -> dict[str, list[Point]]:
         """Each method's points on this (split, seed): its whole grid, or the point chosen on the first split
@@ -424,16 +427,16 @@ class Sweep:
                         with open(run_path(self.cfg, split, seed, method, point)) as fh:
                             curve = json.load(fh)["curve"]
                     trials.append(Trial("attack", split, seed, method, point, inputs={"evals": evals[seed], "curve": curve}))
+            done = {}
             for trial, entry in self.backend.run(self, trials, self.progress):
+                done[(trial.seed, trial.method, trial.point)] = entry
                 write_json(paths[(trial.seed, trial.method, trial.point)], entry)
                 a = entry["attacks"]
                 self.log(
                     f"[sweep] attacks {split} seed {trial.seed} {trial.method}: relearn prob "
                     f"{a['none']['forget_prob']:.3f} -> {a['relearn']['forget_prob']:.3f}"
                 )
-            for x in todo:
-                with open(paths[x]) as fh:
-                    out.append(json.load(fh))
+            out += [done[x] if x in done else read_json(paths[x]) for x in todo]
         return out
 
     def attack_one(
