@@ -82,3 +82,38 @@ def test_token_budget_batches_cover_every_row_once_within_budget():
         assert len(b) <= 3
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 80
     assert batches[0] == [7]  # longer than the budget: alone
+
+
+def test_frozen_prefix_reuses_the_lower_layers_exactly(tiny):
+    """Scoring through the recorded lower layers gives the full pass's numbers, before and after the
+    trainable layer changes; a changed frozen weight drops the recorded states; a trainable first layer
+    turns it off."""
+    from sgu_llm.evaluation.prefix import FrozenPrefix, first_trainable_layer
+
+    _, tok, rows = tiny
+    model = tiny_llama(tok, hidden_size=32, num_layers=3, num_heads=2, seed=4).eval()
+    for name, p in model.named_parameters():
+        p.requires_grad_(".layers.2." in name or "model.norm" in name)
+    assert first_trainable_layer(model) == 2
+    pad, prefix = tok.pad_token_id, FrozenPrefix()
+
+    def score(reuse):
+        with prefix.active(model) if reuse else torch.no_grad():
+            return scoring.score_rows(model, rows, pad, token_budget=90)["nll"]
+
+    full = score(False)
+    np.testing.assert_array_equal(score(True), full)  # records
+    assert prefix.hits == 0 and prefix.misses > 0
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight.mul_(1.5)  # what an unlearning step changes
+    after = score(False)
+    assert not np.allclose(after, full)
+    np.testing.assert_allclose(score(True), after, rtol=1e-6, atol=1e-6)
+    assert prefix.hits == prefix.misses
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(0.5)  # a frozen weight changed: record again
+    hits = prefix.hits
+    np.testing.assert_allclose(score(True), score(False), rtol=1e-6, atol=1e-6)
+    assert prefix.hits == hits
+    model.model.layers[0].mlp.down_proj.weight.requires_grad_(True)
+    assert first_trainable_layer(model) is None

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 from sgu_llm.data.pairing import ForgetRetainDataset
 from sgu_llm.evaluation import evaluate_model
+from sgu_llm.evaluation.prefix import FrozenPrefix
 
 
 class PairingEpochCallback(TrainerCallback):
@@ -37,7 +38,9 @@ class EpochScoring(TrainerCallback):
     Subclasses implement `score(model) -> dict` (in eval mode, without gradients) and may act on each new
     record in `scored(state, model, record)`. `rank_zero_only`: score on the main process alone (a full copy of
     the model); otherwise every rank scores (a sharded model needs all of them for a forward pass).
-    `score_start = False` skips the start (a resumed run that read its earlier scores).
+    `score_start = False` skips the start (a resumed run that read its earlier scores). The frozen lower
+    layers' output is recorded on the first scoring and reused after (`FrozenPrefix`: exact, and only the
+    trainable layers run when unlearning updates the top ones).
     """
 
     rank_zero_only = False
@@ -46,6 +49,7 @@ class EpochScoring(TrainerCallback):
         self.records: list[dict] = []
         self.seconds = 0.0
         self.score_start = True
+        self.prefix = FrozenPrefix()
 
     def score(self, model: Any) -> dict:
         raise NotImplementedError
@@ -61,7 +65,8 @@ class EpochScoring(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            record = {"step": state.global_step, "epoch": float(state.epoch or 0.0), **self.score(model)}
+            with self.prefix.active(model):
+                record = {"step": state.global_step, "epoch": float(state.epoch or 0.0), **self.score(model)}
         finally:
             model.train(was_training)
         self.records.append(record)

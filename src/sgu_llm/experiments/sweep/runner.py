@@ -37,6 +37,7 @@ from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
 from sgu_llm.evaluation import evaluate_model
 from sgu_llm.evaluation.attacks import attack_report
 from sgu_llm.evaluation.metrics import forget_quality
+from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.evaluation.suite import forget_diagnostics_of
 from sgu_llm.experiments.config import Recipe, parse_fields
 from sgu_llm.experiments.shared import eval_kwargs, make_trainer
@@ -139,6 +140,7 @@ class SeedContext:
     kw: dict
     evals: dict
     metas: dict = field(default_factory=dict)
+    prefix: FrozenPrefix = field(default_factory=FrozenPrefix)  # the frozen lower layers' output, shared by its runs
 
 
 class Sweep:
@@ -182,14 +184,14 @@ class Sweep:
             data, recipe.bench, prompt_format=recipe.config.prompt_format, base=recipe.model
         )
         kw = eval_kwargs(recipe.config, recipe.evaluation)
-        ctx = SeedContext(data, tokenizer, models, eval_sets(data), kw, {}, metas)
+        ctx = SeedContext(data, tokenizer, models, eval_sets(data), kw, {}, metas, FrozenPrefix())
         self._loaded = ((split, seed), ctx)
         return ctx
 
     def context(self, split: str, seed: int, evals: dict) -> SeedContext:
         """The seed's context with the baselines the driver handed over."""
         ctx = self.load_seed(split, seed)
-        return SeedContext(ctx.data, ctx.tokenizer, ctx.models, ctx.sets, ctx.kw, evals, ctx.metas)
+        return SeedContext(ctx.data, ctx.tokenizer, ctx.models, ctx.sets, ctx.kw, evals, ctx.metas, ctx.prefix)
 
     def baseline_evals(self, split: str, seed: int, stored: dict | None, keep: bool) -> dict:
         """The `models` trial: fine-tune (or load) the seed's models and return `{"evals", "write", "stale"}`: the
@@ -277,6 +279,7 @@ class Sweep:
             recipe = run_recipe(self.cfg, split, seed, method, point, tmp)
             recipe.config.disable_tqdm = True
             recorder = EpochRecorder(ctx.tokenizer, ctx.sets, ctx.evals["retain"], ctx.kw)
+            recorder.prefix = ctx.prefix  # every run of the seed starts from the same target: one record of it
             trainer = make_trainer(
                 recipe.script.method, ctx.models["target"], recipe.config, ctx.data, ctx.tokenizer,
                 retain_general=recipe.script.retain_general, peft_config=recipe.model.peft_config(),
@@ -304,7 +307,8 @@ class Sweep:
                     # Unchanged from the target (an epoch-0 pick): its evaluation is the seed's baseline.
                     evaluated[idx] = dict(evals["target"]["aggregates"])
                 else:
-                    evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)["aggregates"]
+                    with ctx.prefix.active(model):  # teacher-forced scoring reuses the frozen layers; generation does not
+                        evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)["aggregates"]
             selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
         lr, setting = point
         record = {
