@@ -100,28 +100,47 @@ def test_train_save_load_sae_with_sae_lens(tmp_path):
         load_sae("not-a-folder-release")
 
 
-def test_causal_check_baseline_is_the_unmodified_model(model, tokenizer, small_sets):
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"])
+def test_causal_check_baseline_is_the_unmodified_model(model, tokenizer, small_sets, hook, monkeypatch):
+    import contextlib
+
     from sgu_llm.data.pairing import prepare_qa_dataset
+    from sgu_llm.evaluation.prefix import FrozenPrefix
 
     forget, retain = small_sets
     rows_f = prepare_qa_dataset(forget, tokenizer, "f").to_list()
     rows_r = prepare_qa_dataset(retain.select(range(20)), tokenizer, "r").to_list()
-    acts, _ = collect_activations(model, rows_f + rows_r, "blocks.0.hook_resid_post", tokenizer.pad_token_id)
+    acts, _ = collect_activations(model, rows_f + rows_r, hook, tokenizer.pad_token_id)
     sae = train_sae(acts, expansion=2, l1_coefficient=0.5, epochs=5, batch_size=128)
     freq = (sae.encode(acts) > 0).float().mean(0)
     plain = answer_probability(model, rows_f, tokenizer.pad_token_id)
-    result = causal_check(
-        model,
-        sae,
-        "blocks.0.hook_resid_post",
-        tokenizer.pad_token_id,
-        rows_f,
-        rows_r,
-        features=torch.argsort(freq, descending=True)[:8].tolist(),
-        freq=freq,
-        draws=3,
-        scales=(0.0, -2.0),
-    )
+
+    def check():
+        return causal_check(
+            model,
+            sae,
+            hook,
+            tokenizer.pad_token_id,
+            rows_f,
+            rows_r,
+            features=torch.argsort(freq, descending=True)[:8].tolist(),
+            freq=freq,
+            draws=3,
+            scales=(0.0, -2.0),
+        )
+
+    made = []
+    init = FrozenPrefix.__init__
+    monkeypatch.setattr(FrozenPrefix, "__init__", lambda self: (init(self), made.append(self))[0])
+    result = check()
+    assert made[0].hits > 0 if hook.startswith("blocks.1") else made[0].hits == 0
+    if hook.startswith("blocks.1"):  # the layer below the hook ran once, its output reused: the same numbers
+        monkeypatch.setattr(FrozenPrefix, "active", lambda self, model, layer=None: contextlib.nullcontext())
+        plain_passes = check()
+        for scale in ("0.0", "-2.0"):
+            for key in ("clamped_effects", "random_mean"):
+                got, want = result["by_scale"][scale][key], plain_passes["by_scale"][scale][key]
+                assert got == pytest.approx(want, abs=1e-6), (scale, key)
     # Reconstruction + error term is the identity: clamping nothing changes nothing.
     assert result["baseline"]["forget_prob"] == pytest.approx(plain, abs=1e-5)
     # Clamping the 8 most frequent features of the only SAE does change the model.

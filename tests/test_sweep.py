@@ -106,6 +106,27 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     assert sorted(r["method"] for r in found["rows"]) == ["graddiff", "sgu"] and found["retain"] is not None
     assert sweep_attacks(str(tmp_path / "none.json"), "tiny-llama", "forget10")["rows"] == []
     cfg.attack_splits = []
+    # The probe stage: the reported SGU-family row (here `sgu`) repeated and probed, its causal check at both
+    # clamp factors in the row and results.md; the rows also go into a shared results.json beside another
+    # model's; a second pass repeats nothing.
+    cfg.probe_splits = ["forget10"]
+    cfg.base = {**cfg.base, "sae_epochs": 2, "causal_random_draws": 2, "probe_examples": 8}
+    probes = Sweep(cfg, log=lambda m: None).probe(records)
+    assert [(p["method"], p["seed"]) for p in probes] == [("sgu", 0)] and probes[0]["same_curve"]
+    assert set(probes[0]["causal"]["by_scale"]) == {"0.0", "-2.0"}
+    shared = tmp_path / "all.json"
+    shared.write_text(json.dumps([{"model": "other", "method": "npo"}]))
+    cfg.results_json = str(shared)
+    rows = write_results(cfg, records, "sgu-llm sweep test.yaml", attacks, probes)
+    causal = [r["causal"] for r in rows if r.get("causal")]
+    assert len(causal) == 1 and causal[0]["seeds"] == [0]
+    assert set(causal[0]["per_seed"][0]["scales"]) == {"0.0", "-2.0"}
+    assert 1 / 3 <= causal[0]["per_seed"][0]["scales"]["0.0"]["p_value"] <= 1  # 2 draws
+    assert "The probe's causal check: `sgu`" in (tmp_path / "docs" / "results.md").read_text()
+    assert json.loads(shared.read_text())[0] == {"model": "other", "method": "npo"}
+    assert len(json.loads(shared.read_text())) == 1 + len(rows)
+    assert NoRepeat(cfg, log=lambda m: None).probe(records) == probes
+    cfg.probe_splits, cfg.results_json = [], None
 
     # A killed run (its file missing) is the only one trained again.
     os.remove(tmp_path / "runs" / "forget10" / "seed0" / "graddiff" / "lr0.001.json")
@@ -204,6 +225,10 @@ def test_sweep_yaml_parses_and_names_known_methods(tmp_path):
     bad.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
     with pytest.raises(ValueError, match="unknown keys"):
         load_sweep(str(bad))
+    with pytest.raises(ValueError, match="probe_method 'gru' is not one of the sweep's methods"):
+        SweepConfig(**TINY, probe_method="gru")
+    with pytest.raises(ValueError, match=r"probe_splits \['forget05'\] are not in splits"):
+        SweepConfig(**TINY, probe_splits=["forget05"])
 
 
 def test_ray_backend_without_ray_names_the_extra(monkeypatch):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -31,17 +32,20 @@ def _decoder(model: Any) -> Any:
     return decoder
 
 
+def _cuttable(decoder: Any) -> bool:
+    """Whether the decoder's layer list can be cut (one kind of layer, parameters not partitioned)."""
+    kinds = getattr(getattr(decoder, "config", None), "layer_types", None)
+    if kinds is not None and len(set(kinds)) > 1:
+        return False
+    return not any(p.numel() == 0 for p in decoder.parameters())  # ZeRO-3 gathers inside each layer's forward
+
+
 def first_trainable_layer(model: Any) -> int | None:
     """Index of the lowest decoder layer with a trainable parameter when everything below it (embeddings
     included) is frozen; None when nothing can be reused (see the module docstring)."""
     decoder = _decoder(model)
-    if decoder is None:
+    if decoder is None or not _cuttable(decoder):
         return None
-    kinds = getattr(getattr(decoder, "config", None), "layer_types", None)
-    if kinds is not None and len(set(kinds)) > 1:
-        return None
-    if any(p.numel() == 0 for p in decoder.parameters()):
-        return None  # partitioned (ZeRO-3): the layers are gathered inside their own forward
     embed = decoder.get_input_embeddings() if hasattr(decoder, "get_input_embeddings") else None
     if embed is not None and any(p.requires_grad for p in embed.parameters()):
         return None
@@ -81,13 +85,20 @@ class FrozenPrefix:
         return float(sum(p.detach().double().sum().item() for p in parts))
 
     @contextlib.contextmanager
-    def active(self, model: Any) -> Iterator[None]:
-        """Reuse (or record) the frozen part's output for every decoder forward inside the block."""
-        layer = first_trainable_layer(model)
+    def active(self, model: Any, layer: int | None = None) -> Iterator[None]:
+        """Reuse (or record) the frozen part's output for every decoder forward inside the block.
+
+        `layer`: reuse the input of this layer instead of the first trainable one's (an intervention at or above
+        it, such as the probe's causal check clamping features at its output or input: enter this block before
+        installing the intervention's hooks, so the recorded input is the unmodified one)."""
+        decoder = _decoder(model)
+        if layer is None:
+            layer = first_trainable_layer(model)
+        elif decoder is None or not _cuttable(decoder) or not 0 < layer < len(decoder.layers):
+            layer = None
         if layer is None:
             yield
             return
-        decoder = _decoder(model)
         if layer != self.layer:
             self.states, self.layer, self.checksum = {}, layer, None
         checksum = self._frozen_checksum(decoder)

@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from sgu_llm.core.files import write_json, write_text
-from sgu_llm.data.benchmark import eval_sets, load_benchmark_data, training_sets
-from sgu_llm.data.pairing import prepare_qa_dataset
+from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
 from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT
 from sgu_llm.evaluation import evaluate_model
 from sgu_llm.evaluation.attacks import attack_report
 from sgu_llm.evaluation.suite import truth_ratios
 from sgu_llm.experiments.config import EvaluationArguments, ScriptArguments, parse_args
-from sgu_llm.experiments.probing import prepare_sae, probe_report
+from sgu_llm.experiments.probing import probe_pair
 from sgu_llm.models.benchmark import BenchmarkArguments, benchmark_models, shipped_weights
 from sgu_llm.models.saved import load_saved_model
-from sgu_llm.probe.sae_probe import ProbeArguments, SAEProbe
+from sgu_llm.probe.sae_probe import ProbeArguments
 from sgu_llm.report.page import md_table
 from sgu_llm.report.run_report import build_probe_section
 from sgu_llm.report.tables import RUN_ATTACK_HEADERS, run_attack_caption, run_attack_rows
@@ -151,18 +150,7 @@ def probe_main(argv: list[str]) -> int:
     before, tokenizer = load_saved_model(args.before)
     after, _ = load_saved_model(args.after)
     data = load_benchmark_data(script)
-    sae, quality = prepare_sae(
-        before, tokenizer, training_sets(data)["target"], probe_args, bench, args.before, args.prompt_format
-    )
-    n = probe_args.probe_examples
-    fmt = {"prompt_format": args.prompt_format}
-    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
-    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
-    retain = retain.to_list()
-    probe = SAEProbe(sae, probe_args.sae_hook_name, tokenizer, forget[:n], retain[:n], probe_args)
-    probe.measure(before, 0)
-    probe.measure(after, 1)
-    out = probe_report(probe, before, tokenizer, forget, retain, probe_args, quality)
+    out = probe_pair(before, after, tokenizer, data, probe_args, bench, args.before, args.prompt_format)
     write_json(os.path.join(args.output_dir, "probe.json"), out, indent=None)
     md, page = build_probe_section(out)
     write_text(os.path.join(args.output_dir, "probe.md"), md)

@@ -146,6 +146,31 @@ def probe_report(
     return out
 
 
+def probe_pair(
+    before: Any,
+    after: Any,
+    tokenizer: Any,
+    data: dict,
+    probe_args: Any,
+    bench: Any,
+    target_key: str,
+    prompt_format: str,
+) -> dict[str, Any]:
+    """Probe one before/after pair without training (`sgu-llm probe`, the sweep's probe stage): the SAE of
+    `before` (given or trained, cached under `target_key`), feature states from `before` to `after` on the
+    first `probe_examples` forget and retain rows, and the causal check on `before` (`probe_report`)."""
+    sae, quality = prepare_sae(before, tokenizer, training_sets(data)["target"], probe_args, bench, target_key, prompt_format)
+    n = probe_args.probe_examples
+    fmt = {"prompt_format": prompt_format}
+    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
+    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
+    retain = retain.to_list()
+    probe = SAEProbe(sae, probe_args.sae_hook_name, tokenizer, forget[:n], retain[:n], probe_args)
+    probe.measure(before, 0)
+    probe.measure(after, 1)
+    return probe_report(probe, before, tokenizer, forget, retain, probe_args, quality)
+
+
 def attach_probe(
     trainer: Any,
     models: dict,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.evaluation.scoring import score_rows
 from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.sae import collect_activations
@@ -368,6 +369,20 @@ def causal_check(
             rp, rnll = answer_scores(model, retain_rows, pad_token_id)
         return {"forget_prob": fp, "retain_prob": rp, "forget_nll": fnll, "retain_nll": rnll}
 
+    # Every pass runs the same rows through the same layers below the hook: record their output once and run
+    # only the layers from the hooked one up (exact; sgu_llm.evaluation.prefix).
+    prefix = FrozenPrefix()
+    hook_layer = int(HOOK_PATTERN.match(hook_name).group(1))
+    with prefix.active(model, layer=hook_layer):
+        result = _causal_passes(run, features, freq, exclude, draws, seed, scales)
+    model.train(was_training)
+    return result
+
+
+def _causal_passes(
+    run: Any, features: list[int], freq: torch.Tensor, exclude: list[int] | None, draws: int, seed: int, scales: tuple
+) -> dict[str, Any]:
+    """The clamped and random passes of `causal_check` (its docstring)."""
     base = run([], 1.0)
     result: dict[str, Any] = {"n_features": len(features), "baseline": base, "scales": list(scales)}
     if features:
@@ -406,5 +421,4 @@ def causal_check(
         for name, eff in (("clamped", first["clamped_effects"]), ("random", first["random_mean"])):
             for k, v in eff.items():
                 result[f"{name}_{k}"] = v
-    model.train(was_training)
     return result

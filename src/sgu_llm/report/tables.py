@@ -217,6 +217,43 @@ def attack_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+CAUSAL_HEADERS = [
+    "seed", "epoch", "features clamped", "factor", "forget NLL rise", "retain NLL rise", "selectivity",
+    "random selectivity: mean (std; max)", "p",
+]
+
+
+def causal_markdown(rows: list[dict]) -> list[str]:
+    """The probe stage's causal check over seeds (`causal` of the probed row; `write_results`)."""
+    lines = []
+    for r in rows:
+        c = r["causal"]
+        draws = {p["draws"] for p in c["per_seed"]}
+        lines += [
+            f"### The probe's causal check: `{r['method']}` at {point_label(r)}, {len(c['seeds'])} model seeds",
+            "",
+            f"SAE at `{c['hook_name']}`, trained on each seed's target. The features the probe finds removed "
+            "(pruned or reversed) between the target and the run's holdout-selected epoch are clamped in the target "
+            "(or, when none is removed, the ones whose forget activation fell most: `largest_drop`); selectivity = "
+            "forget NLL rise - retain NLL rise; the same for random feature sets of matched firing frequency "
+            f"({', '.join(str(d) for d in sorted(draws))} draws); p = (1 + draws reaching the clamped set's "
+            "selectivity) / (1 + draws).",
+            "",
+            "| " + " | ".join(CAUSAL_HEADERS) + " |",
+            "|" + "---|" * len(CAUSAL_HEADERS),
+        ]
+        for p in c["per_seed"]:
+            for factor, e in p["scales"].items():
+                lines.append(
+                    f"| {p['seed']} | {fmt(p['epoch'])} | {p['n_features']} ({p['clamped_from']}) | {factor} | "
+                    f"{fmt(e['forget_nll_rise'])} | {fmt(e['retain_nll_rise'])} | {fmt(e['selectivity'])} | "
+                    f"{fmt(e['random_selectivity_mean'])} ({fmt(e['random_selectivity_std'])}; "
+                    f"{fmt(e['random_selectivity_max'])}) | {fmt(e['p_value'])} |"
+                )
+        lines.append("")
+    return lines
+
+
 def results_markdown(
     cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None
 ) -> str:
@@ -270,6 +307,7 @@ def results_markdown(
         if records:
             lines += [stopping_check(records, split), ""]
         lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
+        lines += causal_markdown([r for r in rows if r["split"] == split and r.get("causal")])
     lines += ["![forget quality against model utility](pareto.png)", ""]
     return "\n".join(lines)
 

@@ -50,6 +50,29 @@ class SweepConfig:
             "attacks on that seed's retain model. The run is repeated to get its weights (runs store none)."
         },
     )
+    probe_splits: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Splits where the reported SGU-family row (`probe_method`) is repeated on every model seed and probed: "
+            "SAE features (the probe fields in `base`: sae_hook_name, sae_expansion, ...) from the target to the "
+            "holdout-selected epoch, and the causal check on the target (clamp factors causal_scales against "
+            "causal_random_draws matched random sets; sgu_llm.probe)."
+        },
+    )
+    probe_method: str | None = field(
+        default=None,
+        metadata={
+            "help": "The method the probe stage probes at its reported point; None: the `sgu`-family method whose "
+            "reported row (holdout selection) meets the utility floor with the best mean log10 forget quality."
+        },
+    )
+    results_json: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also write the rows into this results.json in place of this model's rows (e.g. docs/results.json, "
+            "which holds every model's rows); results_dir keeps its own."
+        },
+    )
     trial_cpus: float = field(
         default=1,
         metadata={"help": "CPU cores each trial asks Ray for (--backend ray; Ray sets the trial's OMP_NUM_THREADS to it)."},
@@ -100,7 +123,9 @@ class SweepConfig:
             grid = fields_.get("grid", {})
             if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
                 raise ValueError(f"sweep method {name!r}: grid must map config fields to non-empty lists of values")
-        for name in ("best_only_splits", "attack_splits"):
+        if self.probe_method is not None and self.probe_method not in self.methods:
+            raise ValueError(f"probe_method {self.probe_method!r} is not one of the sweep's methods {sorted(self.methods)}")
+        for name in ("best_only_splits", "attack_splits", "probe_splits"):
             unknown = set(getattr(self, name)) - set(self.splits)
             if unknown:
                 raise ValueError(f"{name} {sorted(unknown)} are not in splits {sorted(self.splits)}")
@@ -163,6 +188,11 @@ def attack_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Poi
     if method == "retain":
         return os.path.join(cfg.output_dir, split, f"seed{seed}", "attacks-retain.json")
     return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"attacks-{point_name(point)}.json")
+
+
+def probe_path(cfg: SweepConfig, split: str, seed: int, method: str, point: Point) -> str:
+    """The probe and causal check of one run (`Sweep.probe`)."""
+    return os.path.join(cfg.output_dir, split, f"seed{seed}", method, f"probe-{point_name(point)}.json")
 
 
 def method_fields(cfg: SweepConfig, method: str, setting: tuple = ()) -> dict:

@@ -247,6 +247,47 @@ def baseline_diagnostics(base: dict[int, dict], seeds: list[int]) -> dict[str, d
     return out
 
 
+def probe_rows(probes: list[dict]) -> dict[tuple, dict]:
+    """(split, method) -> the probe stage's causal check over seeds: per seed and clamp factor, the clamped set's
+    forget / retain NLL rise and selectivity, the matched random sets' selectivity (mean, std, max) and the
+    empirical p-value (1 + draws reaching the clamped set's selectivity) / (1 + draws)."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in probes:
+        groups.setdefault((p["split"], p["method"]), []).append(p)
+    out = {}
+    for key, entries in groups.items():
+        per_seed = []
+        for e in sorted(entries, key=lambda e: e["seed"]):
+            c = e["causal"]
+            draws = e.get("causal_random_draws", 0)
+            scales = {}
+            for factor, b in c.get("by_scale", {}).items():
+                sel = [t["selectivity"] for t in b["random_effects"]]
+                reached = round(b["random_at_least"] * len(sel))
+                scales[factor] = {
+                    "forget_nll_rise": b["clamped_effects"]["forget_nll_rise"],
+                    "retain_nll_rise": b["clamped_effects"]["retain_nll_rise"],
+                    "selectivity": b["clamped_effects"]["selectivity"],
+                    "random_selectivity_mean": float(np.mean(sel)),
+                    "random_selectivity_std": b["random_selectivity_std"],
+                    "random_selectivity_max": b["random_selectivity_max"],
+                    "p_value": (1 + reached) / (1 + len(sel)),
+                }
+            per_seed.append({
+                "seed": e["seed"], "epoch": e.get("epoch"), "same_curve": e.get("same_curve"), "draws": draws,
+                "n_features": c["n_features"], "clamped_from": c.get("clamped_from"),
+                "state_counts": (e.get("state_counts") or [None])[-1], "scales": scales,
+            })
+        out[key] = {
+            "seeds": [p["seed"] for p in per_seed],
+            "learning_rate": entries[0]["learning_rate"],
+            **({"setting": entries[0]["setting"]} if entries[0].get("setting") else {}),
+            "hook_name": entries[0].get("hook_name"),
+            "per_seed": per_seed,
+        }
+    return out
+
+
 def merge_rows(path: str, rows: list[dict], model: str) -> None:
     """Write `rows` into results.json in place of that model's rows, keeping every other model's."""
     kept = []

@@ -40,6 +40,7 @@ from sgu_llm.evaluation.metrics import forget_quality
 from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.evaluation.suite import forget_diagnostics_of
 from sgu_llm.experiments.config import Recipe, parse_fields
+from sgu_llm.experiments.probing import probe_pair
 from sgu_llm.experiments.shared import eval_kwargs, make_trainer
 from sgu_llm.experiments.sweep.backends import LocalBackend, Progress, Trial, make_backend
 from sgu_llm.experiments.sweep.config import (
@@ -52,6 +53,7 @@ from sgu_llm.experiments.sweep.config import (
     method_points,
     methods_on,
     point_name,
+    probe_path,
     record_point,
     run_path,
 )
@@ -66,6 +68,7 @@ from sgu_llm.experiments.sweep.records import (
     complete_seeds,
     load_baselines,
     merge_rows,
+    probe_rows,
 )
 from sgu_llm.models.benchmark import benchmark_models
 from sgu_llm.report.figures import plot_pareto
@@ -169,6 +172,8 @@ class Sweep:
             return self.train_point(trial.split, trial.seed, trial.method, trial.point, ctx)
         if trial.kind == "attack":
             return self.attack_one(trial.split, trial.seed, trial.method, trial.point, ctx, trial.inputs.get("curve"))
+        if trial.kind == "probe":
+            return self.probe_one(trial.split, trial.seed, trial.method, trial.point, ctx, trial.inputs["curve"])
         raise ValueError(f"unknown trial kind {trial.kind!r}")
 
     def load_seed(self, split: str, seed: int) -> SeedContext:
@@ -457,11 +462,8 @@ class Sweep:
         if method == "retain":
             model = ctx.models["retain"]
         else:
-            model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
-            idx = choose(recorder.curve)["holdout"]
-            model.load_state_dict(recorder.snapshots[idx])
-            entry["epoch"] = recorder.curve[idx]["epoch"]
-            entry["same_curve"] = stored_curve == recorder.curve
+            model, repeat = self.repeat_selected(split, seed, method, point, ctx, stored_curve)
+            entry.update(repeat)
         reference = ctx.evals["retain"]["per_example"]["forget"]["truth_ratio"]
         report = attack_report(
             {method: model}, ctx.tokenizer, ctx.sets["forget"], reference, ctx.kw,
@@ -472,16 +474,93 @@ class Sweep:
         entry["relearn"] = report["relearn"]
         return entry
 
+    def repeat_selected(
+        self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stored_curve: list | None
+    ) -> tuple[Any, dict]:
+        """A finished run repeated to get its weights at the holdout-selected epoch (runs store none): the model and
+        `{"epoch", "same_curve"}` (whether the repeat scored every epoch as the stored run did)."""
+        model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
+        idx = choose(recorder.curve)["holdout"]
+        model.load_state_dict(recorder.snapshots[idx])
+        return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": stored_curve == recorder.curve}
+
+    def probed(self, split: str, records: list[dict]) -> tuple[str, Point]:
+        """The probe stage's method and point: `probe_method` at its reported point, or the `sgu`-family method whose
+        reported holdout row meets the utility floor with the best mean log10 forget quality (if none meets it,
+        the one with the highest utility)."""
+        table = aggregate(complete_seeds(self.cfg, records), {split: load_baselines(self.cfg, split)},
+                          self.cfg.utility_floor, tune_seeds=self.tune_seeds_of())
+        rows = [r for r in table if r["split"] == split and r["reported"] and r["selection"] == "holdout"]
+        if self.cfg.probe_method is not None:
+            rows = [r for r in rows if r["method"] == self.cfg.probe_method]
+        else:
+            rows = [r for r in rows if r["family"] == "sgu"]
+        if not rows:
+            raise ValueError(f"probe_splits: no finished {split} runs of {self.cfg.probe_method or 'an sgu-family method'} to probe")
+        ok = [r for r in rows if r["model_utility_mean"] >= self.cfg.utility_floor * r["target_model_utility"]]
+        best = max(ok, key=lambda r: r["log10_forget_quality_mean"]) if ok else max(rows, key=lambda r: r["model_utility_mean"])
+        return best["method"], record_point(best)
+
+    def probe(self, records: list[dict]) -> list[dict]:
+        """Probe the reported SGU-family row (`probed`) on every seed of the `probe_splits`: one JSON per seed,
+        skipped when on disk."""
+        out = []
+        for split in self.cfg.probe_splits:
+            method, point = self.probed(split, records)
+            paths = {seed: probe_path(self.cfg, split, seed, method, point) for seed in self.cfg.splits[split]}
+            need = [seed for seed, path in paths.items() if not os.path.exists(path)]
+            evals = self.seed_baselines(split, need, keep=True) if need else {}
+            trials = []
+            for seed in need:
+                with open(run_path(self.cfg, split, seed, method, point)) as fh:
+                    curve = json.load(fh)["curve"]
+                trials.append(Trial("probe", split, seed, method, point, inputs={"evals": evals[seed], "curve": curve}))
+            done = {}
+            for trial, entry in self.backend.run(self, trials, self.progress):
+                done[trial.seed] = entry
+                write_json(paths[trial.seed], entry)
+                c = entry["causal"]
+                self.log(
+                    f"[sweep] probe {split} seed {trial.seed} {method}: {c['n_features']} features ({c['clamped_from']}), "
+                    + ", ".join(f"factor {k}: selectivity {v['clamped_effects']['selectivity']:.3g}, p {v['random_at_least']:.2f}"
+                                for k, v in c.get("by_scale", {}).items())
+                )
+            out += [done[s] if s in done else read_json(paths[s]) for s in self.cfg.splits[split]]
+        return out
+
+    def probe_one(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stored_curve: list) -> dict:
+        """The probe of one run: SAE feature states from the seed's target to the run's holdout-selected epoch, and the
+        causal check on the target (`sgu_llm.experiments.probing.probe_pair`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = run_recipe(self.cfg, split, seed, method, point, tmp)
+        model, repeat = self.repeat_selected(split, seed, method, point, ctx, stored_curve)
+        start = time.perf_counter()
+        target_key = ctx.metas.get("target", {}).get("key", recipe.model.model_name_or_path)
+        report = probe_pair(ctx.models["target"], model, ctx.tokenizer, ctx.data, recipe.probe, recipe.bench,
+                            target_key, recipe.config.prompt_format)
+        entry = {"method": method, "split": split, "seed": seed, "learning_rate": point[0],
+                 "models_match": ctx.evals["models_match"], **repeat}
+        if point[1]:
+            entry["setting"] = dict(point[1])
+        keep = ("hook_name", "hf_module", "sae_quality", "state_counts", "causal", "causal_random_draws")
+        entry.update({k: report[k] for k in keep if k in report})
+        entry["probe_seconds"] = time.perf_counter() - start
+        return entry
 
 
 
-def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: list[dict] | None = None) -> list[dict]:
+
+def write_results(
+    cfg: SweepConfig, records: list[dict], command: str, attacks: list[dict] | None = None, probes: list[dict] | None = None
+) -> list[dict]:
     """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s; the attacks
-    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`)."""
+    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`), the
+    probe stage's causal checks (`Sweep.probe`) into the probed row (`causal`)."""
     baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
     tuned = {m: list(cfg.tune_seeds) for m in cfg.methods if is_tuned(cfg, m)}
     rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor, tune_seeds=tuned)
     attacked = attack_rows(attacks or [])
+    probed = probe_rows(probes or [])
     for r in rows:
         r["model"] = cfg.model_name
         if r["reported"] and r["selection"] == "holdout":
@@ -491,8 +570,14 @@ def write_results(cfg: SweepConfig, records: list[dict], command: str, attacks: 
         if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
             r["attacks"] = got
             r["retain_attacks"] = attacked.get((r["split"], "retain"))
+        got = probed.get((r["split"], r["method"]))
+        point = (got["learning_rate"], tuple(sorted(got.get("setting", {}).items()))) if got else None
+        if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
+            r["causal"] = got
     os.makedirs(cfg.results_dir, exist_ok=True)
     merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
+    if cfg.results_json:
+        merge_rows(cfg.results_json, rows, cfg.model_name)
     plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
@@ -523,7 +608,7 @@ def main(argv: list[str]) -> int:
         cfg.results_dir = args.results_dir
     os.environ.setdefault("SGU_LLM_QUIET", "1")
     if args.report_only:
-        records, attacks = collect_records(cfg), collect_attacks(cfg)
+        records, attacks, probes = collect_records(cfg), collect_attacks(cfg), collect_records(cfg, prefix="probe")
     else:
         progress = Progress(enabled=not args.no_progress)
         backend = make_backend(args.backend, args.ray_address, args.ray_num_cpus)
@@ -531,10 +616,11 @@ def main(argv: list[str]) -> int:
         try:
             records = sweep.run_grid()
             attacks = sweep.attack(records) if cfg.attack_splits else []
+            probes = sweep.probe(records) if cfg.probe_splits else []
         finally:
             progress.close()
     # The command that reproduces the outputs (--report_only or not, either backend: the same tables from the
     # same runs).
-    write_results(cfg, records, f"sgu-llm sweep {args.config}", attacks)
+    write_results(cfg, records, f"sgu-llm sweep {args.config}", attacks, probes)
     print(f"[sweep] {len(records)} runs; {cfg.results_dir}/results.md")
     return 0
