@@ -152,8 +152,8 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     assert len(list((tmp_path / "runs" / "forget10").glob("seed0.stale-*"))) == 1
 
 
-def fake_run(method, seed, lr, fq, mu):
-    sel = {"epoch": 1.0, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.5, "privleak": 1.0}
+def fake_run(method, seed, lr, fq, mu, ks=0.5):
+    sel = {"epoch": 1.0, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.5, "privleak": 1.0, "holdout_ks": ks}
     return {
         "method": method,
         "split": "forget10",
@@ -176,7 +176,7 @@ def test_reported_learning_rate_is_the_same_rule_for_every_method():
         # lr 1: best forget quality but utility below the floor; lr 2: allowed, better than lr 3.
         *(fake_run("m", s, 1.0, 0.9, 0.5) for s in (0, 1)),
         *(fake_run("m", s, 2.0, 0.1, 0.96) for s in (0, 1)),
-        *(fake_run("m", s, 3.0, 0.01, 0.99) for s in (0, 1)),
+        *(fake_run("m", s, 3.0, 0.01, 0.99, ks=0.3) for s in (0, 1)),
         # no lr passes the floor: the one with the best utility is reported
         *(fake_run("n", s, 1.0, 0.9, 0.2) for s in (0, 1)),
         *(fake_run("n", s, 2.0, 0.9, 0.4) for s in (0, 1)),
@@ -191,6 +191,11 @@ def test_reported_learning_rate_is_the_same_rule_for_every_method():
     )
     assert row["seeds"] == [0, 1] and row["forget_quality_mean"] == pytest.approx(0.1)
     assert row["noise_floor_forget_quality"] == [0.9, 0.9]
+    # The rule reads the retain model (forget quality); the retain-free rule (lowest holdout KS among the points
+    # over the floor) would pick lr 3 here, whose forget quality is worse: the row says so.
+    free = row["retain_free_choice"]
+    assert (free["learning_rate"], free["same"]) == (3.0, False)
+    assert (free["forget_quality_mean"], free["chosen_forget_quality_mean"]) == (pytest.approx(0.01), pytest.approx(0.1))
 
 
 def test_only_complete_seeds_are_reported():

@@ -217,6 +217,31 @@ def attack_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def retain_free_markdown(rows: list[dict]) -> list[str]:
+    """The tuning rule (reads the retain model) against the retain-free rule, per method (`retain_free_choice`)."""
+    rows = [r for r in rows if r.get("retain_free_choice")]
+    if not rows:
+        return []
+    same = sum(r["retain_free_choice"]["same"] for r in rows)
+    lines = [
+        "### The tuning rule reads the retain model; what a retain-free rule would have picked",
+        "",
+        "Retain-free rule: among the same points meeting the utility floor, the lowest mean holdout KS statistic (the "
+        f"stopping rule's statistic, no retain model). It picks the same point for {same} of {len(rows)} methods; "
+        "forget quality of both picks on the seeds the point was chosen on:",
+        "",
+        "| method | chosen | FQ | retain-free pick | FQ | MU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: r["method"]):
+        c = r["retain_free_choice"]
+        lines.append(
+            f"| `{r['method']}` | {point_label(r)} | {fmt(c['chosen_forget_quality_mean'])} | "
+            f"{point_label(c)}{' (same)' if c['same'] else ''} | {fmt(c['forget_quality_mean'])} | {fmt(c['model_utility_mean'])} |"
+        )
+    return lines + [""]
+
+
 CAUSAL_HEADERS = [
     "seed", "epoch", "features clamped", "factor", "forget NLL rise", "retain NLL rise", "selectivity",
     "random selectivity: mean (std; max)", "p",
@@ -304,6 +329,7 @@ def results_markdown(
                 )
         lines += ["", diagnostics_line(rows, split), "", goal_check(rows, split, cfg.utility_floor), ""]
         lines += gate_markdown(cfg, [r for r in rows if r["split"] == split])
+        lines += retain_free_markdown([r for r in rows if r["split"] == split])
         if records:
             lines += [stopping_check(records, split), ""]
         lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])

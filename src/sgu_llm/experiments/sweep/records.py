@@ -35,6 +35,7 @@ SUMMARY_KEYS = (
     "forget_truth_ratio",
     "forget_tr_mean",
     "forget_outrank",
+    "holdout_ks",
 )
 
 
@@ -139,12 +140,16 @@ def summarise(runs: list[dict], base: dict[int, dict], sel: str) -> dict:
     return row
 
 
-def best_point(rows: list[dict], floor: float) -> Point:
+def best_point(rows: list[dict], floor: float, retain_free: bool = False) -> Point:
     """The reported point among one method's holdout rows: the best mean log10 forget quality among those with
-    mean utility >= floor x the target's; if none, the highest mean utility."""
+    mean utility >= floor x the target's; if none, the highest mean utility. `retain_free`: the rule without the
+    retain model instead, the lowest mean holdout KS statistic (the stopping rule's) among the same points."""
     ok = [r for r in rows if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]]
-    best = max(ok, key=lambda r: r["log10_forget_quality_mean"]) if ok else max(rows, key=lambda r: r["model_utility_mean"])
-    return record_point(best)
+    if not ok:
+        return record_point(max(rows, key=lambda r: r["model_utility_mean"]))
+    if retain_free:
+        return record_point(min(ok, key=lambda r: (r.get("holdout_ks_mean", float("inf")), -r["log10_forget_quality_mean"])))
+    return record_point(max(ok, key=lambda r: r["log10_forget_quality_mean"]))
 
 
 def aggregate(
@@ -176,10 +181,20 @@ def aggregate(
             ]
         else:
             decide = [r for r in rows if r["split"] == split and r["method"] == method and r["selection"] == "holdout"]
-        best = best_point(decide, floor)
+        best, free = best_point(decide, floor), best_point(decide, floor, retain_free=True)
+        picked = {record_point(d): d for d in decide}
         for r in rows:
             if r["split"] == split and r["method"] == method:
                 r["reported"] = record_point(r) == best
+                if r["reported"] and r["selection"] == "holdout" and len(decide) > 1:
+                    # What the retain-free rule would have picked, judged on the same (tune) seeds.
+                    f = picked[free]
+                    r["retain_free_choice"] = {
+                        "learning_rate": f["learning_rate"], **({"setting": f["setting"]} if f.get("setting") else {}),
+                        "same": free == best, "seeds": f["seeds"],
+                        "forget_quality_mean": f["forget_quality_mean"], "model_utility_mean": f["model_utility_mean"],
+                        "chosen_forget_quality_mean": picked[best]["forget_quality_mean"],
+                    }
     return rows
 
 

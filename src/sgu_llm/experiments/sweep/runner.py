@@ -576,9 +576,10 @@ def write_results(
             r["causal"] = got
     os.makedirs(cfg.results_dir, exist_ok=True)
     merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
-    if cfg.results_json:
-        merge_rows(cfg.results_json, rows, cfg.model_name)
-    plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
+    if rows:  # no complete seed yet: the model's rows already there stay, no empty plot
+        if cfg.results_json:
+            merge_rows(cfg.results_json, rows, cfg.model_name)
+        plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
