@@ -53,7 +53,7 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
         best = max(c["forget_quality"] for c in r["curve"])
         assert r["selections"]["oracle"]["forget_quality"] == pytest.approx(best)
     rows = write_results(cfg, records, "sgu-llm sweep test.yaml")
-    for name in ("results.json", "results.md", "pareto.png"):
+    for name in ("results.json", "results.md", "pareto.png", "grid.md"):
         assert os.path.getsize(tmp_path / "docs" / name) > 0
     saved = json.load(open(tmp_path / "docs" / "results.json"))
     assert saved == json.loads(json.dumps(rows))

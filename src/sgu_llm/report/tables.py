@@ -217,6 +217,35 @@ def attack_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def grid_markdown(cfg: Any, rows: list[dict], command: str) -> str:
+    """Every point of every method (holdout-selected epoch), the sweep's `grid.md`: what the rule chose from."""
+    lines = [
+        "# Every point of the sweep (holdout-selected epoch)",
+        "",
+        f"Reproduce: `{command}`. Model `{cfg.model_name}`. `chosen`: the point the rule reports (holdout selection, "
+        f"model utility >= {cfg.utility_floor} x target, then best mean log10 forget quality; tuned methods choose on "
+        "their tune seeds and run only that point on the others, so its row has more seeds).",
+        "",
+    ]
+    for split in cfg.splits:
+        lines += [
+            f"## {split}", "",
+            "| method | point | seeds | FQ mean (min–max) | MU mean (x target) | holdout KS | mean R | outrank | epoch (median) | chosen |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted((r for r in rows if r["split"] == split and r["selection"] == "holdout"),
+                        key=lambda r: (r["method"], r["learning_rate"], sorted(r.get("setting", {}).items()))):
+            lines.append(
+                f"| `{r['method']}` | {point_label(r)} | {len(r['seeds'])} | {fmt(r['forget_quality_mean'])} "
+                f"({fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])}) | {fmt(r['model_utility_mean'])} "
+                f"({fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | {fmt(r.get('holdout_ks_mean'))} | "
+                f"{fmt(r.get('forget_tr_mean_mean'))} | {fmt(r.get('forget_outrank_mean'))} | "
+                f"{r['epoch']['median']:.0f} | {'yes' if r['reported'] else ''} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def retain_free_markdown(rows: list[dict]) -> list[str]:
     """The tuning rule (reads the retain model) against the retain-free rule, per method (`retain_free_choice`)."""
     rows = [r for r in rows if r.get("retain_free_choice")]

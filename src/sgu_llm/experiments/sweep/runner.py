@@ -72,7 +72,7 @@ from sgu_llm.experiments.sweep.records import (
 )
 from sgu_llm.models.benchmark import benchmark_models
 from sgu_llm.report.figures import plot_pareto
-from sgu_llm.report.tables import results_markdown
+from sgu_llm.report.tables import grid_markdown, results_markdown
 from sgu_llm.trainers.callbacks import EpochScoring
 from sgu_llm.trainers.stopping import ks_distance, row_scores
 
@@ -584,6 +584,7 @@ def write_results(
         os.path.join(cfg.results_dir, "results.md"),
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
     )
+    write_text(os.path.join(cfg.results_dir, "grid.md"), grid_markdown(cfg, rows, command))
     return rows
 
 
