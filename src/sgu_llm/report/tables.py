@@ -363,7 +363,7 @@ def results_markdown(
             lines += [stopping_check(records, split), ""]
         lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
         lines += causal_markdown([r for r in rows if r["split"] == split and r.get("causal")])
-    lines += ["![forget quality against model utility](pareto.png)", ""]
+    lines += ["![forget quality against model utility](pareto.png)", "", "Every point of every method: [grid.md](grid.md).", ""]
     return "\n".join(lines)
 
 
