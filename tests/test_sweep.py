@@ -106,6 +106,20 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     assert sorted(r["method"] for r in found["rows"]) == ["graddiff", "sgu"] and found["retain"] is not None
     assert sweep_attacks(str(tmp_path / "none.json"), "tiny-llama", "forget10")["rows"] == []
     cfg.attack_splits = []
+    # A repeat trains only up to the epoch the stored curve's holdout rule picked, and has that epoch's weights
+    # of the whole run (same schedule) and its score.
+    import torch
+
+    cfg.base = {**cfg.base, "num_train_epochs": 2}
+    sweep = Sweep(cfg, log=lambda m: None)
+    ctx = sweep.baselines("forget10", 0, keep=True)
+    _, recorder, _ = sweep.unlearn("forget10", 0, "graddiff", (1e-3, ()), ctx)
+    curve = [c if i == 1 else {**c, "holdout_ks": 1.0} for i, c in enumerate(recorder.curve)]
+    again, info = sweep.repeat_selected("forget10", 0, "graddiff", (1e-3, ()), ctx, curve)
+    assert info == {"epoch": 1.0, "same_curve": True}
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, recorder.snapshots[1][k], rtol=0, atol=0)
+    cfg.base = {**cfg.base, "num_train_epochs": 1}
     # The probe stage: the reported SGU-family row (here `sgu`) repeated and probed, its causal check at both
     # clamp factors in the row and results.md; the rows also go into a shared results.json beside another
     # model's; a second pass repeats nothing.

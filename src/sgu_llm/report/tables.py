@@ -212,7 +212,7 @@ def attack_markdown(rows: list[dict]) -> list[str]:
         notes.append("the models fine-tuned for the attacks differ from the ones the sweep's runs used (another "
                      "machine or library version), so the attacked runs are not the tabled runs")
     elif not all(r["attacks"]["same_curve"] for r in rows):
-        notes.append("some repeated runs did not score every epoch as the stored run did")
+        notes.append("some repeated runs did not score the selected epoch as the stored run did")
     lines += [""] + ([f"Note: {'; '.join(notes)}.", ""] if notes else [])
     return lines
 

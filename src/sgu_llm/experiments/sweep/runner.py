@@ -24,12 +24,15 @@ splits in `best_only_splits` run only that learning rate per method (chosen on t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from sgu_llm.core.cache import weights_fingerprint
 from sgu_llm.core.files import write_json, write_text
@@ -99,11 +102,24 @@ class EpochRecorder(EpochScoring):
     `holdout_ks` (KS statistic of forget vs holdout truth ratios: what a user without a retain model can
     compute) and `forget_quality` (against the retain model: the benchmark's oracle)."""
 
-    def __init__(self, tokenizer: Any, sets: dict, reference: dict, kw: dict):
+    def __init__(self, tokenizer: Any, sets: dict, reference: dict, kw: dict, stop_at: float | None = None):
         super().__init__()
         self.tokenizer, self.sets, self.ref = tokenizer, sets, reference
         self.kw = {k: v for k, v in kw.items() if k != "max_new_tokens"}  # scoring only, no generation
         self.snapshots: list[dict] = []
+        # `stop_at` (an epoch > 0): score only at the end of that epoch and stop training there (a repeat that
+        # needs one epoch's weights: the schedule is the full run's, so they are that run's weights).
+        self.stop_at = stop_at
+        if stop_at is not None:
+            self.score_start = False
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if self.stop_at is None:
+            return super().on_epoch_end(args, state, control, model=model, **kwargs)
+        if float(state.epoch or 0.0) >= self.stop_at - 1e-6:
+            self._score(state, model)
+            control.should_training_stop = True
+        return control
 
     def score(self, model: Any) -> dict:
         f = row_scores(model, self.tokenizer, self.sets["forget"], "truth_ratio", **self.kw)
@@ -278,12 +294,13 @@ class Sweep:
                 added = True
         return added
 
-    def unlearn(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> tuple:
-        """Unlearn a copy of the target with one method at one point: (model, EpochRecorder, seconds)."""
+    def unlearn(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stop_at: float | None = None) -> tuple:
+        """Unlearn a copy of the target with one method at one point: (model, EpochRecorder, seconds); `stop_at`:
+        only up to that epoch, scored there alone (`EpochRecorder`)."""
         with tempfile.TemporaryDirectory() as tmp:
             recipe = run_recipe(self.cfg, split, seed, method, point, tmp)
             recipe.config.disable_tqdm = True
-            recorder = EpochRecorder(ctx.tokenizer, ctx.sets, ctx.evals["retain"], ctx.kw)
+            recorder = EpochRecorder(ctx.tokenizer, ctx.sets, ctx.evals["retain"], ctx.kw, stop_at=stop_at)
             recorder.prefix = ctx.prefix  # every run of the seed starts from the same target: one record of it
             trainer = make_trainer(
                 recipe.script.method, ctx.models["target"], recipe.config, ctx.data, ctx.tokenizer,
@@ -414,8 +431,9 @@ class Sweep:
         """Attack each method's reported learning rate (holdout-selected epoch) on every seed of the
         `attack_splits`, and each seed's retain model; one JSON per attacked run, skipped when on disk.
 
-        Runs store no weights, so each run is repeated; `same_curve` in its file says whether the repeat
-        scored every epoch as the stored run did (same models, same machine: it does).
+        Runs store no weights, so each run is repeated up to its holdout-selected epoch (`repeat_selected`);
+        `same_curve` in its file says whether the repeat scored that epoch as the stored run did (same models, same
+        machine: it does).
         """
         out = []
         for split in self.cfg.attack_splits:
@@ -478,11 +496,24 @@ class Sweep:
         self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stored_curve: list | None
     ) -> tuple[Any, dict]:
         """A finished run repeated to get its weights at the holdout-selected epoch (runs store none): the model and
-        `{"epoch", "same_curve"}` (whether the repeat scored every epoch as the stored run did)."""
-        model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
-        idx = choose(recorder.curve)["holdout"]
-        model.load_state_dict(recorder.snapshots[idx])
-        return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": stored_curve == recorder.curve}
+        `{"epoch", "same_curve"}`. With the stored curve, the repeat trains only up to the epoch that curve's
+        holdout rule picked and scores only there; `same_curve`: the repeat's score there equals the stored one
+        (same models, same machine: it does). Without it, the whole run is repeated and compared epoch by epoch."""
+        if stored_curve is None:
+            model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
+            idx = choose(recorder.curve)["holdout"]
+            model.load_state_dict(recorder.snapshots[idx])
+            return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": False}
+        want = stored_curve[choose(stored_curve)["holdout"]]
+        if want["epoch"] == 0:  # the target itself
+            model = copy.deepcopy(ctx.models["target"])
+            scorer = EpochRecorder(ctx.tokenizer, ctx.sets, ctx.evals["retain"], ctx.kw)
+            with torch.no_grad(), ctx.prefix.active(model):
+                got = {"step": 0, "epoch": 0.0, **scorer.score(model.eval())}
+        else:
+            model, recorder, _ = self.unlearn(split, seed, method, point, ctx, stop_at=want["epoch"])
+            got = recorder.curve[-1]
+        return model, {"epoch": want["epoch"], "same_curve": got == want}
 
     def probed(self, split: str, records: list[dict]) -> tuple[str, Point]:
         """The probe stage's method and point: `probe_method` at its reported point, or the `sgu`-family method whose
