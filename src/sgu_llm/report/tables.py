@@ -222,9 +222,10 @@ def grid_markdown(cfg: Any, rows: list[dict], command: str) -> str:
     lines = [
         "# Every point of the sweep (holdout-selected epoch)",
         "",
-        f"Reproduce: `{command}`. Model `{cfg.model_name}`. `chosen`: the point the rule reports (holdout selection, "
-        f"model utility >= {cfg.utility_floor} x target, then best mean log10 forget quality; tuned methods choose on "
-        "their tune seeds and run only that point on the others, so its row has more seeds).",
+        f"Reproduce: `{command}`. Model `{cfg.model_name}`. Every finished point, seeds finished or not. `chosen`: the "
+        f"point the rule reports (holdout selection, model utility >= {cfg.utility_floor} x target, then best mean log10 "
+        "forget quality; tuned methods choose on their tune seeds and run only that point on the others, so its row "
+        "has more seeds), marked once every point of the tune seeds has finished.",
         "",
     ]
     for split in cfg.splits:

@@ -615,7 +615,12 @@ def write_results(
         os.path.join(cfg.results_dir, "results.md"),
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
     )
-    write_text(os.path.join(cfg.results_dir, "grid.md"), grid_markdown(cfg, rows, command))
+    # Every finished point, complete seeds or not (the rule's choice is marked only where the seeds are complete).
+    every = aggregate(records, baselines, cfg.utility_floor, selections=("holdout",), tune_seeds=tuned)
+    chosen = {(r["split"], r["method"], record_point(r)) for r in rows if r["reported"]}
+    for r in every:
+        r["reported"] = (r["split"], r["method"], record_point(r)) in chosen
+    write_text(os.path.join(cfg.results_dir, "grid.md"), grid_markdown(cfg, every, command))
     return rows
 
 
