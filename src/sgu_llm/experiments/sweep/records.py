@@ -144,12 +144,17 @@ def best_point(rows: list[dict], floor: float, retain_free: bool = False) -> Poi
     """The reported point among one method's holdout rows: the best mean log10 forget quality among those with
     mean utility >= floor x the target's; if none, the highest mean utility. `retain_free`: the rule without the
     retain model instead, the lowest mean holdout KS statistic (the stopping rule's) among the same points."""
+    return record_point(best_row(rows, floor, retain_free))
+
+
+def best_row(rows: list[dict], floor: float, retain_free: bool = False) -> dict:
+    """The row `best_point` picks (rows of one method, or of several: the probe stage's SGU-family row)."""
     ok = [r for r in rows if r["target_model_utility"] and r["model_utility_mean"] >= floor * r["target_model_utility"]]
     if not ok:
-        return record_point(max(rows, key=lambda r: r["model_utility_mean"]))
+        return max(rows, key=lambda r: r["model_utility_mean"])
     if retain_free:
-        return record_point(min(ok, key=lambda r: (r.get("holdout_ks_mean", float("inf")), -r["log10_forget_quality_mean"])))
-    return record_point(max(ok, key=lambda r: r["log10_forget_quality_mean"]))
+        return min(ok, key=lambda r: (r.get("holdout_ks_mean", float("inf")), -r["log10_forget_quality_mean"]))
+    return max(ok, key=lambda r: r["log10_forget_quality_mean"])
 
 
 def aggregate(
@@ -260,6 +265,11 @@ def baseline_diagnostics(base: dict[int, dict], seeds: list[int]) -> dict[str, d
         aggs = [base[s][role]["aggregates"] for s in seeds if s in base and role in base[s]]
         out[role] = {k: float(np.mean([a[k] for a in aggs])) for k in DIAGNOSTICS if aggs and all(k in a for a in aggs)}
     return out
+
+
+def entry_point(entry: dict) -> Point:
+    """The point of an attack or probe summary (`attack_rows`, `probe_rows`)."""
+    return (entry["learning_rate"], tuple(sorted(entry.get("setting", {}).items())))
 
 
 def probe_rows(probes: list[dict]) -> dict[tuple, dict]:

@@ -65,10 +65,12 @@ from sgu_llm.experiments.sweep.records import (
     aggregate,
     attack_rows,
     baseline_diagnostics,
+    best_row,
     choose,
     collect_attacks,
     collect_records,
     complete_seeds,
+    entry_point,
     load_baselines,
     merge_rows,
     probe_rows,
@@ -528,8 +530,7 @@ class Sweep:
             rows = [r for r in rows if r["family"] == "sgu"]
         if not rows:
             raise ValueError(f"probe_splits: no finished {split} runs of {self.cfg.probe_method or 'an sgu-family method'} to probe")
-        ok = [r for r in rows if r["model_utility_mean"] >= self.cfg.utility_floor * r["target_model_utility"]]
-        best = max(ok, key=lambda r: r["log10_forget_quality_mean"]) if ok else max(rows, key=lambda r: r["model_utility_mean"])
+        best = best_row(rows, self.cfg.utility_floor)
         return best["method"], record_point(best)
 
     def probe(self, records: list[dict]) -> list[dict]:
@@ -594,16 +595,15 @@ def write_results(
     probed = probe_rows(probes or [])
     for r in rows:
         r["model"] = cfg.model_name
-        if r["reported"] and r["selection"] == "holdout":
-            r["baseline_diagnostics"] = baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"])
+        if not (r["reported"] and r["selection"] == "holdout"):
+            continue
+        r["baseline_diagnostics"] = baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"])
         got = attacked.get((r["split"], r["method"]))
-        point = (got["learning_rate"], tuple(sorted(got.get("setting", {}).items()))) if got else None
-        if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
+        if got and entry_point(got) == record_point(r):
             r["attacks"] = got
             r["retain_attacks"] = attacked.get((r["split"], "retain"))
         got = probed.get((r["split"], r["method"]))
-        point = (got["learning_rate"], tuple(sorted(got.get("setting", {}).items()))) if got else None
-        if got and r["reported"] and r["selection"] == "holdout" and point == record_point(r):
+        if got and entry_point(got) == record_point(r):
             r["causal"] = got
     os.makedirs(cfg.results_dir, exist_ok=True)
     merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
