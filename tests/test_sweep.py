@@ -18,6 +18,7 @@ from sgu_llm.experiments.sweep import (
     write_results,
 )
 from sgu_llm.experiments.sweep.backends import make_backend
+from sgu_llm.experiments.sweep.records import load_baselines, time_parts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,7 +117,7 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     _, recorder, _ = sweep.unlearn("forget10", 0, "graddiff", (1e-3, ()), ctx)
     curve = [c if i == 1 else {**c, "holdout_ks": 1.0} for i, c in enumerate(recorder.curve)]
     again, info = sweep.repeat_selected("forget10", 0, "graddiff", (1e-3, ()), ctx, curve)
-    assert info == {"epoch": 1.0, "same_curve": True}
+    assert (info["epoch"], info["same_curve"]) == (1.0, True) and info["repeat_seconds"] > 0
     for k, v in again.state_dict().items():
         torch.testing.assert_close(v, recorder.snapshots[1][k], rtol=0, atol=0)
     cfg.base = {**cfg.base, "num_train_epochs": 1}
@@ -140,6 +141,13 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
     assert json.loads(shared.read_text())[0] == {"model": "other", "method": "npo"}
     assert len(json.loads(shared.read_text())) == 1 + len(rows)
     assert NoRepeat(cfg, log=lambda m: None).probe(records) == probes
+    # Where the time went: every part the files recorded (3 fine-tunings and their evaluations, 2 runs, 3 attacks
+    # with 2 repeats, 1 probe), in results.md.
+    parts = {p["part"]: p["count"] for p in time_parts(records, {"forget10": load_baselines(cfg, "forget10")}, attacks, probes)}
+    assert parts == {"fine-tuning": 3, "baseline evaluation": 3, "run: unlearning": 2, "run: per-epoch scoring": 2,
+                     "run: selected epochs' evaluation": 2, "run (all three)": 2, "attack: repeat to the selected epoch": 2,
+                     "attack: attacks": 3, "probe: repeat to the selected epoch": 1, "probe: SAE and causal check": 1}
+    assert "## Where the time went" in (tmp_path / "docs" / "results.md").read_text()
     cfg.probe_splits, cfg.results_json = [], None
 
     # A killed run (its file missing) is the only one trained again.
@@ -223,6 +231,22 @@ def test_only_complete_seeds_are_reported():
         r for r in records if not (r["seed"] == 1 and r["method"] == "n" and r["learning_rate"] == 2.0)
     ]
     assert {r["seed"] for r in complete_seeds(cfg, records)} == {0}
+
+
+def test_time_parts_count_each_fine_tuned_model_once():
+    # Seed s's noise floor is seed s + 1's retain model (same cache key): 2 seeds fine-tune 5 models, not 6.
+    def meta(*keys):
+        return {"meta": {role: {"key": k, "train_seconds": 10.0, "eval_seconds": 2.0}
+                         for role, k in zip(("target", "retain", "noise_floor"), keys)}}
+
+    base = {"forget10": {0: meta("t0", "r0", "r1"), 1: meta("t1", "r1", "r2")}}
+    runs = [{**fake_run("m", s, 1.0, 0.1, 0.9), "scoring_seconds": 2.0, "evaluation_seconds": 3.0} for s in (0, 1)]
+    parts = {p["part"]: p for p in time_parts(runs, base, [], [])}
+    assert (parts["fine-tuning"]["count"], parts["fine-tuning"]["total"]) == (5, 50.0)
+    assert parts["baseline evaluation"]["count"] == 6 and parts["run (all three)"]["median"] == 6.0
+    from sgu_llm.report.tables import timing_markdown
+
+    assert "**0.02**" in "\n".join(timing_markdown(list(parts.values())))  # 50 + 12 + 12 s, not 12 twice
 
 
 def test_pareto_front():

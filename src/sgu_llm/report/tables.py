@@ -309,8 +309,33 @@ def causal_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def timing_markdown(parts: list[dict]) -> list[str]:
+    """Where the sweep's time went (`sgu_llm.experiments.sweep.records.time_parts`): count, total and per-item
+    spread of each part, and the sum of the parts."""
+    if not parts:
+        return []
+    lines = [
+        "## Where the time went",
+        "",
+        "Seconds as each part recorded them (one trial at a time on this machine); the sum is the sweep's wall time "
+        "less process start-up and model loading. `run (all three)` repeats the three run parts above it and is not "
+        "added again.",
+        "",
+        "| part | count | total (h) | median s | mean s | min–max s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in parts:
+        lines.append(
+            f"| {p['part']} | {p['count']} | {p['total'] / 3600:.2f} | {p['median']:.0f} | {p['mean']:.0f} | "
+            f"{p['min']:.0f}–{p['max']:.0f} |"
+        )
+    total = sum(p["total"] for p in parts if p["part"] != "run (all three)")
+    return lines + [f"| **sum of the parts** | | **{total / 3600:.2f}** | | | |", ""]
+
+
 def results_markdown(
-    cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None
+    cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None,
+    timing: list[dict] | None = None,
 ) -> str:
     lines = [
         "# Results: methods side by side on the embedded benchmark",
@@ -364,6 +389,7 @@ def results_markdown(
             lines += [stopping_check(records, split), ""]
         lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
         lines += causal_markdown([r for r in rows if r["split"] == split and r.get("causal")])
+    lines += timing_markdown(timing or [])
     lines += ["![forget quality against model utility](pareto.png)", "", "Every point of every method: [grid.md](grid.md).", ""]
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -311,6 +312,41 @@ def probe_rows(probes: list[dict]) -> dict[tuple, dict]:
             "per_seed": per_seed,
         }
     return out
+
+
+def time_parts(records: list[dict], baselines: dict, attacks: list[dict], probes: list[dict]) -> list[dict]:
+    """Where a sweep's time went, from what its files recorded: one row per part, `{"part", "count", "total",
+    **spread}` in seconds (`count`: the items that recorded it; parts nothing recorded are left out). Fine-tunings
+    are counted once per model (a seed's noise floor is the next seed's retain model)."""
+    values: dict[str, list[float]] = {}
+
+    def add(part: str, value: Any) -> None:
+        if value is not None:
+            values.setdefault(part, []).append(float(value))
+
+    tuned: dict[str, float] = {}
+    for base in baselines.values():
+        for evals in base.values():
+            for role, meta in evals.get("meta", {}).items():
+                if meta.get("train_seconds") is not None:
+                    tuned[meta.get("key") or f"{role}-{len(tuned)}"] = meta["train_seconds"]
+                add("baseline evaluation", meta.get("eval_seconds"))
+    for seconds in tuned.values():
+        add("fine-tuning", seconds)
+    for r in records:
+        add("run: unlearning", r.get("unlearn_seconds"))
+        add("run: per-epoch scoring", r.get("scoring_seconds"))
+        add("run: selected epochs' evaluation", r.get("evaluation_seconds"))
+        parts = [r.get(k) for k in ("unlearn_seconds", "scoring_seconds", "evaluation_seconds")]
+        if None not in parts:
+            add("run (all three)", sum(parts))
+    for a in attacks:
+        add("attack: repeat to the selected epoch", a.get("repeat_seconds"))
+        add("attack: attacks", a.get("attack_seconds"))
+    for p in probes:
+        add("probe: repeat to the selected epoch", p.get("repeat_seconds"))
+        add("probe: SAE and causal check", p.get("probe_seconds"))
+    return [{"part": k, "count": len(v), "total": float(sum(v)), **spread(v)} for k, v in values.items()]
 
 
 def merge_rows(path: str, rows: list[dict], model: str) -> None:

@@ -74,6 +74,7 @@ from sgu_llm.experiments.sweep.records import (
     load_baselines,
     merge_rows,
     probe_rows,
+    time_parts,
 )
 from sgu_llm.models.benchmark import benchmark_models
 from sgu_llm.report.figures import plot_pareto
@@ -241,11 +242,15 @@ class Sweep:
                 # bits, and forget quality with them: a seed's runs must all use the same models.
                 evals, stale = None, True
         if evals is None:
-            evals = {"retain": evaluate_model(models["retain"], tokenizer, sets, **kw)}
-            for name in ("target", "noise_floor"):
-                evals[name] = evaluate_model(models[name], tokenizer, sets, reference=evals["retain"], **kw)
+            evals, seconds = {}, {}
+            for name in ("retain", "target", "noise_floor"):  # the retain model first: the others' reference
+                start = time.perf_counter()
+                ref = {"reference": evals["retain"]} if name != "retain" else {}
+                evals[name] = evaluate_model(models[name], tokenizer, sets, **ref, **kw)
+                seconds[name] = time.perf_counter() - start
             evals["meta"] = {
-                k: {"train_seconds": m.get("train_seconds"), "key": m.get("key"), "weights": weights[k]}
+                k: {"train_seconds": m.get("train_seconds"), "eval_seconds": seconds.get(k), "key": m.get("key"),
+                    "weights": weights[k]}
                 for k, m in ctx.metas.items()
             }
             evals["models_match"], write = True, True
@@ -485,6 +490,7 @@ class Sweep:
             model, repeat = self.repeat_selected(split, seed, method, point, ctx, stored_curve)
             entry.update(repeat)
         reference = ctx.evals["retain"]["per_example"]["forget"]["truth_ratio"]
+        start = time.perf_counter()
         report = attack_report(
             {method: model}, ctx.tokenizer, ctx.sets["forget"], reference, ctx.kw,
             relearn_steps=evaluation.attack_relearn_steps, relearn_learning_rate=evaluation.attack_relearn_learning_rate,
@@ -492,6 +498,7 @@ class Sweep:
         )
         entry["attacks"] = report["models"][method]
         entry["relearn"] = report["relearn"]
+        entry["attack_seconds"] = time.perf_counter() - start
         return entry
 
     def repeat_selected(
@@ -506,6 +513,7 @@ class Sweep:
             idx = choose(recorder.curve)["holdout"]
             model.load_state_dict(recorder.snapshots[idx])
             return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": False}
+        start = time.perf_counter()
         want = stored_curve[choose(stored_curve)["holdout"]]
         if want["epoch"] == 0:  # the target itself
             model = copy.deepcopy(ctx.models["target"])
@@ -515,7 +523,7 @@ class Sweep:
         else:
             model, recorder, _ = self.unlearn(split, seed, method, point, ctx, stop_at=want["epoch"])
             got = recorder.curve[-1]
-        return model, {"epoch": want["epoch"], "same_curve": got == want}
+        return model, {"epoch": want["epoch"], "same_curve": got == want, "repeat_seconds": time.perf_counter() - start}
 
     def probed(self, split: str, records: list[dict]) -> tuple[str, Point]:
         """The probe stage's method and point: `probe_method` at its reported point, or the `sgu`-family method whose
@@ -613,7 +621,8 @@ def write_results(
         plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
-        results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records)),
+        results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records),
+                         time_parts(records, baselines, attacks or [], probes or [])),
     )
     # Every finished point, complete seeds or not (the rule's choice is marked only where the seeds are complete).
     every = aggregate(records, baselines, cfg.utility_floor, selections=("holdout",), tune_seeds=tuned)
