@@ -220,6 +220,20 @@ def test_reported_learning_rate_is_the_same_rule_for_every_method():
     assert (free["forget_quality_mean"], free["chosen_forget_quality_mean"]) == (pytest.approx(0.01), pytest.approx(0.1))
 
 
+def test_gate_table_pairs_each_baseline_with_the_gate_over_its_objective():
+    # GradDiff is NLL ascent plus the retain NLL, NPO the NPO loss plus it: each sits beside SGU's rules over the
+    # same forget objective; SimNPO, with no gated run, is left out.
+    from sgu_llm.report.tables import gate_markdown
+
+    base = {0: {"target": {"aggregates": {"model_utility": 1.0}}, "noise_floor": {"aggregates": {"forget_quality": 0.9}}}}
+    methods = {"graddiff": {"method": "graddiff"}, "npo": {"method": "npo"}, "simnpo": {"method": "simnpo"},
+               "sgu": {"method": "sgu"}, "gru": {"method": "sgu", "selective_function": "gru", "forget_loss": "npo"}}
+    runs = [{**fake_run(m, 0, 1.0, 0.1, 0.99), "fields": f} for m, f in methods.items()]
+    cfg = SweepConfig(**{**TINY, "methods": methods})
+    table = [line.split(" | ")[:2] for line in gate_markdown(cfg, aggregate(runs, {"forget10": base}, 0.95)) if line.startswith("| n")]
+    assert table == [["| nll", "alone"], ["| nll", "sgu"], ["| npo", "alone"], ["| npo", "gru"]]
+
+
 def test_only_complete_seeds_are_reported():
     from sgu_llm.experiments.sweep import complete_seeds
 

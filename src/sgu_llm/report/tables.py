@@ -22,11 +22,23 @@ def point_label(row: dict) -> str:
     return f"{row['learning_rate']:g}" + "".join(f", {k} {v:g}" for k, v in sorted(row.get("setting", {}).items()))
 
 
+# Baselines that are a forget objective plus the retain NLL, the same two terms SGU gates: GradDiff is NLL ascent
+# plus the retain NLL, NPO the NPO loss plus the retain NLL.
+ALONE_AS = {"graddiff": "nll", "npo": "npo"}
+
+
 def objective_of(fields_: dict) -> str | None:
-    """The forget objective a method trains, for the objectives that also run on their own (`method: altpo`,
-    ...): the method's name, or `forget_loss` under SGU. None for the rest (NLL / NPO under SGU, the baselines)."""
-    name = fields_.get("forget_loss", "nll") if fields_.get("method") == "sgu" else fields_.get("method")
-    return name if name in STANDALONE_CONFIGS else None
+    """The forget objective a method trains, for objectives that also run on their own plus the retain NLL: the
+    method's name (`method: altpo`, ...; GradDiff: `nll`, NPO: `npo`), or `forget_loss` under SGU. None for the
+    rest (objectives without a run of their own, SimNPO, gradient ascent).
+
+    Example:
+        >>> objective_of({"method": "graddiff"}), objective_of({"method": "sgu"}), objective_of({"method": "simnpo"})
+        ('nll', 'nll', None)
+    """
+    method = fields_.get("method")
+    name = fields_.get("forget_loss", "nll") if method == "sgu" else ALONE_AS.get(method, method)
+    return name if name in STANDALONE_CONFIGS or name in ALONE_AS.values() else None
 
 
 def full_rows(rows: list[dict], split: str) -> list[dict]:
@@ -135,7 +147,8 @@ def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
     for name, fields_ in cfg.methods.items():
         x = objective_of(fields_)
         if x and name in reported:
-            gate = "alone" if fields_["method"] != "sgu" else fields_.get("selective_function", "sgu")
+            rule = fields_.get("selective_function", "sgu")
+            gate = "alone" if fields_["method"] != "sgu" else rule if name == rule else f"{rule} (`{name}`)"
             by_objective.setdefault(x, []).append((gate, reported[name]))
     pairs = {x: v for x, v in by_objective.items() if any(g == "alone" for g, _ in v) and len(v) > 1}
     if not pairs:
@@ -143,8 +156,8 @@ def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
     lines = [
         "### Does the gate help? Each objective alone (plus the retain NLL) against SGU's rules over it",
         "",
-        "Reported point of each (holdout-selected epoch; the same rule and grid for all); relearn rise: forget "
-        "probability gained by ten relearning steps (mean over seeds).",
+        "Reported point of each (holdout-selected epoch; the same rule and grid for all); `nll` alone is GradDiff, "
+        "`npo` alone is NPO; relearn rise: forget probability gained by ten relearning steps (mean over seeds).",
         "",
         "| " + " | ".join(GATE_HEADERS) + " |",
         "|" + "---|" * len(GATE_HEADERS),
@@ -338,7 +351,7 @@ def results_markdown(
     timing: list[dict] | None = None,
 ) -> str:
     lines = [
-        "# Results: methods side by side on the embedded benchmark",
+        f"# Results: methods side by side on the embedded benchmark, `{cfg.model_name}`",
         "",
         f"Reproduce (fresh cache): `{command}`. Model `{cfg.model_name}`; learning rates "
         f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method; spread over model seeds "
