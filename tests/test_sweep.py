@@ -234,6 +234,21 @@ def test_gate_table_pairs_each_baseline_with_the_gate_over_its_objective():
     assert table == [["| nll", "alone"], ["| nll", "sgu"], ["| npo", "alone"], ["| npo", "gru"]]
 
 
+def test_ranking_agreement_with_another_models_rows():
+    from sgu_llm.experiments.sweep.records import ranking_agreement
+
+    def row(model, method, log10_fq, seeds=(0,)):
+        return {"model": model, "split": "forget10", "method": method, "reported": True, "selection": "holdout",
+                "log10_forget_quality_mean": log10_fq, "seeds": list(seeds)}
+
+    ours = [row("big", m, v) for m, v in (("a", -1.0), ("b", -2.0), ("c", -3.0), ("d", -4.0))]
+    theirs = [row("tiny", m, v, (0, 1, 2)) for m, v in (("a", -3.0), ("b", -1.0), ("c", -2.0), ("e", 0.0))]
+    (got,) = ranking_agreement(ours, theirs + [{**theirs[0], "selection": "oracle", "method": "d"}])
+    assert (got["other_model"], got["methods"], got["seeds"], got["other_seeds"]) == ("tiny", 3, 1, 3)
+    assert got["order"] == ["a", "b", "c"] and got["other_order"] == ["b", "c", "a"]
+    assert got["spearman"] == pytest.approx(-0.5)
+
+
 def test_only_complete_seeds_are_reported():
     from sgu_llm.experiments.sweep import complete_seeds
 

@@ -322,6 +322,19 @@ def causal_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def ranking_markdown(agreements: list[dict]) -> list[str]:
+    """Whether another model's sweep ranked the same methods the same way (`records.ranking_agreement`)."""
+    lines = []
+    for a in agreements:
+        lines += [
+            f"Against `{a['other_model']}` ({a['other_seeds']} model seeds) on the {a['methods']} methods both report: "
+            f"Spearman rank correlation of mean log10 forget quality {a['spearman']:.2f} (this sweep: {a['seeds']} "
+            f"model seeds). Best first, here: {', '.join(a['order'])}; there: {', '.join(a['other_order'])}.",
+            "",
+        ]
+    return lines
+
+
 def timing_markdown(parts: list[dict]) -> list[str]:
     """Where the sweep's time went (`sgu_llm.experiments.sweep.records.time_parts`): count, total and per-item
     spread of each part, and the sum of the parts."""
@@ -348,7 +361,7 @@ def timing_markdown(parts: list[dict]) -> list[str]:
 
 def results_markdown(
     cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None,
-    timing: list[dict] | None = None,
+    timing: list[dict] | None = None, agreements: list[dict] | None = None,
 ) -> str:
     lines = [
         f"# Results: methods side by side on the embedded benchmark, `{cfg.model_name}`",
@@ -396,6 +409,7 @@ def results_markdown(
                     f"{r['epoch']['median']:.0f} | {r['unlearn_seconds']['median']:.1f} |"
                 )
         lines += ["", diagnostics_line(rows, split), "", goal_check(rows, split, cfg.utility_floor), ""]
+        lines += ranking_markdown([a for a in agreements or [] if a["split"] == split])
         lines += gate_markdown(cfg, [r for r in rows if r["split"] == split])
         lines += retain_free_markdown([r for r in rows if r["split"] == split])
         if records:

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from sgu_llm.core.files import write_json
 from sgu_llm.core.formatting import spread
@@ -349,13 +350,45 @@ def time_parts(records: list[dict], baselines: dict, attacks: list[dict], probes
     return [{"part": k, "count": len(v), "total": float(sum(v)), **spread(v)} for k, v in values.items()]
 
 
+def ranking_agreement(rows: list[dict], others: list[dict]) -> list[dict]:
+    """Does another model's sweep rank the methods as this one does? Per (split, other model): the methods both
+    report (holdout rows), Spearman's rank correlation of their mean log10 forget quality, and each side's order
+    (best first) with its seeds. `others`: rows of other models (a shared results.json)."""
+
+    def reported(rs: list[dict]) -> dict[tuple, dict]:
+        return {(r["split"], r.get("model"), r["method"]): r for r in rs if r.get("reported") and r.get("selection") == "holdout"}
+
+    ours, theirs = reported(rows), reported(others)
+    out = []
+    for split, model in sorted({(k[0], k[1]) for k in theirs}, key=str):
+        common = sorted(m for (sp, _, m) in ours if sp == split and (split, model, m) in theirs)
+        if len(common) < 3:
+            continue
+        a = [ours[next(k for k in ours if k[0] == split and k[2] == m)]["log10_forget_quality_mean"] for m in common]
+        b = [theirs[(split, model, m)]["log10_forget_quality_mean"] for m in common]
+        rho = stats.spearmanr(a, b).statistic
+        out.append({
+            "split": split, "other_model": model, "methods": len(common), "spearman": float(rho),
+            "order": [m for _, m in sorted(zip(a, common), key=lambda t: -t[0])],
+            "other_order": [m for _, m in sorted(zip(b, common), key=lambda t: -t[0])],
+            "seeds": max(len(ours[k]["seeds"]) for k in ours if k[0] == split),
+            "other_seeds": max(len(theirs[(split, model, m)]["seeds"]) for m in common),
+        })
+    return out
+
+
 def merge_rows(path: str, rows: list[dict], model: str) -> None:
-    """Write `rows` into results.json in place of that model's rows, keeping every other model's."""
-    kept = []
+    """Write `rows` into results.json in place of that model's rows (where its first row was; at the end if it had
+    none), keeping every other model's in its order."""
+    out, placed = [], False
     if os.path.exists(path):
         with open(path) as fh:
-            kept = [r for r in json.load(fh) if r.get("model") != model]
-    write_json(path, kept + rows)
+            for r in json.load(fh):
+                if r.get("model") != model:
+                    out.append(r)
+                elif not placed:
+                    out, placed = out + rows, True
+    write_json(path, out if placed else out + rows)
 
 
 def run_record(metrics: dict, name: str, fields: dict, learning_rate: float, split: str, seed: int) -> tuple:

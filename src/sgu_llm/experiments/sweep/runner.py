@@ -74,6 +74,7 @@ from sgu_llm.experiments.sweep.records import (
     load_baselines,
     merge_rows,
     probe_rows,
+    ranking_agreement,
     time_parts,
 )
 from sgu_llm.models.benchmark import benchmark_models
@@ -614,6 +615,9 @@ def write_results(
         if got and entry_point(got) == record_point(r):
             r["causal"] = got
     os.makedirs(cfg.results_dir, exist_ok=True)
+    # Other models' rows in the shared results.json (or this sweep's own): does their ranking of the methods hold?
+    shared = cfg.results_json or os.path.join(cfg.results_dir, "results.json")
+    others = [r for r in read_json(shared) if r.get("model") != cfg.model_name] if os.path.exists(shared) else []
     merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
     if rows:  # no complete seed yet: the model's rows already there stay, no empty plot
         if cfg.results_json:
@@ -622,7 +626,7 @@ def write_results(
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
         results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records),
-                         time_parts(records, baselines, attacks or [], probes or [])),
+                         time_parts(records, baselines, attacks or [], probes or []), ranking_agreement(rows, others)),
     )
     # Every finished point, complete seeds or not (the rule's choice is marked only where the seeds are complete).
     every = aggregate(records, baselines, cfg.utility_floor, selections=("holdout",), tune_seeds=tuned)
