@@ -663,7 +663,10 @@ def main(argv: list[str]) -> int:
     else:
         progress = Progress(enabled=not args.no_progress)
         backend = make_backend(args.backend, args.ray_address, args.ray_num_cpus)
-        sweep = Sweep(cfg, log=progress.write, backend=backend, progress=progress)
+        def log(message: str) -> None:  # timestamped: the log also gives the sweep's wall time across restarts
+            progress.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
+
+        sweep = Sweep(cfg, log=log, backend=backend, progress=progress)
         try:
             records = sweep.run_grid()
             attacks = sweep.attack(records) if cfg.attack_splits else []
