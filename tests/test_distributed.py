@@ -134,7 +134,7 @@ def test_ddp_reduces_each_gradient_once_per_optimizer_step(ddp_accumulation):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["zero1", "zero2"])
+@pytest.mark.parametrize("engine", ["zero2"])  # ZeRO-1 takes the same path (only stage 3 is special-cased)
 def test_deepspeed_zero_matches_one_process(tmp_path, engine, one_process):
     """SGU through DeepSpeed's safe full-gradient accessors, 2 gloo processes, equals one process."""
     pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
