@@ -358,13 +358,14 @@ def ranking_agreement(rows: list[dict], others: list[dict]) -> list[dict]:
     def reported(rs: list[dict]) -> dict[tuple, dict]:
         return {(r["split"], r.get("model"), r["method"]): r for r in rs if r.get("reported") and r.get("selection") == "holdout"}
 
-    ours, theirs = reported(rows), reported(others)
+    ours = {(sp, m): r for (sp, _, m), r in reported(rows).items()}  # one model: keyed by (split, method)
+    theirs = reported(others)
     out = []
     for split, model in sorted({(k[0], k[1]) for k in theirs}, key=str):
-        common = sorted(m for (sp, _, m) in ours if sp == split and (split, model, m) in theirs)
+        common = sorted(m for (sp, m) in ours if sp == split and (split, model, m) in theirs)
         if len(common) < 3:
             continue
-        a = [ours[next(k for k in ours if k[0] == split and k[2] == m)]["log10_forget_quality_mean"] for m in common]
+        a = [ours[(split, m)]["log10_forget_quality_mean"] for m in common]
         b = [theirs[(split, model, m)]["log10_forget_quality_mean"] for m in common]
         rho = stats.spearmanr(a, b).statistic
         out.append({
