@@ -669,8 +669,9 @@ def main(argv: list[str]) -> int:
         sweep = Sweep(cfg, log=log, backend=backend, progress=progress)
         try:
             records = sweep.run_grid()
-            attacks = sweep.attack(records) if cfg.attack_splits else []
+            # The probe stage first: one trial per seed, against one per method and seed for the attacks.
             probes = sweep.probe(records) if cfg.probe_splits else []
+            attacks = sweep.attack(records) if cfg.attack_splits else []
         finally:
             progress.close()
     # The command that reproduces the outputs (--report_only or not, either backend: the same tables from the
