@@ -27,7 +27,10 @@ def point(r: dict) -> str:
 
 def rise(r: dict) -> str:
     a = r.get("attacks")
-    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) if a else "–"
+    if not a:
+        return "–"
+    part = "" if a["seeds"] == r["seeds"] else f" ({len(a['seeds'])} of {len(r['seeds'])} seeds)"
+    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) + part
 
 
 def main() -> None:

@@ -172,9 +172,24 @@ def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
                 f"({fmt(r['forget_quality_median'])}; {fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])}) | "
                 f"{fmt(r['model_utility_mean'])} ({fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | "
                 f"{fmt(r.get('forget_truth_ratio_mean'))} | {fmt(r.get('forget_tr_mean_mean'))} | "
-                f"{fmt(r.get('forget_outrank_mean'))} | {fmt(rise)} |"
+                f"{fmt(r.get('forget_outrank_mean'))} | {fmt(rise)}{attack_seeds_note(r)} |"
             )
     return lines + [""]
+
+
+def attack_seeds_note(row: dict) -> str:
+    """" (seeds 0, 1)" when the row's attacks cover fewer model seeds than its forget quality (a sweep stopped
+    during its attack stage), else "".
+
+        >>> attack_seeds_note({"seeds": [0, 1, 2], "attacks": {"seeds": [0, 1]}})
+        ' (seeds 0, 1)'
+        >>> attack_seeds_note({"seeds": [0, 1], "attacks": {"seeds": [0, 1]}})
+        ''
+    """
+    got = (row.get("attacks") or {}).get("seeds")
+    if got is None or list(got) == list(row["seeds"]):
+        return ""
+    return f" (seed{'s' if len(got) > 1 else ''} {', '.join(map(str, got))})"
 
 
 ATTACK_HEADERS = ["model", "prob: none", "prob: relearn", "prob: int8", "prob: int4", "FQ: none", "FQ: relearn",
@@ -189,10 +204,10 @@ def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
         x = a[attack][metric]
         return f"{fmt(x['mean'])} ({fmt(x['min'])}–{fmt(x['max'])})"
 
-    entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g})", r["attacks"]) for r in rows),
+    entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g}){attack_seeds_note(r)}", r["attacks"]) for r in rows),
                      key=lambda e: e[1]["relearn"]["forget_prob"]["mean"])
     if retain:
-        entries.append(("retain model", retain))
+        entries.append(("retain model" + attack_seeds_note({"seeds": rows[0]["seeds"], "attacks": retain}), retain))
     return [
         [name, cell(a, "none", "forget_prob"), cell(a, "relearn", "forget_prob"), cell(a, "int8", "forget_prob"),
          cell(a, "int4", "forget_prob"), cell(a, "none", "forget_quality"), cell(a, "relearn", "forget_quality"),
@@ -217,7 +232,9 @@ def attack_markdown(rows: list[dict]) -> list[str]:
     """The attacks table of one split's attacked rows (`write_results`)."""
     if not rows:
         return []
-    lines = [f"### Attacks ({len(rows[0]['attacks']['seeds'])} model seeds)", "", attack_caption(rows[0]["attacks"]), ""]
+    counts = {len(r["attacks"]["seeds"]) for r in rows}
+    seeds = f"{counts.pop()} model seeds" if len(counts) == 1 else "model seeds as listed: the attack stage is unfinished"
+    lines = [f"### Attacks ({seeds})", "", attack_caption(rows[0]["attacks"]), ""]
     lines += ["| " + " | ".join(ATTACK_HEADERS) + " |", "|" + "---|" * len(ATTACK_HEADERS)]
     lines += ["| " + " | ".join(c) + " |" for c in attack_cells(rows, rows[0].get("retain_attacks"))]
     notes = []
