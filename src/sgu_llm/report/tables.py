@@ -187,7 +187,7 @@ def attack_seeds_note(row: dict) -> str:
         ''
     """
     got = (row.get("attacks") or {}).get("seeds")
-    if got is None or list(got) == list(row["seeds"]):
+    if got is None or row.get("seeds") is None or list(got) == list(row["seeds"]):
         return ""
     return f" (seed{'s' if len(got) > 1 else ''} {', '.join(map(str, got))})"
 
@@ -207,7 +207,7 @@ def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
     entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g}){attack_seeds_note(r)}", r["attacks"]) for r in rows),
                      key=lambda e: e[1]["relearn"]["forget_prob"]["mean"])
     if retain:
-        entries.append(("retain model" + attack_seeds_note({"seeds": rows[0]["seeds"], "attacks": retain}), retain))
+        entries.append(("retain model" + attack_seeds_note({"seeds": rows[0].get("seeds"), "attacks": retain}), retain))
     return [
         [name, cell(a, "none", "forget_prob"), cell(a, "relearn", "forget_prob"), cell(a, "int8", "forget_prob"),
          cell(a, "int4", "forget_prob"), cell(a, "none", "forget_quality"), cell(a, "relearn", "forget_quality"),
@@ -446,7 +446,7 @@ def sweep_attack_rows(path: str, model: str, split: str) -> dict | None:
         return {"source": path, "rows": [], "retain": None, "note": f"{path} does not exist (run the sweep first)"}
     with open(path) as fh:
         rows = [r for r in json.load(fh) if r.get("model") == model and r["split"] == split and r.get("attacks")]
-    keep = ("method", "learning_rate", "family", "attacks", "forget_quality_mean", "model_utility_mean")
+    keep = ("method", "learning_rate", "family", "seeds", "attacks", "forget_quality_mean", "model_utility_mean")
     return {
         "source": path,
         "rows": [{k: r.get(k) for k in keep} for r in rows],
