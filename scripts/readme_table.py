@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 
+from sgu_llm.report.tables import attack_seeds_note
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,8 +31,7 @@ def rise(r: dict) -> str:
     a = r.get("attacks")
     if not a:
         return "–"
-    part = "" if a["seeds"] == r["seeds"] else f" ({len(a['seeds'])} of {len(r['seeds'])} seeds)"
-    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) + part
+    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) + attack_seeds_note(r)
 
 
 def main() -> None:
