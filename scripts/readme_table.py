@@ -12,26 +12,10 @@ import argparse
 import json
 import os
 
-from sgu_llm.report.tables import attack_seeds_note
+from sgu_llm.core.formatting import fmt
+from sgu_llm.report.tables import point_label, relearn_rise_cell
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def g(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x:.2g}" if abs(x) < 0.01 else f"{x:.3g}"
-
-
-def point(r: dict) -> str:
-    return f"{r['learning_rate']:g}" + "".join(f", {k} {v:g}" for k, v in sorted(r.get("setting", {}).items()))
-
-
-def rise(r: dict) -> str:
-    a = r.get("attacks")
-    if not a:
-        return "–"
-    return g(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) + attack_seeds_note(r)
 
 
 def main() -> None:
@@ -57,21 +41,21 @@ def main() -> None:
     retain = base.get("retain", {})
     print(
         f"{a.split}, {len(seeds)} model seeds; target utility {rows[0]['target_model_utility']:.3f} (mean); noise floors "
-        + ", ".join(g(x) for x in rows[0]["noise_floor_forget_quality"])
-        + f"; retain model: mean R {g(retain.get('forget_tr_mean'))}, outrank {g(retain.get('forget_outrank'))}"
+        + ", ".join(fmt(x) for x in rows[0]["noise_floor_forget_quality"])
+        + f"; retain model: mean R {fmt(retain.get('forget_tr_mean'))}, outrank {fmt(retain.get('forget_outrank'))}"
         + f"; the first {min(a.rows, len(rows))} of {len(rows)} methods:\n"
     )
     print("| method | family | point | forget quality: mean (median; min–max) | utility (x target) | mean R | outrank | relearn rise |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows[: a.rows]:
         fq = (
-            f"{g(r['forget_quality_mean'])} ({g(r['forget_quality_median'])}; "
-            f"{g(r['forget_quality_min'])}–{g(r['forget_quality_max'])})"
+            f"{fmt(r['forget_quality_mean'])} ({fmt(r['forget_quality_median'])}; "
+            f"{fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])})"
         )
         mu = f"{r['model_utility_mean']:.3f} ({r['model_utility_mean'] / r['target_model_utility']:.2f})"
         print(
-            f"| `{r['method']}` | {r['family']} | {point(r)} | {fq} | {mu} | {g(r.get('forget_tr_mean_mean'))} | "
-            f"{g(r.get('forget_outrank_mean'))} | {rise(r)} |"
+            f"| `{r['method']}` | {r['family']} | {point_label(r)} | {fq} | {mu} | {fmt(r.get('forget_tr_mean_mean'))} | "
+            f"{fmt(r.get('forget_outrank_mean'))} | {relearn_rise_cell(r)} |"
         )
 
 

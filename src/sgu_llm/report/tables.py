@@ -164,15 +164,12 @@ def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
     ]
     for x, entries in sorted(pairs.items()):
         for gate, r in sorted(entries, key=lambda e: e[0] != "alone"):
-            rise = None
-            if r.get("attacks"):
-                rise = r["attacks"]["relearn"]["forget_prob"]["mean"] - r["attacks"]["none"]["forget_prob"]["mean"]
             lines.append(
                 f"| {x} | {gate} | {point_label(r)} | {fmt(r['forget_quality_mean'])} "
                 f"({fmt(r['forget_quality_median'])}; {fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])}) | "
                 f"{fmt(r['model_utility_mean'])} ({fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | "
                 f"{fmt(r.get('forget_truth_ratio_mean'))} | {fmt(r.get('forget_tr_mean_mean'))} | "
-                f"{fmt(r.get('forget_outrank_mean'))} | {fmt(rise)}{attack_seeds_note(r)} |"
+                f"{fmt(r.get('forget_outrank_mean'))} | {relearn_rise_cell(r)} |"
             )
     return lines + [""]
 
@@ -190,6 +187,22 @@ def attack_seeds_note(row: dict) -> str:
     if got is None or row.get("seeds") is None or list(got) == list(row["seeds"]):
         return ""
     return f" (seed{'s' if len(got) > 1 else ''} {', '.join(map(str, got))})"
+
+
+def relearn_rise_cell(row: dict) -> str:
+    """The forget probability ten relearning steps bring back (mean over the attacked seeds), labelled when those
+    seeds are fewer than the row's; a dash for a row without attacks.
+
+        >>> relearn_rise_cell({"seeds": [0, 1], "attacks": {"seeds": [0],
+        ...     "none": {"forget_prob": {"mean": 0.25}}, "relearn": {"forget_prob": {"mean": 0.5}}}})
+        '0.25 (seed 0)'
+        >>> relearn_rise_cell({"seeds": [0]})
+        '–'
+    """
+    a = row.get("attacks")
+    if not a:
+        return fmt(None)
+    return fmt(a["relearn"]["forget_prob"]["mean"] - a["none"]["forget_prob"]["mean"]) + attack_seeds_note(row)
 
 
 ATTACK_HEADERS = ["model", "prob: none", "prob: relearn", "prob: int8", "prob: int4", "FQ: none", "FQ: relearn",
