@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -126,6 +127,31 @@ def mean_nll(model, dataset, tokenizer):
 @pytest.fixture
 def nll():
     return mean_nll
+
+
+def _margin_record(request, name, value, bound, op):
+    path = os.environ.get("SGU_LLM_MARGINS")  # a JSONL file: every margin checked, for scripts/compare_margins.py
+    if path:
+        record = {
+            "test": request.node.nodeid, "name": name, "value": float(value), "bound": float(bound), "op": op,
+            "capability": torch.backends.cpu.get_cpu_capability(), "forced": os.environ.get("ATEN_CPU_CAPABILITY"),
+        }
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+@pytest.fixture
+def margin(request):
+    """`margin(name, value, ">", bound)`: assert a training outcome against its bound and, with
+    SGU_LLM_MARGINS=FILE, record both, so CI can show how far each outcome sits from its bound under each
+    kernel set (`.ci/run` runs the `outcome` tests again under another machine's CPU kernels)."""
+
+    def check(name: str, value: float, op: str, bound: float) -> None:
+        _margin_record(request, name, value, bound, op)
+        ok = value > bound if op == ">" else value < bound if op == "<" else value <= bound
+        assert ok, f"{name}: {value:.4g} is not {op} {bound:.4g}"
+
+    return check
 
 
 torch.set_num_threads(2)

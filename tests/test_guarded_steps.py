@@ -7,6 +7,9 @@ import torch
 from sgu_llm.trainers import SGUConfig, SGUTrainer
 from sgu_llm.trainers.sgu import NonFiniteGradientError
 
+# Equalities of runs and measured tolerances: .ci/run checks them under another machine's CPU kernels too.
+pytestmark = pytest.mark.outcome
+
 
 class PoisonedSGU(SGUTrainer):
     """SGU whose forget loss is NaN at the given optimizer steps (as an overflow or a bad batch would make it)."""

@@ -15,6 +15,7 @@ def _held_bytes(trainer) -> int:
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.outcome
 def test_lean_selection_gives_the_same_update(model, splits, sgu_update, finetuned_state, accumulation):
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
     batch = dict(per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation)
@@ -67,7 +68,8 @@ def test_lean_selection_never_holds_two_full_gradients(model, splits, sgu_update
     assert peaks["lean"] <= grad_bytes + largest
 
 
-def test_bf16_stash_is_bf16_and_close_to_float32(model, splits, sgu_update, finetuned_state, monkeypatch):
+@pytest.mark.outcome
+def test_bf16_stash_is_bf16_and_close_to_float32(model, splits, sgu_update, finetuned_state, monkeypatch, margin):
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
     accumulate = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2)
     exact = sgu_update(model, forget, retain, **accumulate)
@@ -84,7 +86,8 @@ def test_bf16_stash_is_bf16_and_close_to_float32(model, splits, sgu_update, fine
     assert set(seen) == {(torch.float32, torch.bfloat16)}
     # g_f rounded to 8 mantissa bits: maintained coordinates keep g_r exactly; a few flip at a threshold.
     differ = (exact - half).abs() > 1e-5
-    assert 0 < differ.float().mean() < 0.02
+    assert differ.any()
+    margin("fraction of coordinates that differ", differ.float().mean().item(), "<", 0.02)
 
 
 def test_lean_selection_rejects_global_quantiles(make_config):

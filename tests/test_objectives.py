@@ -161,6 +161,7 @@ def _all_reverse(g_r, g_f, tau_d, tau_m, *, maintain_scale=1.0, reverse_scale=1.
     return -g_f, torch.full_like(g_f, int(Action.REVERSE), dtype=torch.int8)
 
 
+@pytest.mark.outcome
 def test_sgu_receives_the_objectives_gradient_as_g_f(model, tokenizer, splits, sgu_update):
     """One SGD step (lr 1) with a rule that applies -g_f everywhere moves the weights by g_f. For AltPO at the
     start (model = reference, so both deltas are 0) with one alternative, d/dx -(2/b) log sigmoid(b x) at 0 is
@@ -186,7 +187,9 @@ def test_sgu_receives_the_objectives_gradient_as_g_f(model, tokenizer, splits, s
 
 
 @pytest.mark.parametrize("name", ["altpo", "idknll", "idkdpo", "undial", "rmu", "whp", "calibrated"])
-def test_each_objective_moves_the_forget_set_alone_and_under_sgu(name, model, tokenizer, splits, make_config, nll):
+@pytest.mark.outcome
+def test_each_objective_moves_the_forget_set_alone_and_under_sgu(name, model, tokenizer, splits, make_config, nll,
+                                                                 margin):
     """On its own and as SGU's g_f, every objective changes how the model answers forget questions more than
     retain ones (two epochs on the memorised tiny model)."""
     forget, retain = splits["forget10"], splits["retain90"]
@@ -202,7 +205,8 @@ def test_each_objective_moves_the_forget_set_alone_and_under_sgu(name, model, to
         trainer = trainer_cls(m, cfg, forget, retain, processing_class=tokenizer, holdout_dataset=holdout)
         trainer.train()
         df, dr = nll(m, forget, tokenizer) - f0, nll(m, retain, tokenizer) - r0
-        assert df > 0.05 and df > dr, (name, method, df, dr)
+        margin(f"{method}: forget NLL rise", df, ">", 0.05)
+        margin(f"{method}: forget minus retain NLL rise", df - dr, ">", 0.0)
 
 
 def test_calibrated_needs_holdout_rows(model, tokenizer, small_sets, make_config):

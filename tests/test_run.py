@@ -77,6 +77,13 @@ def test_metrics_file_and_benchmark_separation(run_dir):
     assert 0 < m["target"]["model_utility"] <= 1
     assert m["steps"] and m["steps"][0]["step"] == 0
     assert "forget quality" in stdout
+    # Where the numbers came from: torch, the CPU kernels, and how SGU's selection kernels ran.
+    a = m["arithmetic"]
+    assert a["torch"] == torch.__version__ and a["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(a["selection_kernels"]) == {"sgu_select", "threshold_rows"}
+    for k in a["selection_kernels"].values():
+        assert k["mode"] in ("compiled", "eager", "compiled, then eager") and k["compiled"] + k["eager"] > 0
+        assert (k["fallback"] is None) == (k["mode"] == "compiled")
     # Attacks on the unlearned model, next to the same attacks on the retain model.
     for name in ("unlearned", "retain"):
         assert set(m["attacks"]["models"][name]) == {"none", "relearn", "int8", "int4"}

@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import re
 import runpy
@@ -78,4 +79,23 @@ def test_threshold_accuracy_prints_rank_errors():
 
 def test_check_kernels_compares_the_compiled_rule_with_the_readable_one():
     lines = script("check_kernels.py", "--device", "cpu", "--numel", "4099").strip().splitlines()
-    assert len(lines) == 6 and all(line.endswith(" ok") for line in lines)
+    assert lines[0].startswith("torch ") and "CPU capability" in lines[0]
+    checks = [line for line in lines if " used (" in line]
+    assert len(checks) == 7 and all(line.endswith(" ok") for line in checks)  # 3 dtypes x 2 rules, the rows
+    assert all(" compiled: " in line for line in checks)
+
+
+def test_compare_margins_lists_each_check_under_each_kernel_set(tmp_path):
+    def write(name, forced, value):
+        rec = {"test": "tests/t.py::test_a", "name": "forget NLL rise", "value": value, "bound": 0.2, "op": ">",
+               "capability": "AVX2", "forced": forced}
+        (tmp_path / name).write_text(json.dumps(rec) + "\n")
+
+    write("a.jsonl", None, 0.6)
+    write("b.jsonl", "default", 0.29)
+    out = script("compare_margins.py", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
+    assert "| AVX2 | default |" in out
+    assert "| test_a | forget NLL rise | > 0.2 | 0.6 | 0.29 | 0.31 | 1.45 (tight) |" in out  # room under 1.5 is marked
+    write("b.jsonl", "default", 0.1)  # fails its bound under the second set: the script fails
+    with pytest.raises(AssertionError):
+        script("compare_margins.py", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))

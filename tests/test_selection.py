@@ -15,6 +15,9 @@ from sgu_llm.selection import (
     sign_conflict,
 )
 
+# Equalities of runs and measured tolerances: .ci/run checks them under another machine's CPU kernels too.
+pytestmark = pytest.mark.outcome
+
 M, P, R = int(Action.MAINTAIN), int(Action.PRUNE), int(Action.REVERSE)
 
 
@@ -183,7 +186,7 @@ def test_fused_compiled_selection_equals_the_rule(function, dtype):
 
 
 def test_kernel_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
-    from sgu_llm.selection.fused import Kernel
+    from sgu_llm.selection.kernel import Kernel
 
     def failing_compile(fn, **kwargs):
         def run(*args):
@@ -193,8 +196,85 @@ def test_kernel_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", failing_compile)
     kernel = Kernel(lambda x: x + 1)
-    with caplog.at_level("WARNING", logger="sgu_llm.selection.fused"):
+    with caplog.at_level("WARNING", logger="sgu_llm.selection.kernel"):
         assert kernel(torch.ones(2)).tolist() == [2.0, 2.0]
         assert kernel(torch.ones(2)).tolist() == [2.0, 2.0]
-    assert [r.getMessage().endswith("running it eagerly.") for r in caplog.records] == [True]
-    assert "no C++ compiler" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and "Running it eagerly from now on" in caplog.records[0].getMessage()
+    assert "torch.compile failed (RuntimeError: no C++ compiler)" in caplog.records[0].getMessage()
+    assert kernel.mode == "eager"
+
+
+def miscompiled(fn, **kwargs):
+    """What inductor's AVX2 code built on an AVX-512 CPU did to the SGU kernel: the rule on half the lanes."""
+
+    def run(g_r, g_f, *rest):
+        stats = fn(g_r, g_f, *rest)
+        g_r.view(-1, 1)[1::2] = 0.0 if g_r.numel() > 1 else g_r  # every other coordinate pruned
+        return stats
+
+    return run
+
+
+def test_guard_catches_a_compiled_kernel_that_disagrees_with_the_rule(monkeypatch, caplog):
+    """A compiled SGU kernel that computes a wrong update is caught on the probe, before it touches a real
+    gradient: the real call gets the eager rule's update, with one warning that says why."""
+    from sgu_llm.selection.fused import _select_, _select_close, _select_probes
+    from sgu_llm.selection.kernel import Kernel
+
+    monkeypatch.setattr(torch, "compile", miscompiled)
+    kernel = Kernel(_select_, probe=_select_probes, close=_select_close)
+    gen = torch.Generator().manual_seed(0)
+    g_r, g_f = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
+    tau = torch.tensor(0.5)
+    expected = g_r.clone()
+    expected_stats = _select_(expected, g_f, tau, tau, 1.0, 1.0)
+    with caplog.at_level("WARNING", logger="sgu_llm.selection.kernel"):
+        for _ in range(2):
+            got = g_r.clone()
+            stats = kernel(got, g_f, tau, tau, 1.0, 1.0)
+            assert torch.equal(got, expected) and torch.equal(stats, expected_stats)
+    message = caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and "disagrees with the eager function on a probe" in message
+    assert "output 1:" in message and "values differ" in message  # the update written into g_r
+    assert "CPU capability" in message and kernel.mode == "eager" and kernel.calls == {"compiled": 0, "eager": 2}
+    # The same kernel left alone is trusted and used.
+    monkeypatch.undo()
+    trusted = Kernel(_select_, probe=_select_probes, close=_select_close)
+    got = g_r.clone()
+    trusted(got, g_f, tau, tau, 1.0, 1.0)
+    assert torch.equal(got, expected)
+    # Compiled, unless inductor cannot build C++ here at all (ATEN_CPU_CAPABILITY=default: it emits vector code
+    # without its header).
+    assert trusted.mode == "compiled" or "torch.compile failed" in trusted.fallback, trusted.fallback
+
+
+def reproducer(r, f, tau_d, tau_m):
+    """The dozen lines that inductor's AVX2 code built on an AVX-512 CPU (torch 2.13.0, gcc 12) computed
+    wrongly: the rule's masks with 0-d thresholds, the update and the masks' float sums in one graph."""
+    conflict = ((r > 0) & (f < 0)) | ((r < 0) & (f > 0))
+    diff = r.abs() - f.abs()
+    maintain = conflict | (diff > tau_d)
+    reverse = ~maintain & (-diff > tau_m)
+    update = torch.where(maintain, r, torch.where(reverse, -f, 0.0))
+    return update, maintain.float().sum(), reverse.float().sum()
+
+
+def test_the_reproducer_is_right_or_caught_on_this_machine(caplog):
+    """On a machine where the compiled reproducer is wrong the guard sees it and the caller still gets the
+    eager numbers; where it is right, it runs compiled. Either way the answer is the eager one."""
+    from sgu_llm.selection.kernel import Kernel
+
+    gen = torch.Generator().manual_seed(0)
+    r, f = torch.randn(1_000_003, generator=gen), torch.randn(1_000_003, generator=gen)
+    args = (r, f, torch.tensor(0.5), torch.tensor(0.4))
+    expected = reproducer(*args)
+    kernel = Kernel(reproducer)  # probes on the call's own arguments
+    try:
+        raw = kernel.check(args)  # the compiled code alone, against eager
+    except Exception as err:  # no compiled code on this machine (ATEN_CPU_CAPABILITY=default)
+        raw = [f"does not compile: {err}"]
+    with caplog.at_level("WARNING", logger="sgu_llm.selection.kernel"):
+        got = kernel(*args)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    warned = [r for r in caplog.records if r.name == "sgu_llm.selection.kernel" and r.levelname == "WARNING"]
+    assert (kernel.mode == "eager") == bool(raw) == bool(warned), (raw, kernel.mode)

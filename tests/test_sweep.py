@@ -53,6 +53,8 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
         assert set(r["selections"]) == {"holdout", "oracle", "final"}
         best = max(c["forget_quality"] for c in r["curve"])
         assert r["selections"]["oracle"]["forget_quality"] == pytest.approx(best)
+        kernels = r["arithmetic"]["selection_kernels"]  # the record says what computed it
+        assert r["arithmetic"]["torch"] and set(kernels) == ({"sgu_select", "threshold_rows"} if r["method"] == "sgu" else set())
     rows = write_results(cfg, records, "sgu-llm sweep test.yaml")
     for name in ("results.json", "results.md", "pareto.png", "grid.md"):
         assert os.path.getsize(tmp_path / "docs" / name) > 0

@@ -19,16 +19,21 @@ from sgu_llm.trainers import (
     SimNPOTrainer,
 )
 
+# Training outcomes against fixed bounds: each bound holds with room under AVX-512, AVX2 and the default
+# (scalar) CPU kernels, and each fails for the same trainer with its forget term switched off
+# (`test_a_trainer_that_does_not_unlearn_fails_the_bounds`). .ci/run runs them under a second kernel set.
+pytestmark = pytest.mark.outcome
 
-def test_sgu_raises_forget_loss_and_keeps_retain(model, tokenizer, small_sets, make_config, nll):
+
+def test_sgu_raises_forget_loss_and_keeps_retain(model, tokenizer, small_sets, make_config, nll, margin):
     forget, retain = small_sets
     f0, r0 = nll(model, forget, tokenizer), nll(model, retain, tokenizer)
     trainer = SGUTrainer(model, make_config(SGUConfig), forget, retain, processing_class=tokenizer)
     trainer.train()
     f1, r1 = nll(model, forget, tokenizer), nll(model, retain, tokenizer)
     assert f0 < 0.1 and r0 < 0.1  # the fixture memorised everything
-    assert f1 > f0 + 0.5, (f0, f1)  # forgets
-    assert r1 < r0 + 0.1, (r0, r1)  # retain stays near where it was
+    margin("forget NLL rise", f1 - f0, ">", FORGETS["sgu"])
+    margin("retain NLL rise", r1 - r0, "<", 0.1)  # retain stays near where it was (0.016-0.022)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     keys = {
         "loss/forget",
@@ -47,26 +52,29 @@ def test_sgu_raises_forget_loss_and_keeps_retain(model, tokenizer, small_sets, m
         assert h["sgu/maintain_frac"] >= h["sgu/conflict_frac"]  # every conflict is maintained
 
 
-def test_sgu_reverse_logs_reverse_fraction(model, tokenizer, small_sets, make_config, nll):
+def test_sgu_reverse_logs_reverse_fraction(model, tokenizer, small_sets, make_config, nll, margin):
     forget, retain = small_sets
     cfg = make_config(SGUConfig, selective_function="sgu_reverse", num_train_epochs=1, q_m=0.8)
     trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     # Over same-sign coordinates, 20 % exceed the q_m = 0.8 quantile, unless the maintain test took them.
-    assert all(0.0 < h["sgu/reverse_frac"] < 0.2 for h in logs)
+    assert all(0.0 < h["sgu/reverse_frac"] for h in logs)
+    margin("largest reverse fraction", max(h["sgu/reverse_frac"] for h in logs), "<", 0.2)
     assert all("sgu/tau_m" in h for h in logs)
 
 
-def test_sgu_npo_forget_loss_uses_reference(model, tokenizer, small_sets, make_config, nll):
+def test_sgu_npo_forget_loss_uses_reference(model, tokenizer, small_sets, make_config, nll, margin):
     forget, retain = small_sets
-    cfg = make_config(SGUConfig, selective_function="sgu_reverse", forget_loss="npo", num_train_epochs=2)
+    # lr 3e-3: the rise is 1.7-2.1 (at 1e-3, 0.21-0.27 against the bound 0.2)
+    cfg = make_config(SGUConfig, selective_function="sgu_reverse", forget_loss="npo", num_train_epochs=2,
+                      learning_rate=3e-3)
     trainer = SGUTrainer(model, cfg, forget, retain, processing_class=tokenizer)
     assert trainer.ref_model is not None  # full parameters: a frozen copy
     ref_before = [p.clone() for p in trainer.ref_model.parameters()]
     f0 = nll(model, forget, tokenizer)
     trainer.train()
-    assert nll(model, forget, tokenizer) > f0 + 0.2
+    margin("forget NLL rise", nll(model, forget, tokenizer) - f0, ">", 0.2)
     assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
 
 
@@ -78,7 +86,7 @@ def assert_base_weights_unchanged(base, peft_model):
         assert torch.equal(after[key], value), name
 
 
-def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, make_config, nll):
+def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, make_config, nll, margin):
     forget, retain = small_sets
     base = {k: v.clone() for k, v in model.state_dict().items()}
     f0 = nll(model, forget, tokenizer)
@@ -93,8 +101,7 @@ def test_lora_leaves_base_weights_bit_identical(model, tokenizer, small_sets, ma
     )
     trainer.train()
     peft_model = trainer.model
-    f1 = nll(peft_model, forget, tokenizer)
-    assert f1 > f0 + 0.3, (f0, f1)
+    margin("forget NLL rise", nll(peft_model, forget, tokenizer) - f0, ">", 0.3)
     assert_base_weights_unchanged(base, peft_model)
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapters did move
@@ -110,7 +117,7 @@ def test_param_filter_freezes_the_rest(model, tokenizer, small_sets, make_config
         assert changed == ("layers.1.mlp" in name), name
 
 
-def test_gradient_accumulation_matches_one_big_batch(model, splits, sgu_update, finetuned_state):
+def test_gradient_accumulation_matches_one_big_batch(model, splits, sgu_update, finetuned_state, margin):
     """2 micro-batches of 4 with accumulation 2 select the same update as one batch of 8.
 
     Losses are normalised by the answer tokens of the whole window, so the accumulated g_f and
@@ -130,16 +137,16 @@ def test_gradient_accumulation_matches_one_big_batch(model, splits, sgu_update, 
     )
     assert big.abs().sum() > 0
     differ = (big - acc).abs() > 1e-5
-    assert differ.float().mean() <= 1e-4, differ.sum()
+    margin("fraction of coordinates that differ", differ.float().mean().item(), "<=", 1e-4)
 
 
-def test_gradient_accumulation_differs_from_a_different_batch(model, splits, sgu_update, finetuned_state):
+def test_gradient_accumulation_differs_from_a_different_batch(model, splits, sgu_update, finetuned_state, margin):
     """Control for the test above: the comparison can fail."""
     forget, retain = splits["forget10"].select(range(8)), splits["retain90"]
     big = sgu_update(model, forget, retain, per_device_train_batch_size=8)
     model.load_state_dict(finetuned_state)
     half = sgu_update(model, forget, retain, per_device_train_batch_size=4)
-    assert ((big - half).abs() > 1e-5).float().mean() > 0.01
+    margin("fraction of coordinates that differ", ((big - half).abs() > 1e-5).float().mean().item(), ">", 0.01)
 
 
 def test_bf16_autocast_runs_on_cpu(model, tokenizer, small_sets, make_config):
@@ -171,24 +178,52 @@ def test_tensor_action_log(model, tokenizer, small_sets, make_config, tmp_path):
         assert sum(fr.values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    "config_cls,trainer_cls",
-    [
-        (GradAscentConfig, GradAscentTrainer),
-        (GradDiffConfig, GradDiffTrainer),
-        (NPOConfig, NPOTrainer),
-        (SimNPOConfig, SimNPOTrainer),
-    ],
-)
-def test_baselines_raise_forget_loss(config_cls, trainer_cls, model, tokenizer, small_sets, make_config, nll):
+# The forget NLL rise each trainer must reach on the memorised tiny model (small_sets, 5 epochs at lr 1e-3): at
+# most half of what it reaches under any kernel set tried (docs/reliability.md lists the values), and over twice
+# what the same training reaches with its forget term off (0.01-0.04).
+FORGETS = {"sgu": 0.25, "gradascent": 0.2, "graddiff": 0.2, "npo": 0.2, "simnpo": 0.2}
+BASELINES = [  # (config, trainer, fields)
+    (GradAscentConfig, GradAscentTrainer, {}),
+    (GradDiffConfig, GradDiffTrainer, {}),
+    (NPOConfig, NPOTrainer, {}),
+    # SimNPO's default gamma (0.125) rises 0.13-0.21 here, by machine: gamma 0.5 makes its rise several
+    # times the bound on every kernel set tried
+    (SimNPOConfig, SimNPOTrainer, {"gamma": 0.5}),
+]
+
+
+@pytest.mark.parametrize("config_cls,trainer_cls,extra", BASELINES, ids=lambda x: getattr(x, "__name__", None))
+def test_baselines_raise_forget_loss(config_cls, trainer_cls, extra, model, tokenizer, small_sets, make_config, nll,
+                                     margin):
     forget, retain = small_sets
     f0 = nll(model, forget, tokenizer)
     trainer = trainer_cls(
-        model, make_config(config_cls, num_train_epochs=5), forget, retain, processing_class=tokenizer
+        model, make_config(config_cls, num_train_epochs=5, **extra), forget, retain, processing_class=tokenizer
     )
     trainer.train()
-    assert nll(model, forget, tokenizer) > f0 + 0.2
+    margin("forget NLL rise", nll(model, forget, tokenizer) - f0, ">", FORGETS[trainer.method_tag()])
     assert "loss/forget" in trainer.state.log_history[0]
+
+
+@pytest.mark.parametrize(
+    "config_cls,trainer_cls,off",
+    [
+        (SGUConfig, SGUTrainer, {"selective_function": "retain_only"}),  # g_r alone: the retain NLL descent
+        (GradDiffConfig, GradDiffTrainer, {"gamma": 0.0}),
+        # NPO and SimNPO with gamma 0 are this same retain NLL descent
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_a_trainer_that_does_not_unlearn_fails_the_bounds(config_cls, trainer_cls, off, model, tokenizer, small_sets,
+                                                          make_config, nll, margin):
+    """The bounds above can fail: with the forget term switched off the same training stays far below them
+    (a miscompiled SGU kernel reached 0.051 in the SGU test)."""
+    forget, retain = small_sets
+    f0 = nll(model, forget, tokenizer)
+    trainer_cls(model, make_config(config_cls, num_train_epochs=5, **off), forget, retain,
+                processing_class=tokenizer).train()
+    margin("forget NLL rise without the forget term", nll(model, forget, tokenizer) - f0, "<",
+           min(FORGETS.values()) / 2)
 
 
 def test_npo_under_lora_uses_disabled_adapters_as_reference(model, tokenizer, small_sets, make_config):

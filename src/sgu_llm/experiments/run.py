@@ -288,6 +288,7 @@ def run_benchmark(recipe: Recipe) -> dict[str, Any]:
     metrics = collect_metrics(script.method, p.evals, step_eval, probe_json, world, attacks, timings.seconds, p.metas)
     stops = [h for h in trainer.state.log_history if "stop/epoch" in h]  # the holdout rule's chosen epoch
     metrics["stop"] = {k.split("/")[1]: v for k, v in stops[-1].items()} if stops else None
+    metrics["arithmetic"] = trainer.arithmetic()  # torch, CPU kernels, compiled or eager selection
     write_outputs(config.output_dir, trainer, metrics, p.evals, probe_json, script)
     # Destroy the process group under torchrun/accelerate: a live gloo group can abort a rank at exit.
     trainer.accelerator.end_training()

@@ -10,8 +10,10 @@ float would be baked into the compiled code and recompile every step.
 A non-finite g_r or g_f coordinate makes that update coordinate non-finite (even
 where the rule prunes), so a loss scaler still sees the overflow and skips the step.
 
-If compilation is unavailable (no C++ compiler, an unsupported platform), the
-same functions run eagerly after one warning: same numbers, slower.
+The compiled kernel is used only after it agreed with `_select_` run eagerly on probe
+inputs (`sgu_llm.selection.kernel`); where it does not, or compilation is unavailable
+(no C++ compiler, an unsupported platform), the same function runs eagerly after one
+warning: same numbers, slower.
 
 Example:
     >>> import torch
@@ -24,11 +26,9 @@ Example:
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-logger = logging.getLogger(__name__)
+from sgu_llm.selection.kernel import Kernel, probe_size, probe_values
 
 STAT_COLUMNS = ("maintain", "reverse", "conflict", "dot", "norm_r2", "norm_f2")
 
@@ -69,27 +69,35 @@ def _select_(
     return stats
 
 
-class Kernel:
-    """`fn`, compiled on first use with dynamic shapes (one compilation serves every tensor size)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.compiled = None
-        self.broken = False
-
-    def __call__(self, *args, compile: bool = True):
-        if compile and not self.broken:
-            if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=True)
-            try:
-                return self.compiled(*args)
-            except Exception as err:  # compiler missing or backend failure: same maths, eagerly
-                self.broken = True
-                logger.warning("torch.compile failed for %s (%s); running it eagerly.", self.fn.__name__, err)
-        return self.fn(*args)
+def _select_probes(args: tuple) -> list[tuple]:
+    """Probe inputs for `_select_` like `args` (dtypes, device, scales): finite and non-finite gradients with
+    ties |g_r| = |g_f| of both signs, against thresholds that test each branch (and +inf, which disables one)."""
+    g_r, g_f, tau_d, tau_m, maintain_scale, reverse_scale = args
+    n = probe_size(g_r.numel())
+    r = probe_values(n, g_r.dtype, g_r.device, seed=0)
+    f = probe_values(n, g_f.dtype, g_f.device, seed=1)
+    f[2::5], f[4::5] = r[2::5].to(f.dtype), -r[4::5].to(f.dtype)  # ties, agreeing and conflicting
+    finite_r, finite_f = r.nan_to_num(0.0, 0.0, 0.0), f.nan_to_num(0.0, 0.0, 0.0)
+    inf = float("inf")
+    out = []
+    for d, m in ((0.5, 0.4), (0.0, 0.0), (-0.25, inf), (inf, 0.3), (inf, inf)):
+        taus = [torch.tensor(t, dtype=tau_d.dtype, device=tau_d.device) for t in (d, m)]
+        out.append((finite_r, finite_f, *taus, maintain_scale, reverse_scale))
+    out.append((r, f, out[0][2], out[0][3], maintain_scale, reverse_scale))
+    return out
 
 
-_select_kernel = Kernel(_select_)
+def _select_close(args: tuple, leaf: int) -> tuple | None:
+    """The update and the three counts bit for bit; the sums (dot, squared norms) may add in another order."""
+    if leaf != 0:
+        return None  # leaf 1 on: the update written into g_r, the other arguments
+    r, f = args[0].float(), args[1].float()
+    scale = (r * f).abs().sum() + (r * r).sum() + (f * f).sum()
+    atol = torch.cat([torch.zeros(3), torch.full((3,), 1e-5 * scale.item())])
+    return torch.cat([torch.zeros(3), torch.full((3,), 1e-5)]), atol
+
+
+_select_kernel = Kernel(_select_, probe=_select_probes, close=_select_close, name="sgu_select")
 
 
 def sgu_select_(

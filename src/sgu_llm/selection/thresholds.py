@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sgu_llm.selection.fused import Kernel
+from sgu_llm.selection.kernel import PROBE_NUMEL, Kernel, probe_size, probe_values
 from sgu_llm.selection.sharded import all_gather_ragged
 
 # Exact up to 2**14 elements per tensor, then 2**14 sampled coordinates in blocks of 16: per-tensor
@@ -192,7 +192,20 @@ def _row_values(
     return torch.where(member, _magnitude_diff(r_rows, f_rows), float("inf")), member.sum(1)
 
 
-_row_values_kernel = Kernel(_row_values)
+def _row_values_probes(args: tuple) -> list[tuple]:
+    """Probe rows for `_row_values` like `args`: the same width class and number of rows (4 where there are
+    more than one), lengths from the whole row to none, gradient-like values with specials."""
+    r_rows, f_rows, lengths, same_sign_only = args
+    rows = probe_size(r_rows.shape[0], 4)
+    width = probe_size(r_rows.shape[1], max(PROBE_NUMEL // rows, 2))
+    r = probe_values(rows * width, r_rows.dtype, r_rows.device, seed=2).view(rows, width)
+    f = probe_values(rows * width, f_rows.dtype, f_rows.device, seed=3).view(rows, width)
+    f[:, ::3] = -r[:, ::3]  # ties of opposite sign
+    lens = torch.tensor([width, width // 2 + 3, 1, 0][:rows], dtype=lengths.dtype, device=lengths.device)
+    return [(r, f, lens, same_sign_only)]
+
+
+_row_values_kernel = Kernel(_row_values, probe=_row_values_probes, name="threshold_rows")
 
 
 def _tensor_thresholds(

@@ -23,6 +23,7 @@ from sgu_llm.core.files import write_text
 from sgu_llm.data.pairing import ForgetRetainDataset, ensure_pad_token, training_view
 from sgu_llm.models.pretrained import load_pretrained
 from sgu_llm.objectives import ForgetObjective, ObjectiveArguments, ObjectiveContext, get_objective
+from sgu_llm.selection.kernel import arithmetic, kernel_calls
 from sgu_llm.trainers.adapters import is_peft_model, prepare_model
 from sgu_llm.trainers.callbacks import PairingEpochCallback
 from sgu_llm.trainers.card import build_card, card_tags
@@ -198,7 +199,13 @@ class UnlearnTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # None: HF's own error
         if isinstance(resume_from_checkpoint, str) and self.stopping is not None:
             self.stopping.load(resume_from_checkpoint)
+        self._kernel_calls = kernel_calls()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def arithmetic(self) -> dict[str, Any]:
+        """What computed this trainer's numbers: torch, the CPU kernels (`ATEN_CPU_CAPABILITY` if forced), the
+        GPU, and how each selection kernel ran since `train()` began (compiled, or eager and why)."""
+        return arithmetic(since=getattr(self, "_kernel_calls", None))
 
     def _save_checkpoint(self, model, trial):
         """The Trainer's checkpoint plus the stopping rule's scores and best snapshot (`stop_on_holdout`)."""

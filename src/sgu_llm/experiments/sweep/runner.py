@@ -111,6 +111,7 @@ class EpochRecorder(EpochScoring):
         self.tokenizer, self.sets, self.ref = tokenizer, sets, reference
         self.kw = {k: v for k, v in kw.items() if k != "max_new_tokens"}  # scoring only, no generation
         self.snapshots: list[dict] = []
+        self.arithmetic: dict | None = None  # the trainer's, once it has trained (`UnlearnTrainer.arithmetic`)
         # `stop_at` (an epoch > 0): score only at the end of that epoch and stop training there (a repeat that
         # needs one epoch's weights: the schedule is the full run's, so they are that run's weights).
         self.stop_at = stop_at
@@ -319,6 +320,7 @@ class Sweep:
             trainer.train()
             wall = time.perf_counter() - start - recorder.seconds
             keep_alternatives(tmp, os.path.join(self.cfg.output_dir, split, f"seed{seed}", "alternatives"))
+        recorder.arithmetic = trainer.arithmetic()
         return trainer.model, recorder, wall
 
     def train_point(self, split: str, seed: int, method: str, point: Point, ctx: SeedContext) -> dict:
@@ -354,6 +356,7 @@ class Sweep:
             # the selected epochs (an epoch-0 pick reuses the target's).
             "scoring_seconds": recorder.seconds,
             "evaluation_seconds": time.perf_counter() - start,
+            "arithmetic": recorder.arithmetic,  # torch, CPU kernels, compiled or eager selection
         }
         if setting:
             record["setting"] = dict(setting)
@@ -513,7 +516,7 @@ class Sweep:
             model, recorder, _ = self.unlearn(split, seed, method, point, ctx)
             idx = choose(recorder.curve)["holdout"]
             model.load_state_dict(recorder.snapshots[idx])
-            return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": False}
+            return model, {"epoch": recorder.curve[idx]["epoch"], "same_curve": False, "arithmetic": recorder.arithmetic}
         start = time.perf_counter()
         want = stored_curve[choose(stored_curve)["holdout"]]
         if want["epoch"] == 0:  # the target itself
@@ -524,7 +527,10 @@ class Sweep:
         else:
             model, recorder, _ = self.unlearn(split, seed, method, point, ctx, stop_at=want["epoch"])
             got = recorder.curve[-1]
-        return model, {"epoch": want["epoch"], "same_curve": got == want, "repeat_seconds": time.perf_counter() - start}
+        return model, {
+            "epoch": want["epoch"], "same_curve": got == want, "repeat_seconds": time.perf_counter() - start,
+            "arithmetic": recorder.arithmetic if want["epoch"] != 0 else None,
+        }
 
     def probed(self, split: str, records: list[dict]) -> tuple[str, Point]:
         """The probe stage's method and point: `probe_method` at its reported point, or the `sgu`-family method whose
