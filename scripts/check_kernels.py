@@ -61,11 +61,11 @@ def check_rule(device: str, dtype: torch.dtype, numel: int, reverse: bool) -> tu
     used = g_r.clone()
     used_stats = sgu_select_(used, g_f, tau_d, tau_m, 1.0, 1.0, compile=True)
     used_diff, used_wrong = compare(used, used_stats, ref_update, ref_actions)
-    if _select_kernel.compiled is None or _select_kernel.fallback and "compile failed" in _select_kernel.fallback:
+    if _select_kernel.compiled_code is None:
         raw_line, raw_ok = "compiled: unavailable", None
     else:
         raw = g_r.clone()
-        raw_stats = _select_kernel.compiled(raw, g_f, tau_d, tau_m, 1.0, 1.0)
+        raw_stats = _select_kernel.compiled_code(raw, g_f, tau_d, tau_m, 1.0, 1.0)
         diff, wrong = compare(raw, raw_stats, ref_update, ref_actions)
         raw_line, raw_ok = f"compiled: {verdict(diff, wrong)}", diff == 0.0 and wrong == 0
     rule = "sgu_reverse" if reverse else "sgu"
@@ -83,10 +83,10 @@ def check_rows(device: str, numel: int) -> tuple[str, bool | None, bool]:
     args = (g_r.view(4, width), g_f.view(4, width), torch.tensor([width, width // 2, 1, 0], device=device), True)
     expected = _row_values(*args)
     used_ok = not differences(expected, _row_values_kernel(*args, compile=True))
-    if _row_values_kernel.compiled is None or _row_values_kernel.fallback and "compile failed" in _row_values_kernel.fallback:
+    if _row_values_kernel.compiled_code is None:
         raw_line, raw_ok = "compiled: unavailable", None
     else:
-        found = differences(expected, _row_values_kernel.compiled(*args))
+        found = differences(expected, _row_values_kernel.compiled_code(*args))
         raw_line, raw_ok = f"compiled: {'; '.join(found[:2]) or 'ok'}", not found
     line = (
         f"{device} torch.float32   threshold_rows {raw_line} | used ({_row_values_kernel.mode}): "

@@ -139,8 +139,13 @@ class Kernel:
     @property
     def mode(self) -> str:
         """How its calls so far ran: 'compiled', 'eager', 'compiled, then eager', or 'unused'."""
-        used = [m for m in ("compiled", "eager") if self.calls[m]]
-        return ", then ".join(used) if used else "unused"
+        return _mode(self.calls)
+
+    @property
+    def compiled_code(self) -> Callable | None:
+        """The compiled function, where compilation succeeded (trusted or not); None otherwise."""
+        compile_failed = self.fallback is not None and self.fallback.startswith("torch.compile failed")
+        return None if compile_failed else self.compiled
 
     def __call__(self, *args, compile: bool = True):
         if compile and self.fallback is None:
@@ -186,6 +191,11 @@ class Kernel:
         )
 
 
+def _mode(calls: dict[str, int]) -> str:
+    used = [m for m in ("compiled", "eager") if calls[m]]
+    return ", then ".join(used) if used else "unused"
+
+
 def _first_lines(err: Exception) -> str:
     """An exception in a line or two: its first line and a compiler's first `error:` line."""
     lines = [x.strip() for x in str(err).splitlines() if x.strip()]
@@ -214,9 +224,8 @@ def arithmetic(since: dict[str, dict[str, int]] | None = None) -> dict[str, Any]
     for name, k in KERNELS.items():
         before = since.get(name, {"compiled": 0, "eager": 0})
         delta = {m: k.calls[m] - before.get(m, 0) for m in ("compiled", "eager")}
-        used = [m for m in ("compiled", "eager") if delta[m]]
-        if used:
-            kernels[name] = {"mode": ", then ".join(used), **delta, "fallback": k.fallback}
+        if any(delta.values()):
+            kernels[name] = {"mode": _mode(delta), **delta, "fallback": k.fallback}
     out: dict[str, Any] = {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
