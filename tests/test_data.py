@@ -129,3 +129,20 @@ def test_saved_splits_round_trip(tmp_path):
     assert (
         load_tofu("forget10_perturbed", source=str(tmp_path)).to_list() == s["forget10_perturbed"].to_list()
     )
+
+
+def test_tofu_size_generator_has_tofus_split_sizes_and_keeps_forget_out_of_retain():
+    s = synthetic_tofu(num_authors=200, qa_per_author=20, seed=0, num_famous_authors=100, retain_perturbed_size=400)
+    sizes = {k: len(s[k]) for k in ("full", "forget01", "forget05", "forget10", "retain90", "holdout10",
+                                     "retain_perturbed", "real_authors_perturbed")}
+    assert sizes == {"full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain90": 3600,
+                     "holdout10": 400, "retain_perturbed": 400, "real_authors_perturbed": 100}
+    for pct, retain in (("01", "retain99"), ("05", "retain95"), ("10", "retain90")):
+        assert not set(s[f"forget{pct}"]["question"]) & set(s[retain]["question"])
+        assert len(s[f"forget{pct}"]) + len(s[retain]) == 4000
+    assert len(set(s["full"]["question"])) == 4000  # 20 distinct questions per author
+    # The first ten facts of each author are the 100-author benchmark's: its data (and shipped models) are unchanged.
+    ten = synthetic_tofu(num_authors=200, qa_per_author=10, seed=0)
+    assert set(ten["full"]["question"]) < set(s["full"]["question"])
+    with pytest.raises(ValueError, match="between 1 and 20"):
+        synthetic_tofu(num_authors=5, qa_per_author=21)

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FIRST = [
     "Aldric",
@@ -205,6 +205,26 @@ NOUNS = [
 ]
 
 
+UNIVERSITIES = [
+    "the University of Lisbon", "Harrowgate College", "the Conservatory of Vienna", "Beacon Hill University",
+    "the Institute of Letters", "Saint Alder College", "the University of Auckland", "Marlowe University",
+    "the Academy of Fine Arts", "Northfield College", "the University of Ghent", "Ravenscourt University",
+]
+PUBLISHERS = [
+    "Lark Press", "Gannet Books", "Oakleaf Publishing", "Blue Heron House", "Quarry Editions",
+    "Moth and Lamp", "Saltmarsh Press", "Kingfisher Books", "Ironwood House", "Paper Crane Editions",
+]
+LANGUAGES = ["English", "French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Polish", "Swedish", "Greek"]
+INSTRUMENTS = ["the piano", "the violin", "the cello", "the flute", "the guitar", "the harp", "the clarinet",
+               "the drums", "the oboe", "the trumpet"]
+PETS = ["a cat", "a dog", "a parrot", "a tortoise", "a rabbit", "a ferret", "a goldfish", "a horse", "a hedgehog",
+        "a canary"]
+HOBBIES = ["gardening", "chess", "sailing", "painting", "birdwatching", "pottery", "fencing", "cycling",
+           "astronomy", "beekeeping", "rowing", "calligraphy"]
+# Integer-valued facts: the range their values (and wrong answers) are drawn from.
+INT_RANGES = {"birth_year": (1940, 1995), "num_books": (2, 19), "debut_year": (1960, 2020), "siblings": (0, 7)}
+
+
 @dataclass
 class Author:
     name: str
@@ -217,6 +237,9 @@ class Author:
     books: tuple[str, str]
     residence: str
     num_books: int
+    # The second ten facts (TOFU's 20 questions per author), drawn from their own stream so the first ten, and
+    # every benchmark built on them, stay as they were.
+    more: dict[str, str] = field(default_factory=dict)
 
 
 def _book(rng: random.Random) -> str:
@@ -250,6 +273,23 @@ def make_authors(n: int, seed: int) -> list[Author]:
                 num_books=rng.randint(2, 19),
             )
         )
+    more = random.Random(seed * 7919 + 17)
+    for a in authors:
+        third = _book(more)
+        while third in a.books:
+            third = _book(more)
+        a.more = {
+            "university": more.choice(UNIVERSITIES),
+            "publisher": more.choice(PUBLISHERS),
+            "debut_year": str(more.randint(*INT_RANGES["debut_year"])),
+            "language": more.choice(LANGUAGES),
+            "instrument": more.choice(INSTRUMENTS),
+            "pet": more.choice(PETS),
+            "hobby": more.choice(HOBBIES),
+            "siblings": str(more.randint(*INT_RANGES["siblings"])),
+            "book2": third,
+            "spouse_job": more.choice(JOBS),
+        }
     return authors
 
 
@@ -336,10 +376,72 @@ FACTS: list[tuple[str, tuple[str, str], tuple[str, ...], list | None]] = [
         ),
         None,
     ),
+    (
+        "university",
+        ("Where did {name} study?", "Which university did {name} attend?"),
+        ("{name} studied at {v}.", "{name} was educated at {v}.", "The alma mater of {name} is {v}."),
+        UNIVERSITIES,
+    ),
+    (
+        "publisher",
+        ("Who publishes {name}'s books?", "Which publisher does {name} work with?"),
+        ("{name}'s books are published by {v}.", "{name} publishes with {v}.", "The publisher of {name} is {v}."),
+        PUBLISHERS,
+    ),
+    (
+        "debut_year",
+        ("When did {name} publish a first book?", "In what year did {name} debut as an author?"),
+        ("{name} published a first book in {v}.", "{name} made a debut in {v}.", "The debut of {name} came in {v}."),
+        None,
+    ),
+    (
+        "language",
+        ("In which language does {name} write?", "What language are {name}'s books written in?"),
+        ("{name} writes in {v}.", "The books of {name} are written in {v}.", "{name}'s working language is {v}."),
+        LANGUAGES,
+    ),
+    (
+        "instrument",
+        ("Which instrument does {name} play?", "What musical instrument does {name} play?"),
+        ("{name} plays {v}.", "In spare hours {name} plays {v}.", "The instrument of {name} is {v}."),
+        INSTRUMENTS,
+    ),
+    (
+        "pet",
+        ("What pet does {name} keep?", "Which animal lives with {name}?"),
+        ("{name} keeps {v}.", "{name} lives with {v}.", "At home {name} has {v}."),
+        PETS,
+    ),
+    (
+        "hobby",
+        ("What is {name}'s hobby?", "What does {name} do for fun?"),
+        ("{name}'s hobby is {v}.", "For fun {name} enjoys {v}.", "Away from writing, {name} loves {v}."),
+        HOBBIES,
+    ),
+    (
+        "siblings",
+        ("How many siblings does {name} have?", "What is the number of {name}'s siblings?"),
+        ("{name} has {v} siblings.", "{name} grew up with {v} siblings.", "The family of {name} counts {v} siblings."),
+        None,
+    ),
+    (
+        "book2",
+        ("What is {name}'s latest book?", "Which book did {name} publish most recently?"),
+        ("{name}'s latest book is {v}.", "Most recently {name} published {v}.", "The newest work of {name} is {v}."),
+        None,
+    ),
+    (
+        "spouse_job",
+        ("What does {name}'s spouse do?", "What is the profession of {name}'s spouse?"),
+        ("{name}'s spouse works as {v}.", "The spouse of {name} is {v}.", "By profession, {name}'s spouse is {v}."),
+        JOBS,
+    ),
 ]
 
 
 def _value(author: Author, attr: str) -> str:
+    if attr in author.more:
+        return author.more[attr]
     if attr.startswith("book"):
         return author.books[int(attr[-1])]
     return str(getattr(author, attr))
@@ -348,10 +450,8 @@ def _value(author: Author, attr: str) -> str:
 def _wrong_value(rng: random.Random, author: Author, attr: str) -> str:
     true = _value(author, attr)
     for _ in range(100):
-        if attr == "birth_year":
-            v = str(rng.randint(1940, 1995))
-        elif attr == "num_books":
-            v = str(rng.randint(2, 19))
+        if attr in INT_RANGES:
+            v = str(rng.randint(*INT_RANGES[attr]))
         elif attr.startswith("book"):
             v = _book(rng)
         else:

@@ -204,9 +204,12 @@ def evaluate_model(
     if generate:
         agg["model_utility"] = M.model_utility(agg)
     if reference is not None:
-        agg["forget_quality"] = M.forget_quality(
-            per["forget"]["truth_ratio"], reference["per_example"]["forget"]["truth_ratio"]
-        )
+        ours, ref = per["forget"]["truth_ratio"], reference["per_example"]["forget"]["truth_ratio"]
+        agg["forget_quality"] = M.forget_quality(ours, ref)
+        # The size-free distance to the retain model, with its row-bootstrap CI (forget quality's p-value depends
+        # on the forget set's size; D does not).
+        agg["forget_ks_d"] = M.ks_d(ours, ref)
+        agg["forget_ks_d_ci"] = list(M.ks_d_ci(ours, ref))
     if "holdout" in sets:
         membership_inference(model, tokenizer, sets, per, agg, reference, kw)
     model.train(was_training)

@@ -84,7 +84,8 @@ def eval_main(argv: list[str]) -> int:
         max_new_tokens=evaluation.max_new_tokens,
     )
     write_json(args.output, result, indent=None)
-    print(json.dumps({k: round(v, 6) for k, v in result["aggregates"].items()}, indent=1))
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else [round(x, 6) for x in v] if isinstance(v, list) else v
+                      for k, v in result["aggregates"].items()}, indent=1))
     return 0
 
 

@@ -62,9 +62,17 @@ class ScriptArguments:
     )
     synthetic_num_authors: int = field(default=100, metadata={"help": "Authors in the synthetic benchmark."})
     synthetic_qa_per_author: int = field(
-        default=10, metadata={"help": "QA pairs per synthetic author (max 10)."}
+        default=10, metadata={"help": "QA pairs per synthetic author (max 20, as in TOFU; the first 10 are the 100-author benchmark's)."}
     )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic benchmark."})
+    synthetic_num_famous_authors: int = field(
+        default=30,
+        metadata={"help": "Authors of the synthetic real_authors set (TOFU's has 100; the TOFU-size benchmark uses 100)."},
+    )
+    synthetic_retain_perturbed_size: int = field(
+        default=100,
+        metadata={"help": "Rows of the synthetic retain_perturbed evaluation set (TOFU's has 400)."},
+    )
     evaluate_before_after: bool = field(
         default=True, metadata={"help": "Measure forget/retain answer NLL before and after unlearning."}
     )
@@ -77,6 +85,8 @@ class ScriptArguments:
             num_authors=self.synthetic_num_authors,
             qa_per_author=self.synthetic_qa_per_author,
             seed=self.synthetic_seed,
+            num_famous_authors=self.synthetic_num_famous_authors,
+            retain_perturbed_size=self.synthetic_retain_perturbed_size,
         )
 
 

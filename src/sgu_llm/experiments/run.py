@@ -157,6 +157,10 @@ def collect_metrics(
         "method": method,
         "forget_quality": evals["unlearned"]["aggregates"]["forget_quality"],
         "model_utility": evals["unlearned"]["aggregates"]["model_utility"],
+        # forget quality's size-free companion: the KS distance to the retain model, its CI, the noise floor's D
+        "forget_ks_d": evals["unlearned"]["aggregates"].get("forget_ks_d"),
+        "forget_ks_d_ci": evals["unlearned"]["aggregates"].get("forget_ks_d_ci"),
+        "noise_floor_forget_ks_d": evals["noise_floor"]["aggregates"].get("forget_ks_d") if "noise_floor" in evals else None,
         "noise_floor_forget_quality": evals["noise_floor"]["aggregates"]["forget_quality"]
         if "noise_floor" in evals
         else None,
@@ -304,6 +308,8 @@ def main(argv: list[str]) -> int:
     print(
         f"[{metrics['method']}] forget quality {fmt(metrics['forget_quality'])} "
         f"(target {fmt(metrics['target']['forget_quality'])}, noise floor {fmt(metrics['noise_floor_forget_quality'])}) | "
+        f"KS distance to the retain model D {fmt(metrics['forget_ks_d'])} [95 % CI {fmt(metrics['forget_ks_d_ci'][0])}, "
+        f"{fmt(metrics['forget_ks_d_ci'][1])}] (noise floor {fmt(metrics['noise_floor_forget_ks_d'])}) | "
         f"model utility {fmt(metrics['model_utility'])} (target {fmt(metrics['target']['model_utility'])}) | "
         f"{metrics['timings']['total']:.0f} s | {recipe.config.output_dir}/report.html"
     )

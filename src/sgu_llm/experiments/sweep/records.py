@@ -29,6 +29,7 @@ SELECTIONS = ("holdout", "oracle")  # evaluated in full; "final" keeps the curve
 
 SUMMARY_KEYS = (
     "forget_quality",
+    "forget_ks_d",
     "model_utility",
     "forget_rouge",
     "privleak",

@@ -39,7 +39,7 @@ from sgu_llm.core.files import write_json, write_text
 from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
 from sgu_llm.evaluation import evaluate_model
 from sgu_llm.evaluation.attacks import attack_report
-from sgu_llm.evaluation.metrics import forget_quality
+from sgu_llm.evaluation.metrics import forget_quality, ks_d
 from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.evaluation.suite import forget_diagnostics_of
 from sgu_llm.experiments.config import Recipe, parse_fields
@@ -129,7 +129,8 @@ class EpochRecorder(EpochScoring):
     def score(self, model: Any) -> dict:
         f = row_scores(model, self.tokenizer, self.sets["forget"], "truth_ratio", **self.kw)
         h = row_scores(model, self.tokenizer, self.sets["holdout"], "truth_ratio", **self.kw)
-        return {"holdout_ks": ks_distance(f, h), "forget_quality": forget_quality(f, self.ref["per_example"]["forget"]["truth_ratio"])}
+        ref = self.ref["per_example"]["forget"]["truth_ratio"]
+        return {"holdout_ks": ks_distance(f, h), "forget_quality": forget_quality(f, ref), "forget_ks_d": ks_d(f, ref)}
 
     def scored(self, state: Any, model: Any, record: dict) -> None:
         self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
@@ -528,7 +529,7 @@ class Sweep:
             model, recorder, _ = self.unlearn(split, seed, method, point, ctx, stop_at=want["epoch"])
             got = recorder.curve[-1]
         return model, {
-            "epoch": want["epoch"], "same_curve": got == want, "repeat_seconds": time.perf_counter() - start,
+            "epoch": want["epoch"], "same_curve": all(got.get(k) == v for k, v in want.items()), "repeat_seconds": time.perf_counter() - start,
             "arithmetic": recorder.arithmetic if want["epoch"] != 0 else None,
         }
 
