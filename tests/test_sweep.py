@@ -1,13 +1,17 @@
 """The sweep harness: runs, aggregation over model seeds, the reported point, resume."""
 
+import copy
+import dataclasses
 import glob
 import json
 import os
+import shutil
 import sys
 
 import pytest
 import yaml
 
+from sgu_llm.evaluation.metrics import ks_d
 from sgu_llm.experiments.sweep import (
     Sweep,
     SweepConfig,
@@ -60,6 +64,22 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
         assert os.path.getsize(tmp_path / "docs" / name) > 0
     saved = json.load(open(tmp_path / "docs" / "results.json"))
     assert saved == json.loads(json.dumps(rows))
+    # The per-row forget truth ratios are stored, so D (and any aggregate over rows) can be recomputed; the rows
+    # carry D per seed and the noise band (seed 0's retain model against its one independent retrain).
+    base = load_baselines(cfg, "forget10")[0]
+    retain_tr = base["retain"]["per_example"]["forget"]["truth_ratio"]
+    for r in records:
+        h = r["selections"]["holdout"]
+        assert len(h["forget_truth_ratios"]) == len(retain_tr) == 20
+        assert h["forget_ks_d"] == pytest.approx(float(ks_d(h["forget_truth_ratios"], retain_tr)))
+    band = ks_d(base["noise_floor"]["per_example"]["forget"]["truth_ratio"], retain_tr)
+    for r in saved:
+        if r["selection"] == "holdout":
+            assert r["noise_band"] == [[pytest.approx(band)] * 2] and r["seeds_in_band"] in (0, 1)
+            assert r["forget_ks_d"] == [pytest.approx(records[0]["selections"]["holdout"]["forget_ks_d"])] or r["method"] != records[0]["method"]
+    (gate,) = [r["gate"] for r in saved if r["selection"] == "gate"]  # sgu over the NLL against GradDiff
+    assert (gate["alone"], gate["gated"], gate["verdict"]) == ("graddiff", "sgu", "undecided")  # 1 seed: no CI
+    saved = [r for r in saved if r["selection"] != "gate"]
     needed = {
         "method",
         "split",
@@ -72,6 +92,27 @@ def test_sweep_runs_writes_results_and_resumes(tmp_path):
         "model",
     }
     assert all(needed <= set(r) for r in saved)
+    # Crossfit on two seeds (seed 1 a copy of seed 0's runs, so no more training): each seed's point is chosen on
+    # the other, the rows and the gate table say so, and the attack stage would attack each seed's own point.
+    two = dataclasses.replace(cfg, output_dir=str(tmp_path / "two"), results_dir=str(tmp_path / "two-docs"),
+                              splits={"forget10": [0, 1]}, selection="crossfit", benchmark="test-size")
+    shutil.copytree(tmp_path / "runs", tmp_path / "two")
+    shutil.copytree(tmp_path / "two" / "forget10" / "seed0", tmp_path / "two" / "forget10" / "seed1")
+    both = records + [{**copy.deepcopy(r), "seed": 1} for r in records]
+    out = write_results(two, both, "sgu-llm sweep two.yaml")
+    cross = {r["method"]: r for r in out if r["selection"] == "crossfit"}
+    assert set(cross) == {"sgu", "graddiff"} and cross["sgu"]["seeds"] == [0, 1]
+    assert all(r["benchmark"] == "test-size" for r in out)
+    assert cross["sgu"]["forget_ks_d"] == [records[0]["selections"]["holdout"]["forget_ks_d"]] * 2 or records[0]["method"] != "sgu"
+    (gate,) = [r["gate"] for r in out if r["selection"] == "gate"]
+    assert gate["selection"] == "crossfit" and gate["crossfit_d"]["n"] == 2
+    md = (tmp_path / "two-docs" / "results.md").read_text()
+    assert "### Crossfit selection" in md and "### Does the gate help? Paired over seeds" in md
+    assert Sweep(dataclasses.replace(two, attack_splits=["forget10"]), log=lambda m: None).attack_points("forget10", both) == {
+        s: {"sgu": (1e-3, ()), "graddiff": (1e-3, ())} for s in (0, 1)
+    }
+    with pytest.raises(ValueError, match="remove tune_seeds"):
+        dataclasses.replace(two, tune_seeds=[0])
 
     # Resume: a second run trains nothing and returns the same records.
     class NoTraining(Sweep):

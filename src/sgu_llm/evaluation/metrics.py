@@ -6,6 +6,8 @@ length-normalised (mean over answer tokens), probabilities are exp(-NLL).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import stats
 
@@ -161,3 +163,57 @@ def ks_d_ci(
     alpha = (1 - nominal) / 2
     lo_q, hi_q = np.quantile(boot, [alpha, 1 - alpha])
     return float(np.clip(2 * d - hi_q, 0, 1)), float(np.clip(2 * d - lo_q, 0, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _ks_lattice(n: int) -> np.ndarray:
+    """The two-sample KS p-value at D = k / n, k = 0..n, for n and n rows (shifting one sample of n distinct values
+    by k makes D = k / n exactly)."""
+    base = np.arange(n, dtype=float)
+    return np.array([forget_quality(base + k, base) for k in range(n + 1)])
+
+
+def ks_d_from_pvalue(pvalue: float, n: int, m: int | None = None, rtol: float = 1e-6) -> float:
+    """The KS distance D behind a stored forget quality (`forget_quality` on `n` and `m` rows): the two-sample
+    p-value is a strictly decreasing function of D, which lives on a lattice of step 1/n when n = m, so the
+    lattice point whose p-value is `pvalue` is the D (evaluations stored before D was).
+
+    Raises ValueError when no lattice point gives `pvalue` (it was not a KS p-value on n and m rows).
+
+    Example:
+        >>> round(ks_d_from_pvalue(forget_quality(np.arange(40.0), np.arange(40.0) + 4), 40), 6)
+        0.1
+    """
+    m = n if m is None else m
+    if n != m:
+        raise ValueError(f"ks_d_from_pvalue inverts paired forget quality (n = m); got n={n}, m={m}")
+    hit = np.flatnonzero(np.isclose(_ks_lattice(n), pvalue, rtol=rtol, atol=1e-300))
+    if not hit.size:
+        raise ValueError(f"{pvalue!r} is not a two-sample KS p-value on {n} and {m} rows")
+    return int(hit[0]) / n
+
+
+def paired_mean_ci(diffs: np.ndarray, confidence: float = 0.95, resamples: int = 9999, seed: int = 0) -> dict:
+    """The mean of paired differences (one per model seed), its percentile bootstrap CI (scipy) over seeds, and the
+    sign count: `{"mean", "ci": [lo, hi], "n", "below_zero", "above_zero"}`. With fewer than 2 differences the CI
+    is None."""
+    d = np.asarray(diffs, dtype=float)
+    out = {"mean": float(d.mean()) if d.size else None, "n": int(d.size),
+           "below_zero": int((d < 0).sum()), "above_zero": int((d > 0).sum()), "ci": None}
+    if d.size >= 2:
+        if np.all(d == d[0]):  # every resample has the same mean
+            out["ci"] = [float(d[0]), float(d[0])]
+        else:
+            res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=resamples,
+                                  method="percentile", rng=np.random.default_rng(seed))
+            out["ci"] = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+    return out
+
+
+def verdict(ci: list[float] | None, lower_is_better: bool = True) -> str:
+    """`helps` when the CI of (rule - alone) lies wholly on the better side of 0, `hurts` wholly on the worse side,
+    else `undecided` (also with no CI)."""
+    if ci is None or ci[0] <= 0 <= ci[1]:
+        return "undecided"
+    better = ci[1] < 0 if lower_is_better else ci[0] > 0
+    return "helps" if better else "hurts"

@@ -217,7 +217,10 @@ def attack_cells(rows: list[dict], retain: dict | None) -> list[list[str]]:
         x = a[attack][metric]
         return f"{fmt(x['mean'])} ({fmt(x['min'])}–{fmt(x['max'])})"
 
-    entries = sorted(((f"`{r['method']}` (lr {r['learning_rate']:g}){attack_seeds_note(r)}", r["attacks"]) for r in rows),
+    def where(r: dict) -> str:
+        return "crossfit points" if r.get("selection") == "crossfit" else f"lr {r['learning_rate']:g}"
+
+    entries = sorted(((f"`{r['method']}` ({where(r)}){attack_seeds_note(r)}", r["attacks"]) for r in rows),
                      key=lambda e: e[1]["relearn"]["forget_prob"]["mean"])
     if retain:
         entries.append(("retain model" + attack_seeds_note({"seeds": rows[0].get("seeds"), "attacks": retain}), retain))
@@ -389,9 +392,106 @@ def timing_markdown(parts: list[dict]) -> list[str]:
     return lines + [f"| **sum of the parts** | | **{total / 3600:.2f}** | | | |", ""]
 
 
+def d_cell(row: dict) -> str:
+    """D to the retain model: mean (min–max) over seeds, a dash where the row has none.
+
+        >>> d_cell({"forget_ks_d_mean": 0.12, "forget_ks_d_min": 0.1, "forget_ks_d_max": 0.15})
+        '0.12 (0.1–0.15)'
+    """
+    if row.get("forget_ks_d_mean") is None:
+        return fmt(None)
+    return f"{fmt(row['forget_ks_d_mean'])} ({fmt(row['forget_ks_d_min'])}–{fmt(row['forget_ks_d_max'])})"
+
+
+def band_cell(row: dict) -> str:
+    """How many seeds sit inside their noise band (D <= the band's upper end), e.g. `2/5`; a dash without bands."""
+    if row.get("seeds_in_band") is None:
+        return fmt(None)
+    return f"{row['seeds_in_band']}/{len(row['seeds'])}"
+
+
+def ci_text(ci: list | None) -> str:
+    return "–" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def band_markdown(bands: dict[int, dict]) -> list[str]:
+    """One line: each seed's noise band (the D of its independent retrains to its retain model)."""
+    if not bands:
+        return []
+    parts = [f"seed {s}: {fmt(b['noise_band'][0])}–{fmt(b['noise_band'][1])} ({b['retrains']} retrains)"
+             for s, b in sorted(bands.items())]
+    return ["Noise band, the KS distance D of independent retrains (the other seeds' retain models and noise floors) "
+            "to each seed's retain model, i.e. what \"as good as retraining\" looks like: " + "; ".join(parts) + ".", ""]
+
+
+CROSSFIT_HEADERS = ["method", "family", "points chosen (per seed)", "D mean (min–max)", "seeds in band",
+                    "D per seed [CI]", "MU (x target)", "FQ mean (median)", "mean R", "outrank", "relearn rise"]
+
+
+def crossfit_markdown(rows: list[dict]) -> list[str]:
+    """The crossfit rows of one split, lowest mean D first."""
+    if not rows:
+        return []
+    lines = [
+        "### Crossfit selection: each seed's point chosen on the other seeds, reported on it",
+        "",
+        "For every method the same rule on the other seeds' holdout-selected epochs (lowest mean D at model utility "
+        ">= the floor x target's), so no reported number was read when choosing it. D: KS distance of the forget "
+        "truth ratios to the seed's retain model, with its paired row-bootstrap CI (where stored).",
+        "",
+        "| " + " | ".join(CROSSFIT_HEADERS) + " |",
+        "|" + "---|" * len(CROSSFIT_HEADERS),
+    ]
+    for r in sorted(rows, key=lambda r: r["forget_ks_d_mean"]):
+        pts = ", ".join(point_label(e) for e in r["per_seed"])
+        per = "; ".join(f"{fmt(e['forget_ks_d'])} {ci_text(e.get('forget_ks_d_ci'))}" for e in r["per_seed"])
+        lines.append(
+            f"| `{r['method']}` | {r.get('family', '')} | {pts} | {d_cell(r)} | {band_cell(r)} | {per} | "
+            f"{fmt(r['model_utility_mean'])} ({fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))}) | "
+            f"{fmt(r['forget_quality_mean'])} ({fmt(r['forget_quality_median'])}) | {fmt(r.get('forget_tr_mean_mean'))} | "
+            f"{fmt(r.get('forget_outrank_mean'))} | {relearn_rise_cell(r)} |"
+        )
+    return lines + [""]
+
+
+GATE_VERDICT_HEADERS = ["objective", "gated method (rule)", "selection", "ΔD mean [95 % CI] (lower / higher)",
+                        "verdict", "Δutility mean [CI]", "frontier ΔD mean [CI]", "frontier verdict"]
+
+
+def gate_verdict_markdown(gate: list[dict]) -> list[str]:
+    """The paired gate table of one split (`gate_table`)."""
+    if not gate:
+        return []
+    lines = [
+        "### Does the gate help? Paired over seeds",
+        "",
+        "Each SGU method against its objective alone on the same seeds: per seed the difference (gated − alone) in "
+        "D (negative: closer to the retain model) and in utility at the rows' points, and on the frontier (the "
+        "lowest D over the grid and the evaluated epochs at utility >= the floor); the mean difference with a "
+        "percentile bootstrap CI over seeds, the seeds where the gated method is lower / higher, and the verdict: "
+        "**helps** or **hurts** when the CI excludes 0, else undecided. `tune_seeds`: points chosen on the tune "
+        "seeds (those seeds' numbers are not held out).",
+        "",
+        "| " + " | ".join(GATE_VERDICT_HEADERS) + " |",
+        "|" + "---|" * len(GATE_VERDICT_HEADERS),
+    ]
+    for g in gate:
+        d, mu, fd = g["crossfit_d"], g["crossfit_utility"], g["frontier_d"]
+        missing = g["frontier_missing"]
+        note = "" if not (missing["alone"] or missing["gated"]) else (
+            f" ({fd['n']} seeds: the others reach no evaluated epoch at the floor)")
+        lines.append(
+            f"| {g['objective']} | `{g['gated']}` ({g['rule']}) | {g['selection']} | {fmt(d['mean'])} {ci_text(d['ci'])} "
+            f"({d['below_zero']} / {d['above_zero']}) | **{g['verdict']}** | {fmt(mu['mean'])} {ci_text(mu['ci'])} | "
+            f"{fmt(fd['mean'])} {ci_text(fd['ci'])}{note} | {g['frontier_verdict']} |"
+        )
+    return lines + [""]
+
+
 def results_markdown(
     cfg: Any, rows: list[dict], baselines: dict, command: str, records: list[dict] | None = None,
-    timing: list[dict] | None = None, agreements: list[dict] | None = None,
+    timing: list[dict] | None = None, agreements: list[dict] | None = None, bands: dict | None = None,
+    crossfit: list[dict] | None = None, gate: list[dict] | None = None,
 ) -> str:
     lines = [
         f"# Results: methods side by side on the embedded benchmark, `{cfg.model_name}`",
@@ -418,11 +518,12 @@ def results_markdown(
                 f"| {s} | {fmt(t['forget_quality'])} | {fmt(t['model_utility'])} | "
                 f"{fmt(n['forget_quality'])} | {fmt(n['model_utility'])} |"
             )
+        lines += [""] + band_markdown((bands or {}).get(split, {}))
         lines += [
-            "",
-            "| method | selection | point | FQ mean | FQ median | FQ min–max | MU mean | MU min–max | MU / target | "
-            "forget ROUGE | privleak | truth ratio | mean R | outrank | epoch (median) | unlearn s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | selection | point | FQ mean | FQ median | FQ min–max | D mean (min–max) | in band | MU mean | "
+            "MU min–max | MU / target | forget ROUGE | privleak | truth ratio | mean R | outrank | epoch (median) | "
+            "unlearn s |",
+            "|" + "---|" * 18,
         ]
         for sel in ("holdout", "oracle"):
             for r in sorted(
@@ -432,6 +533,7 @@ def results_markdown(
                 lines.append(
                     f"| `{r['method']}` | {sel} | {point_label(r)} | {fmt(r['forget_quality_mean'])} | "
                     f"{fmt(r['forget_quality_median'])} | {fmt(r['forget_quality_min'])}–{fmt(r['forget_quality_max'])} | "
+                    f"{d_cell(r)} | {band_cell(r)} | "
                     f"{fmt(r['model_utility_mean'])} | {fmt(r['model_utility_min'])}–{fmt(r['model_utility_max'])} | "
                     f"{fmt(_ratio(r['model_utility_mean'], r['target_model_utility']))} | {fmt(r.get('forget_rouge_mean'))} | "
                     f"{fmt(r.get('privleak_mean'))} | {fmt(r.get('forget_truth_ratio_mean'))} | "
@@ -440,11 +542,13 @@ def results_markdown(
                 )
         lines += ["", diagnostics_line(rows, split), "", goal_check(rows, split, cfg.utility_floor), ""]
         lines += ranking_markdown([a for a in agreements or [] if a["split"] == split])
+        lines += crossfit_markdown([r for r in crossfit or [] if r["split"] == split])
+        lines += gate_verdict_markdown([g for g in gate or [] if g["split"] == split])
         lines += gate_markdown(cfg, [r for r in rows if r["split"] == split])
         lines += retain_free_markdown([r for r in rows if r["split"] == split])
         if records:
             lines += [stopping_check(records, split), ""]
-        lines += attack_markdown([r for r in rows if r["split"] == split and r.get("attacks")])
+        lines += attack_markdown([r for r in rows + (crossfit or []) if r["split"] == split and r.get("attacks")])
         lines += causal_markdown([r for r in rows if r["split"] == split and r.get("causal")])
     lines += timing_markdown(timing or [])
     lines += ["![forget quality against model utility](pareto.png)", "", "Every point of every method: [grid.md](grid.md).", ""]

@@ -35,6 +35,23 @@ class SweepConfig:
         default=0.95, metadata={"help": "Reported point: model utility at least this times the target's."}
     )
     model_name: str = field(default="tiny-llama", metadata={"help": "The `model` field of the result rows."})
+    benchmark: str | None = field(
+        default=None,
+        metadata={
+            "help": "The `benchmark` field of the result rows (e.g. tofu-size): rows are replaced in a shared "
+            "results.json by (model, benchmark), so two benchmarks of one model keep their own rows."
+        },
+    )
+    selection: str = field(
+        default="tune_seeds",
+        metadata={
+            "help": "How each method's reported point is chosen. tune_seeds: on `tune_seeds` for methods with a grid "
+            "(their other seeds run only that point), on every seed otherwise. crossfit: every point runs on every "
+            "seed, and each seed's point is chosen on the other seeds by the same rule for every method (lowest mean "
+            "D at utility >= the floor) and reported on it (rows with `selection: crossfit`; attacks per seed at "
+            "that seed's point)."
+        },
+    )
     tune_seeds: list = field(
         default_factory=list,
         metadata={
@@ -111,6 +128,13 @@ class SweepConfig:
         if self.trial_processes < 1 or self.max_retries < 0:
             raise ValueError(
                 f"trial_processes must be >= 1 (got {self.trial_processes}) and max_retries >= 0 (got {self.max_retries})"
+            )
+        if self.selection not in ("tune_seeds", "crossfit"):
+            raise ValueError(f"selection must be tune_seeds or crossfit, got {self.selection!r}")
+        if self.selection == "crossfit" and self.tune_seeds:
+            raise ValueError(
+                "selection: crossfit runs every point on every seed and chooses on the other seeds; remove tune_seeds "
+                f"({self.tune_seeds}) or use selection: tune_seeds"
             )
         if not self.methods or not self.learning_rates or not self.splits:
             raise ValueError("a sweep needs methods, learning_rates and splits")

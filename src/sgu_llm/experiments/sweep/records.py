@@ -244,21 +244,21 @@ def attack_rows(attacks: list[dict]) -> dict[tuple, dict]:
     groups: dict[tuple, list[dict]] = {}
     for a in attacks:
         groups.setdefault((a["split"], a["method"]), []).append(a)
-    out = {}
-    for key, runs in groups.items():
-        out[key] = {
-            "seeds": sorted(r["seed"] for r in runs),
-            "learning_rate": runs[0]["learning_rate"],
-            **({"setting": runs[0]["setting"]} if runs[0].get("setting") else {}),
-            "relearn_settings": runs[0]["relearn"],
-            "models_match": all(r.get("models_match", True) for r in runs),
-            "same_curve": all(r.get("same_curve", True) for r in runs),
-            **{
-                attack: {m: spread([r["attacks"][attack][m] for r in runs]) for m in ATTACK_METRICS}
-                for attack in ATTACKS
-            },
-        }
-    return out
+    return {key: attack_summary(runs) for key, runs in groups.items()}
+
+
+def attack_summary(runs: list[dict]) -> dict:
+    """One method's attacked runs (one per seed) as `attack_rows` gives them: seeds, settings, spread per attack
+    and metric (`learning_rate` / `setting`: the first run's; under crossfit the seeds' points differ)."""
+    return {
+        "seeds": sorted(r["seed"] for r in runs),
+        "learning_rate": runs[0]["learning_rate"],
+        **({"setting": runs[0]["setting"]} if runs[0].get("setting") else {}),
+        "relearn_settings": runs[0]["relearn"],
+        "models_match": all(r.get("models_match", True) for r in runs),
+        "same_curve": all(r.get("same_curve", True) for r in runs),
+        **{attack: {m: spread([r["attacks"][attack][m] for r in runs]) for m in ATTACK_METRICS} for attack in ATTACKS},
+    }
 
 
 def baseline_diagnostics(base: dict[int, dict], seeds: list[int]) -> dict[str, dict[str, float]]:
@@ -379,14 +379,14 @@ def ranking_agreement(rows: list[dict], others: list[dict]) -> list[dict]:
     return out
 
 
-def merge_rows(path: str, rows: list[dict], model: str) -> None:
-    """Write `rows` into results.json in place of that model's rows (where its first row was; at the end if it had
-    none), keeping every other model's in its order."""
+def merge_rows(path: str, rows: list[dict], model: str, benchmark: str | None = None) -> None:
+    """Write `rows` into results.json in place of that model's rows on that benchmark (where its first row was; at
+    the end if it had none), keeping every other (model, benchmark)'s in its order."""
     out, placed = [], False
     if os.path.exists(path):
         with open(path) as fh:
             for r in json.load(fh):
-                if r.get("model") != model:
+                if (r.get("model"), r.get("benchmark")) != (model, benchmark):
                     out.append(r)
                 elif not placed:
                     out, placed = out + rows, True

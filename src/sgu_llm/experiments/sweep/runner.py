@@ -60,10 +60,18 @@ from sgu_llm.experiments.sweep.config import (
     record_point,
     run_path,
 )
+from sgu_llm.experiments.sweep.protocol import (
+    add_error_bars,
+    crossfit_rows,
+    gate_table,
+    noise_bands,
+    point_rows,
+)
 from sgu_llm.experiments.sweep.records import (
     SELECTIONS,
     aggregate,
     attack_rows,
+    attack_summary,
     baseline_diagnostics,
     best_row,
     choose,
@@ -71,6 +79,7 @@ from sgu_llm.experiments.sweep.records import (
     collect_records,
     complete_seeds,
     entry_point,
+    family,
     load_baselines,
     merge_rows,
     probe_rows,
@@ -338,10 +347,12 @@ class Sweep:
                 model.load_state_dict(recorder.snapshots[idx])
                 if target_weights and weights_fingerprint(model) == target_weights:
                     # Unchanged from the target (an epoch-0 pick): its evaluation is the seed's baseline.
-                    evaluated[idx] = dict(evals["target"]["aggregates"])
+                    full = evals["target"]
                 else:
                     with ctx.prefix.active(model):  # teacher-forced scoring reuses the frozen layers; generation does not
-                        evaluated[idx] = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)["aggregates"]
+                        full = evaluate_model(model, tokenizer, sets, reference=evals["retain"], **kw)
+                # The per-row forget truth ratios too, so any aggregate over rows (D, its CI, a band) can be recomputed.
+                evaluated[idx] = {**full["aggregates"], "forget_truth_ratios": full["per_example"]["forget"]["truth_ratio"]}
             selections[rule] = {**recorder.curve[idx], **evaluated.get(idx, {})}
         lr, setting = point
         record = {
@@ -449,12 +460,8 @@ class Sweep:
         """
         out = []
         for split in self.cfg.attack_splits:
-            methods = methods_on(self.cfg, split)
-            try:
-                reported = self.chosen(split, complete_seeds(self.cfg, records), methods)
-            except ValueError as err:
-                raise ValueError(f"attack_splits: {err}") from None
-            todo = [(seed, m, p) for seed in self.cfg.splits[split] for m, p in [("retain", (0.0, ()))] + list(reported.items())]
+            points = self.attack_points(split, records)
+            todo = [(seed, m, p) for seed in self.cfg.splits[split] for m, p in [("retain", (0.0, ()))] + list(points[seed].items())]
             paths = {x: attack_path(self.cfg, split, *x) for x in todo}
             seeds = sorted({seed for (seed, *_), path in paths.items() if not os.path.exists(path)})
             evals = self.seed_baselines(split, seeds, keep=True) if seeds else {}
@@ -477,6 +484,28 @@ class Sweep:
                 )
             out += [done[x] if x in done else read_json(paths[x]) for x in todo]
         return out
+
+    def attack_points(self, split: str, records: list[dict]) -> dict[int, dict[str, Point]]:
+        """seed -> method -> the point attacked there: each method's reported point on every seed, or under
+        `selection: crossfit` each seed's crossfit point (chosen on the other seeds)."""
+        methods = methods_on(self.cfg, split)
+        complete = complete_seeds(self.cfg, records)
+        if self.cfg.selection == "crossfit":
+            base = {split: load_baselines(self.cfg, split)}
+            rows = {r["method"]: r for r in crossfit_rows([r for r in complete if r["split"] == split], base,
+                                                           self.cfg.utility_floor)}
+            missing = [m for m in methods if m not in rows]
+            if missing:
+                raise ValueError(f"attack_splits: no crossfit row for {missing} on {split} (every point must run on every seed)")
+            return {
+                seed: {m: entry_point(next(e for e in rows[m]["per_seed"] if e["seed"] == seed)) for m in methods}
+                for seed in self.cfg.splits[split]
+            }
+        try:
+            reported = self.chosen(split, complete, methods)
+        except ValueError as err:
+            raise ValueError(f"attack_splits: {err}") from None
+        return {seed: dict(reported) for seed in self.cfg.splits[split]}
 
     def attack_one(
         self, split: str, seed: int, method: str, point: Point, ctx: SeedContext, stored_curve: list | None = None
@@ -602,11 +631,19 @@ def write_results(
     cfg: SweepConfig, records: list[dict], command: str, attacks: list[dict] | None = None, probes: list[dict] | None = None
 ) -> list[dict]:
     """results.json, results.md and pareto.png from the finished runs of complete (split, seed)s; the attacks
-    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`), the
-    probe stage's causal checks (`Sweep.probe`) into the probed row (`causal`)."""
+    (`Sweep.attack`) go into the reported holdout rows (`attacks`, and the retain model's `retain_attacks`), or
+    under `selection: crossfit` into the crossfit rows, the probe stage's causal checks (`Sweep.probe`) into the
+    probed row (`causal`). Returns the rows written: per (split, method, point) the holdout and oracle rows, the
+    `crossfit` rows, and one `gate` row per paired comparison (`sgu_llm.experiments.sweep.protocol`)."""
     baselines = {split: load_baselines(cfg, split) for split in cfg.splits}
     tuned = {m: list(cfg.tune_seeds) for m in cfg.methods if is_tuned(cfg, m)}
-    rows = aggregate(complete_seeds(cfg, records), baselines, cfg.utility_floor, tune_seeds=tuned)
+    complete = complete_seeds(cfg, records)
+    rows = aggregate(complete, baselines, cfg.utility_floor, tune_seeds=tuned)
+    # The error bars (sgu_llm.experiments.sweep.protocol): D per seed and the noise band in every row, the crossfit
+    # rows, and the paired gate verdicts.
+    bands = {split: noise_bands(b) for split, b in baselines.items()}
+    add_error_bars(rows, complete, baselines, bands)
+    cross = crossfit_rows(complete, baselines, cfg.utility_floor, bands)
     attacked = attack_rows(attacks or [])
     probed = probe_rows(probes or [])
     for r in rows:
@@ -615,25 +652,48 @@ def write_results(
             continue
         r["baseline_diagnostics"] = baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"])
         got = attacked.get((r["split"], r["method"]))
-        if got and entry_point(got) == record_point(r):
+        if got and entry_point(got) == record_point(r) and cfg.selection != "crossfit":
             r["attacks"] = got
             r["retain_attacks"] = attacked.get((r["split"], "retain"))
         got = probed.get((r["split"], r["method"]))
         if got and entry_point(got) == record_point(r):
             r["causal"] = got
+    for r in cross:
+        r.update(model=cfg.model_name, family=family(r["fields"]),
+                 baseline_diagnostics=baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"]))
+        at = {(e["seed"], entry_point(e)) for e in r["per_seed"]}
+        got = [a for a in attacks or [] if (a["split"], a["method"]) == (r["split"], r["method"])
+               and (a["seed"], entry_point(a)) in at]
+        if got:
+            r["attacks"] = attack_summary(got)
+            r["retain_attacks"] = attacked.get((r["split"], "retain"))
+    # "Does the gate help?", paired over seeds: at the crossfit points where a method has them, else at its reported
+    # point (chosen on the tune seeds: labelled so).
+    have = {(r["split"], r["method"]) for r in cross}
+    reported = {(r["split"], r["method"]): record_point(r) for r in rows
+                if r["reported"] and r["selection"] == "holdout" and (r["split"], r["method"]) not in have}
+    gate = gate_table(cross + point_rows(complete, baselines, reported, "tune_seeds" if cfg.tune_seeds else "holdout", bands),
+                      complete, baselines, cfg.methods, cfg.utility_floor)
+    out_rows = rows + cross + [{"model": cfg.model_name, "method": g["gated"], "split": g["split"], "selection": "gate",
+                                "gate": g} for g in gate]
+    if cfg.benchmark:
+        for r in out_rows:
+            r["benchmark"] = cfg.benchmark
     os.makedirs(cfg.results_dir, exist_ok=True)
     # Other models' rows in the shared results.json (or this sweep's own): does their ranking of the methods hold?
     shared = cfg.results_json or os.path.join(cfg.results_dir, "results.json")
-    others = [r for r in read_json(shared) if r.get("model") != cfg.model_name] if os.path.exists(shared) else []
-    merge_rows(os.path.join(cfg.results_dir, "results.json"), rows, cfg.model_name)
+    mine = (cfg.model_name, cfg.benchmark)
+    others = [r for r in read_json(shared) if (r.get("model"), r.get("benchmark")) != mine] if os.path.exists(shared) else []
+    merge_rows(os.path.join(cfg.results_dir, "results.json"), out_rows, *mine)
     if rows:  # no complete seed yet: the model's rows already there stay, no empty plot
         if cfg.results_json:
-            merge_rows(cfg.results_json, rows, cfg.model_name)
+            merge_rows(cfg.results_json, out_rows, *mine)
         plot_pareto(rows, baselines, os.path.join(cfg.results_dir, "pareto.png"))
     write_text(
         os.path.join(cfg.results_dir, "results.md"),
-        results_markdown(cfg, rows, baselines, command, complete_seeds(cfg, records),
-                         time_parts(records, baselines, attacks or [], probes or []), ranking_agreement(rows, others)),
+        results_markdown(cfg, rows, baselines, command, complete,
+                         time_parts(records, baselines, attacks or [], probes or []), ranking_agreement(rows, others),
+                         bands=bands, crossfit=cross, gate=gate),
     )
     # Every finished point, complete seeds or not (the rule's choice is marked only where the seeds are complete).
     every = aggregate(records, baselines, cfg.utility_floor, selections=("holdout",), tune_seeds=tuned)
@@ -641,7 +701,7 @@ def write_results(
     for r in every:
         r["reported"] = (r["split"], r["method"], record_point(r)) in chosen
     write_text(os.path.join(cfg.results_dir, "grid.md"), grid_markdown(cfg, every, command))
-    return rows
+    return out_rows
 
 
 def main(argv: list[str]) -> int:
