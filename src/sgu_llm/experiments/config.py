@@ -205,6 +205,13 @@ class EvaluationArguments:
             "run's attacks in metrics.json ('attacks.sweep') and the report. A missing file is noted, not an error."
         },
     )
+    sweep_benchmark: str | None = field(
+        default=None,
+        metadata={
+            "help": "The `benchmark` of the sweep_results rows to read (e.g. tofu-size); null: the rows without one "
+            "(the 100-author benchmark, SmolLM2's)."
+        },
+    )
     eval_each_epoch: bool = field(
         default=True,
         metadata={"help": "Evaluate forget quality and probabilities after every unlearning epoch."},

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgu_llm.core.cache import cached_json, fingerprint
+from sgu_llm.core.cache import cached_json, fingerprint, weights_fingerprint
 from sgu_llm.core.files import write_json, write_text
 from sgu_llm.core.formatting import fmt
 from sgu_llm.data.benchmark import eval_sets, load_benchmark_data
@@ -28,7 +28,7 @@ from sgu_llm.experiments.shared import eval_kwargs, evaluate_baselines, load_mod
 from sgu_llm.models.benchmark import load_base
 from sgu_llm.models.pretrained import is_benchmark_model
 from sgu_llm.report.run_report import build_report
-from sgu_llm.report.tables import sweep_attack_rows
+from sgu_llm.report.tables import sweep_attack_rows, sweep_noise_band
 from sgu_llm.trainers.callbacks import EpochEvaluation
 from sgu_llm.trainers.card import build_card
 from sgu_llm.trainers.outputs import resume_argument
@@ -278,6 +278,7 @@ def run_benchmark(recipe: Recipe) -> dict[str, Any]:
     with timings("evaluate_unlearned"):
         p.evals["unlearned"] = evaluate_model(unlearned, p.tokenizer, p.sets, reference=p.evals["retain"], **p.kw)
     attacks = None
+    model_name = model_args.model_name_or_path.split(":", 1)[-1].rstrip("/").split("/")[-1]
     if trainer.is_world_process_zero():
         with timings("attacks"):
             attacks = run_attacks(
@@ -285,14 +286,20 @@ def run_benchmark(recipe: Recipe) -> dict[str, Any]:
                 recipe.bench.cache_dir, config.seed, p.metas.get("retain", {}).get("key"),
             )
             if attacks is not None and recipe.evaluation.sweep_results:
-                model_name = model_args.model_name_or_path.split(":", 1)[-1].rstrip("/").split("/")[-1]
-                attacks["sweep"] = sweep_attack_rows(recipe.evaluation.sweep_results, model_name, script.forget_split)
+                attacks["sweep"] = sweep_attack_rows(recipe.evaluation.sweep_results, model_name, script.forget_split,
+                                                     recipe.evaluation.sweep_benchmark)
     timings.seconds["total"] = time.perf_counter() - start
     world = world_facts_known(p.evals, p.sets, base_known)
     metrics = collect_metrics(script.method, p.evals, step_eval, probe_json, world, attacks, timings.seconds, p.metas)
     stops = [h for h in trainer.state.log_history if "stop/epoch" in h]  # the holdout rule's chosen epoch
     metrics["stop"] = {k.split("/")[1]: v for k, v in stops[-1].items()} if stops else None
     metrics["arithmetic"] = trainer.arithmetic()  # torch, CPU kernels, compiled or eager selection
+    # What "as good as retraining" looks like here: the D of the sweep's independent retrains of this run's retain
+    # model, where the recipe names the sweep's results and the sweep used this very model (its weights).
+    metrics["noise_band"] = None
+    if recipe.evaluation.sweep_results and "retain" in p.models:
+        metrics["noise_band"] = sweep_noise_band(recipe.evaluation.sweep_results, model_name, script.forget_split,
+                                                 weights_fingerprint(p.models["retain"]), recipe.evaluation.sweep_benchmark)
     write_outputs(config.output_dir, trainer, metrics, p.evals, probe_json, script)
     # Destroy the process group under torchrun/accelerate: a live gloo group can abort a rank at exit.
     trainer.accelerator.end_training()
@@ -309,7 +316,9 @@ def main(argv: list[str]) -> int:
         f"[{metrics['method']}] forget quality {fmt(metrics['forget_quality'])} "
         f"(target {fmt(metrics['target']['forget_quality'])}, noise floor {fmt(metrics['noise_floor_forget_quality'])}) | "
         f"KS distance to the retain model D {fmt(metrics['forget_ks_d'])} [95 % CI {fmt(metrics['forget_ks_d_ci'][0])}, "
-        f"{fmt(metrics['forget_ks_d_ci'][1])}] (noise floor {fmt(metrics['noise_floor_forget_ks_d'])}) | "
+        f"{fmt(metrics['forget_ks_d_ci'][1])}] (noise floor {fmt(metrics['noise_floor_forget_ks_d'])}"
+        + (f"; the sweep's retrains {fmt(metrics['noise_band'][0])}–{fmt(metrics['noise_band'][1])}" if metrics.get("noise_band") else "")
+        + ") | "
         f"model utility {fmt(metrics['model_utility'])} (target {fmt(metrics['target']['model_utility'])}) | "
         f"{metrics['timings']['total']:.0f} s | {recipe.config.output_dir}/report.html"
     )

@@ -555,15 +555,43 @@ def results_markdown(
     return "\n".join(lines)
 
 
-def sweep_attack_rows(path: str, model: str, split: str) -> dict | None:
-    """The attacked rows of a sweep's results.json for one model and split (`sgu-llm run --sweep_results`)."""
+def sweep_rows(path: str, model: str, split: str, benchmark: str | None = None) -> list[dict]:
+    """The rows of a sweep's results.json for one model, benchmark (None: rows without one) and split."""
+    with open(path) as fh:
+        return [r for r in json.load(fh)
+                if (r.get("model"), r.get("benchmark"), r["split"]) == (model, benchmark, split)]
+
+
+def sweep_noise_band(path: str, model: str, split: str, retain_weights: str, benchmark: str | None = None) -> list | None:
+    """[min, max] D of the independent retrains of a retain model (by its weights fingerprint) from a sweep's rows:
+    a run whose retain model is one the sweep used gets that seed's band; None when the file or the model is not
+    there.
+
+        >>> import json, tempfile
+        >>> f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        >>> json.dump([{"model": "m", "split": "forget10", "seeds": [0, 1], "noise_band": [[0.1, 0.2], [0.0, 0.3]],
+        ...             "retain_weights": ["a", "b"]}], f)
+        >>> f.close(); sweep_noise_band(f.name, "m", "forget10", "b"), sweep_noise_band(f.name, "m", "forget10", "c")
+        ([0.0, 0.3], None)
+    """
+    if not path or not os.path.exists(path):
+        return None
+    for r in sweep_rows(path, model, split, benchmark):
+        if r.get("noise_band") and retain_weights in r.get("retain_weights", []):
+            return r["noise_band"][r["retain_weights"].index(retain_weights)]
+    return None
+
+
+def sweep_attack_rows(path: str, model: str, split: str, benchmark: str | None = None) -> dict | None:
+    """The attacked rows of a sweep's results.json for one model, benchmark and split (`sgu-llm run
+    --sweep_results`)."""
     if not path:
         return None
     if not os.path.exists(path):
         return {"source": path, "rows": [], "retain": None, "note": f"{path} does not exist (run the sweep first)"}
-    with open(path) as fh:
-        rows = [r for r in json.load(fh) if r.get("model") == model and r["split"] == split and r.get("attacks")]
-    keep = ("method", "learning_rate", "family", "seeds", "attacks", "forget_quality_mean", "model_utility_mean")
+    rows = [r for r in sweep_rows(path, model, split, benchmark) if r.get("attacks")]
+    keep = ("method", "learning_rate", "selection", "family", "seeds", "attacks", "forget_quality_mean",
+            "model_utility_mean", "forget_ks_d_mean")
     return {
         "source": path,
         "rows": [{k: r.get(k) for k in keep} for r in rows],

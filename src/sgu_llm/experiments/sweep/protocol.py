@@ -52,7 +52,7 @@ def selection_d(sel: dict, n: int) -> float | None:
 
 
 def noise_bands(base: dict[int, dict]) -> dict[int, dict]:
-    """Per model seed: `{"noise_band": [min, max], "retrain_d": [...], "retrains": k}` over the independent
+    """Per model seed: `{"noise_band": [min, max], "retrain_d": [...], "retrains": k, "retain_weights"}` over the independent
     retrains of that seed's retain model, i.e. every other retain model of the sweep (other seeds' retain models
     and noise floors, each counted once by its weights) scored on the same forget rows. Seeds with no other
     retrain are left out. `base`: model seed -> that seed's baselines.json (one split)."""
@@ -71,7 +71,7 @@ def noise_bands(base: dict[int, dict]) -> dict[int, dict]:
         ref = models[key]
         ds = sorted(float(ks_d(r, ref)) for k, r in models.items() if k != key and r.shape == ref.shape)
         if ds:
-            out[seed] = {"noise_band": [ds[0], ds[-1]], "retrain_d": ds, "retrains": len(ds)}
+            out[seed] = {"noise_band": [ds[0], ds[-1]], "retrain_d": ds, "retrains": len(ds), "retain_weights": key}
     return out
 
 
@@ -226,7 +226,7 @@ def gate_pairs(methods: dict[str, dict]) -> list[tuple[str, str, str, str]]:
 def paired(a: dict[int, Any], b: dict[int, Any], key: str) -> dict:
     """Per-seed differences b - a of `key` on the seeds both have, with `paired_mean_ci`."""
     seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
-    diffs = [b[s][key] - a[s][key] for s in seeds]
+    diffs = [round(b[s][key] - a[s][key], 12) for s in seeds]  # D lives on k/n: no float dust around 0
     return {"seeds": seeds, "diffs": diffs, **paired_mean_ci(diffs)}
 
 
@@ -266,7 +266,8 @@ def add_error_bars(
 ) -> None:
     """Add to each `aggregate` row (one split, method, point and selection), in place: per-seed `forget_ks_d`
     (recovered from forget quality where the record predates D) with its spread, `forget_ks_d_ci` per seed (None
-    where not stored), and where every seed has one, `noise_band` per seed and `seeds_in_band`."""
+    where not stored), and where every seed has one, `noise_band` per seed, `seeds_in_band` and the fingerprints of
+    the seeds' retain models the bands are about (`retain_weights`)."""
     index = {(r["split"], r["method"], record_point(r), r["seed"]): r for r in records}
     for row in rows:
         split, sel, b = row["split"], row["selection"], base.get(row["split"], {})
@@ -282,3 +283,4 @@ def add_error_bars(
         if all(s in bands.get(split, {}) for s in row["seeds"]):
             row["noise_band"] = [bands[split][s]["noise_band"] for s in row["seeds"]]
             row["seeds_in_band"] = int(sum(d <= band[1] for d, band in zip(ds, row["noise_band"])))
+            row["retain_weights"] = [bands[split][s]["retain_weights"] for s in row["seeds"]]

@@ -194,6 +194,9 @@ def aggregate(
         for r in rows:
             if r["split"] == split and r["method"] == method:
                 r["reported"] = record_point(r) == best
+                # The seeds the point was chosen on: the tune seeds, or every seed of the row (its own numbers
+                # chose it: the optimism `selection: crossfit` removes).
+                r["chosen_on"] = sorted({s for d in decide for s in d["seeds"]})
                 if r["reported"] and r["selection"] == "holdout" and len(decide) > 1:
                     # What the retain-free rule would have picked, judged on the same (tune) seeds.
                     f = picked[free]

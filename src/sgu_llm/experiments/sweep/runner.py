@@ -662,8 +662,8 @@ def write_results(
         r.update(model=cfg.model_name, family=family(r["fields"]),
                  baseline_diagnostics=baseline_diagnostics(baselines.get(r["split"], {}), r["seeds"]))
         at = {(e["seed"], entry_point(e)) for e in r["per_seed"]}
-        got = [a for a in attacks or [] if (a["split"], a["method"]) == (r["split"], r["method"])
-               and (a["seed"], entry_point(a)) in at]
+        got = [a for a in attacks or [] if cfg.selection == "crossfit"
+               and (a["split"], a["method"]) == (r["split"], r["method"]) and (a["seed"], entry_point(a)) in at]
         if got:
             r["attacks"] = attack_summary(got)
             r["retain_attacks"] = attacked.get((r["split"], "retain"))
