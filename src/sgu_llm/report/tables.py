@@ -424,6 +424,11 @@ def band_markdown(bands: dict[int, dict]) -> list[str]:
             "to each seed's retain model, i.e. what \"as good as retraining\" looks like: " + "; ".join(parts) + ".", ""]
 
 
+def table_head(title: str, caption: str, headers: list[str]) -> list[str]:
+    """A section's heading, caption and table header, as markdown lines."""
+    return [f"### {title}", "", caption, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+
+
 CROSSFIT_HEADERS = ["method", "family", "points chosen (per seed)", "D mean (min–max)", "seeds in band",
                     "D per seed [CI]", "MU (x target)", "FQ mean (median)", "mean R", "outrank", "relearn rise"]
 
@@ -432,16 +437,13 @@ def crossfit_markdown(rows: list[dict]) -> list[str]:
     """The crossfit rows of one split, lowest mean D first."""
     if not rows:
         return []
-    lines = [
-        "### Crossfit selection: each seed's point chosen on the other seeds, reported on it",
-        "",
+    lines = table_head(
+        "Crossfit selection: each seed's point chosen on the other seeds, reported on it",
         "For every method the same rule on the other seeds' holdout-selected epochs (lowest mean D at model utility "
         ">= the floor x target's), so no reported number was read when choosing it. D: KS distance of the forget "
         "truth ratios to the seed's retain model, with its paired row-bootstrap CI (where stored).",
-        "",
-        "| " + " | ".join(CROSSFIT_HEADERS) + " |",
-        "|" + "---|" * len(CROSSFIT_HEADERS),
-    ]
+        CROSSFIT_HEADERS,
+    )
     for r in sorted(rows, key=lambda r: r["forget_ks_d_mean"]):
         pts = ", ".join(point_label(e) for e in r["per_seed"])
         per = "; ".join(f"{fmt(e['forget_ks_d'])} {ci_text(e.get('forget_ks_d_ci'))}" for e in r["per_seed"])
@@ -462,19 +464,16 @@ def gate_verdict_markdown(gate: list[dict]) -> list[str]:
     """The paired gate table of one split (`gate_table`)."""
     if not gate:
         return []
-    lines = [
-        "### Does the gate help? Paired over seeds",
-        "",
+    lines = table_head(
+        "Does the gate help? Paired over seeds",
         "Each SGU method against its objective alone on the same seeds: per seed the difference (gated − alone) in "
         "D (negative: closer to the retain model) and in utility at the rows' points, and on the frontier (the "
         "lowest D over the grid and the evaluated epochs at utility >= the floor); the mean difference with a "
         "percentile bootstrap CI over seeds, the seeds where the gated method is lower / higher, and the verdict: "
         "**helps** or **hurts** when the CI excludes 0, else undecided. `tune_seeds`: points chosen on the tune "
         "seeds (those seeds' numbers are not held out).",
-        "",
-        "| " + " | ".join(GATE_VERDICT_HEADERS) + " |",
-        "|" + "---|" * len(GATE_VERDICT_HEADERS),
-    ]
+        GATE_VERDICT_HEADERS,
+    )
     for g in gate:
         d, mu, fd = g["crossfit_d"], g["crossfit_utility"], g["frontier_d"]
         missing = g["frontier_missing"]
