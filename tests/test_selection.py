@@ -205,7 +205,7 @@ def test_kernel_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
 
 
 def miscompiled(fn, **kwargs):
-    """What inductor's AVX2 code built on an AVX-512 CPU did to the SGU kernel: the rule on half the lanes."""
+    """What inductor's cached AVX-512 code, rebuilt for AVX2, did to the SGU kernel: the rule on half the lanes."""
 
     def run(g_r, g_f, *rest):
         stats = fn(g_r, g_f, *rest)
@@ -244,13 +244,24 @@ def test_guard_catches_a_compiled_kernel_that_disagrees_with_the_rule(monkeypatc
     trusted(got, g_f, tau, tau, 1.0, 1.0)
     assert torch.equal(got, expected)
     # Compiled, unless inductor cannot build C++ here at all (ATEN_CPU_CAPABILITY=default: it emits vector code
-    # without its header).
-    assert trusted.mode == "compiled" or "torch.compile failed" in trusted.fallback, trusted.fallback
+    # without its header), or this machine's compiled code is wrong: then torch.compile's output, checked here
+    # without the guard, differs from the rule on a probe.
+    if trusted.mode != "compiled" and "torch.compile failed" not in trusted.fallback:
+        assert "disagrees with the eager function on a probe" in trusted.fallback, trusted.fallback
+        compiled = torch.compile(_select_, dynamic=True)
+        wrong = []
+        for args in _select_probes((g_r, g_f, tau, tau, 1.0, 1.0)):
+            eager_r, compiled_r = args[0].clone(), args[0].clone()
+            eager_stats = _select_(eager_r, *args[1:])
+            compiled_stats = compiled(compiled_r, *args[1:])
+            same_update = torch.equal(eager_r.nan_to_num(7.0), compiled_r.nan_to_num(7.0))
+            wrong.append(not same_update or not torch.equal(eager_stats[:3], compiled_stats[:3]))
+        assert any(wrong), "the guard rejected a compiled kernel that agrees with the rule on every probe"
 
 
 def reproducer(r, f, tau_d, tau_m):
-    """The dozen lines that inductor's AVX2 code built on an AVX-512 CPU (torch 2.13.0, gcc 12) computed
-    wrongly: the rule's masks with 0-d thresholds, the update and the masks' float sums in one graph."""
+    """The dozen lines that inductor computed wrongly under AVX2 kernels when its cache held their AVX-512 code
+    (torch 2.13.0, gcc 12): the rule's masks with 0-d thresholds, the update and the masks' float sums."""
     conflict = ((r > 0) & (f < 0)) | ((r < 0) & (f > 0))
     diff = r.abs() - f.abs()
     maintain = conflict | (diff > tau_d)
@@ -278,3 +289,40 @@ def test_the_reproducer_is_right_or_caught_on_this_machine(caplog):
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     warned = [r for r in caplog.records if r.name == "sgu_llm.selection.kernel" and r.levelname == "WARNING"]
     assert (kernel.mode == "eager") == bool(raw) == bool(warned), (raw, kernel.mode)
+
+
+KERNEL_IN_A_PROCESS = """
+import json, torch
+from sgu_llm.selection.fused import _select_, _select_close, _select_probes
+from sgu_llm.selection.kernel import Kernel
+kernel = Kernel(_select_, probe=_select_probes, close=_select_close)
+g_r, g_f = torch.randn(5000, generator=torch.Generator().manual_seed(0)).chunk(2)
+kernel(g_r.clone(), g_f, torch.tensor(0.5), torch.tensor(0.5), 1.0, 1.0)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "mode": kernel.mode,
+                  "fallback": kernel.fallback}))
+"""
+
+
+def test_kernels_compiled_under_two_cpu_kernel_sets_share_one_inductor_cache(tmp_path):
+    """Inductor's on-disk cache key leaves out the vector ISA it generated C++ for: a process under AVX2 kernels
+    that shares the cache with one under AVX-512 got the AVX-512 code built for AVX2 (half the lanes; the
+    probe caught it) and the reverse aborted. Keyed by the ISA (`isa_keyed`), each kernel set compiles its own
+    and is trusted. On a machine whose kernels are AVX2 the two processes differ in nothing and pass alike."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    avx2 = {**env, "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    seen = []
+    for run_env in (env, avx2, env):  # the native kernel set, AVX2 from its cache, native again after AVX2
+        out = subprocess.run([sys.executable, "-c", KERNEL_IN_A_PROCESS], env=run_env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if seen[0]["fallback"] and "torch.compile failed" in seen[0]["fallback"]:
+        pytest.skip(f"inductor cannot build C++ here: {seen[0]['fallback']}")
+    assert seen[1]["capability"] == "AVX2"
+    assert all(s["mode"] == "compiled" and s["fallback"] is None for s in seen), seen

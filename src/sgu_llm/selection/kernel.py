@@ -4,9 +4,10 @@
 computes anything that counts, it runs on probe inputs built like the call's (same devices, dtypes, flags and
 0/1 sizes, other sizes large enough for every vector and thread path) and must give what `fn` gives eagerly:
 bit for bit, except where a kernel names a tolerance (reductions in another order). A compiler can be wrong
-on a platform nobody tried (inductor's AVX2 code built on an AVX-512 CPU was: `docs/reliability.md`), so
-this runs once per process and per kind of call. Where the compiled kernel disagrees, or does not compile,
-the same `fn` runs eagerly from then on, after one warning that says why: same numbers, slower.
+on a platform nobody tried, and its cache can serve code built for another instruction set (inductor's did:
+`isa_keyed`, `docs/reliability.md`), so this runs once per process and per kind of call. Where the compiled
+kernel disagrees, or does not compile, the same `fn` runs eagerly from then on, after one warning that says
+why: same numbers, slower.
 
 `kernel_calls()` and `arithmetic()` say which path ran and on what arithmetic, for a run's records.
 
@@ -19,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -165,7 +167,7 @@ class Kernel:
         """The compiled kernel against `fn` on the probes for `args`: the differences found (none: agreed).
         Raises what compilation raises."""
         if self.compiled is None:
-            self.compiled = torch.compile(self.fn, dynamic=True)
+            self.compiled = isa_keyed(torch.compile(self.fn, dynamic=True))
         found = []
         for probe_args in self.probe(args) if self.probe else [_clone(args)]:
             eager_args, compiled_args = _clone(probe_args), _clone(probe_args)
@@ -189,6 +191,39 @@ class Kernel:
         logger.warning(
             "%s: %s (%s). Running it eagerly from now on: the same numbers, slower.", self.name, why, describe_cpu()
         )
+
+
+def isa_tag() -> str:
+    """What inductor's generated C++ depends on that its on-disk cache key leaves out (torch 2.13): the vector
+    instruction set it picked (`ATEN_CPU_CAPABILITY`, then what the CPU has)."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        picked = str(pick_vec_isa()) or "none"
+    except Exception:  # inductor's private module moved: the capability alone still separates the kernel sets
+        picked = "unknown"
+    return f"sgu-llm: cpu capability {torch.backends.cpu.get_cpu_capability()}, inductor vec isa {picked}"
+
+
+def isa_keyed(compiled: Callable) -> Callable:
+    """`compiled`, called with the vector instruction set in torch.compile's cache key tag.
+
+    Inductor caches a compiled graph's generated C++ on disk (`/tmp/torchinductor_$USER`) under a key without
+    the vector ISA it generated for, and rebuilds it with the current one's flags: code generated for AVX-512
+    (16 floats a step) built for AVX2 (8) computes half the lanes, and AVX2 code built for AVX-512 reads past
+    its buffers and aborts the process. Any process that shares the cache with another kernel set (a forced
+    `ATEN_CPU_CAPABILITY`, a cache directory shared by unlike machines) hits it; keyed by the ISA, each set
+    builds its own."""
+
+    def run(*args, **kwargs):
+        tag = torch.compiler.config.cache_key_tag
+        with torch.compiler.config.patch(cache_key_tag=f"{tag}|{_ISA_TAG()}" if tag else _ISA_TAG()):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+_ISA_TAG = functools.lru_cache(maxsize=1)(isa_tag)
 
 
 def _mode(calls: dict[str, int]) -> str:
