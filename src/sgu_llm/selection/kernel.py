@@ -193,6 +193,7 @@ class Kernel:
         )
 
 
+@functools.cache
 def isa_tag() -> str:
     """What inductor's generated C++ depends on that its on-disk cache key leaves out (torch 2.13): the vector
     instruction set it picked (`ATEN_CPU_CAPABILITY`, then what the CPU has)."""
@@ -217,13 +218,11 @@ def isa_keyed(compiled: Callable) -> Callable:
 
     def run(*args, **kwargs):
         tag = torch.compiler.config.cache_key_tag
-        with torch.compiler.config.patch(cache_key_tag=f"{tag}|{_ISA_TAG()}" if tag else _ISA_TAG()):
+        with torch.compiler.config.patch(cache_key_tag=f"{tag}|{isa_tag()}" if tag else isa_tag()):
             return compiled(*args, **kwargs)
 
     return run
 
-
-_ISA_TAG = functools.lru_cache(maxsize=1)(isa_tag)
 
 
 def _mode(calls: dict[str, int]) -> str:
