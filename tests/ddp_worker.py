@@ -3,20 +3,23 @@
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml tests/ddp_worker.py OUT.pt PER_DEVICE_BATCH \
     [METHOD] [ACCUMULATION] [ZERO_STAGE]
 
-With ZERO_STAGE (0, 1 or 2) the run uses DeepSpeed with that ZeRO stage (launch with torchrun, or with
-recipes/accelerate/deepspeed_zero2.yaml for stage 2).
+With ZERO_STAGE (0 to 3) the run uses DeepSpeed with that ZeRO stage (launch with torchrun, or with
+recipes/accelerate/deepspeed_zero2.yaml for stage 2). Under ZeRO-3 every SGU selection is also computed on the
+full gradients (the partitions gathered) and both steps' action counts are saved.
 """
 
 import os
 import sys
 
 import torch
+import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from transformers import TrainerCallback
 
 from sgu_llm.data.prompts import build_prompt
 from sgu_llm.data.synthetic import synthetic_tofu
 from sgu_llm.models.tiny import tiny_llama, train_tokenizer
+from sgu_llm.selection import select_gradients
 from sgu_llm.trainers import get_method
 
 
@@ -37,7 +40,9 @@ def main(
     poisoned = {int(x) for x in os.environ.get("SGU_TEST_POISON_STEPS", "").split(",") if x}
     if poisoned:
         trainer_cls = poisoned_trainer(trainer_cls, poisoned)
+    rule = os.environ.get("SGU_TEST_RULE")  # a selective function other than the default
     args = config_cls(
+        **({"selective_function": rule} if rule else {}),
         output_dir=out_path + ".run",
         overwrite_output_dir=True,
         report_to="none",
@@ -60,19 +65,21 @@ def main(
     trainer.add_callback(CountReductions(trainer, reductions))
     steps = []  # weights after every optimizer step
     trainer.add_callback(RecordSteps(trainer, steps))
+    counts = []  # ZeRO-3: per selection, (action counts on the partitions, on the gathered full gradients)
+    if hasattr(trainer, "_select_window"):
+        trainer._select_window = compare_unsharded(trainer, trainer._select_window, counts)
     trainer.train()
     engine = "ddp" if trainer.accelerator.num_processes > 1 else "single"
     if trainer.is_deepspeed_enabled:
         engine = f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    held = {"model": held_fraction(trainer.model), "reference": held_fraction(trainer.ref_model)}
+    state = full_state(trainer)
     if trainer.is_world_process_zero():
-        state = {
-            k: v.detach().cpu()
-            for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
-        }
         logs = [h for h in trainer.state.log_history if "loss" in h]
         torch.save(
             {"state": state, "logs": logs, "engine": engine, "reductions": reductions, "steps": steps,
-             "skipped": getattr(trainer, "selection_skipped_steps", None)},
+             "skipped": getattr(trainer, "selection_skipped_steps", None), "counts": counts,
+             "held": held, "reference": type(trainer.ref_model).__name__ if trainer.ref_model is not None else None},
             out_path,
         )
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
@@ -110,13 +117,65 @@ class CountReductions(TrainerCallback):
         ddp.register_comm_hook(None, hook)
 
 
+def held_fraction(model) -> float | None:
+    """The fraction of the model's parameters this rank holds between forwards (ZeRO-3 keeps its partition
+    apart; parameters below the persistence threshold stay whole); 1.0 unpartitioned, None without a model."""
+    if model is None:
+        return None
+    params = list(model.parameters())
+    return sum(p.numel() for p in params) / sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+
+def full_state(trainer) -> dict:
+    """The model's whole weights on every rank (ZeRO-3's partitions gathered)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if params:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 class RecordSteps(TrainerCallback):
     def __init__(self, trainer, record):
         self.trainer, self.record = trainer, record
 
     def on_step_end(self, args, state, control, **kwargs):
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        self.record.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        self.record.append(full_state(self.trainer))
+
+
+def compare_unsharded(trainer, select_window, record):
+    """Wrap SGUTrainer._select_window: on sharded inputs (ZeRO-3 partitions) first run the same selection on
+    the gathered full gradients, then the sharded one; record both steps' action counts."""
+
+    def gather(parts, numel, group):
+        world = dist.get_world_size(group)
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([parts.numel()]), group=group)
+        padded = torch.zeros(max(int(s) for s in sizes), dtype=parts.dtype)
+        padded[: parts.numel()] = parts
+        out = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(out, padded, group=group)
+        full = torch.cat([o[: int(s)] for o, s in zip(out, sizes)])
+        assert full.numel() == numel
+        return full
+
+    def wrapped(retain, forget, zero_dtype, shards=None):
+        if shards is not None:
+            full_r = [gather(r.float(), n, shards.group) for r, n in zip(retain, shards.numels)]
+            full_f = [gather(f.float(), n, shards.group) for f, n in zip(forget, shards.numels)]
+            _, stats = select_gradients(full_r, full_f, trainer._step_settings(), seed=trainer._seed())
+            unsharded = stats.counts.sum(0).tolist()
+        live, updates = select_window(retain, forget, zero_dtype, shards)
+        if shards is not None:  # the sharded step's counts (summed over ranks), as the observers saw them
+            record.append({"unsharded": unsharded, "sharded": trainer._last_counts})
+        return live, updates
+
+    trainer.selection_observers.append(lambda step, names, counts: setattr(trainer, "_last_counts",
+                                                                           counts.sum(0).tolist()))
+    return wrapped
 
 
 def poisoned_trainer(trainer_cls, steps: set):
@@ -138,7 +197,11 @@ def deepspeed_config(stage: int) -> dict:
         "train_batch_size": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "zero_optimization": {"stage": stage},
+        # ZeRO-3's bucket and persistence sizes as the recipes leave them: "auto", set from the model's hidden size
+        "zero_optimization": {"stage": stage} | (
+            {k: "auto" for k in ("reduce_bucket_size", "stage3_prefetch_bucket_size",
+                                 "stage3_param_persistence_threshold")} if stage == 3 else {}
+        ),
         "zero_allow_untested_optimizer": True,
     }
 

@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from sgu_llm.trainers.reference import deepspeed_reference_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
@@ -24,7 +26,7 @@ ZERO2 = os.path.join(ROOT, "recipes", "accelerate", "deepspeed_zero2.yaml")
 # Two ranks share 2 cores: inductor compiles the selection kernels in-process, without a pool of
 # compile workers per rank.
 WORKER_ENV = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200}
+ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200, "zero3": 300}
 
 
 def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poison_steps=()):
@@ -44,7 +46,7 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ZERO2]
         cmd += ["--mixed_precision", "no", "--gradient_accumulation_steps", str(accumulation)]
         cmd += ["--main_process_port", port, WORKER]
-    else:  # zero1: the same worker with a ZeRO-1 config passed to the Trainer, under torchrun
+    else:  # zero1, zero3: the same worker with that ZeRO config passed to the Trainer, under torchrun
         cmd = [
             sys.executable,
             "-m",
@@ -55,7 +57,7 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
             port,
             WORKER,
         ]
-    args = [str(out), str(per_device), method, str(accumulation)] + (["1"] if engine == "zero1" else [])
+    args = [str(out), str(per_device), method, str(accumulation)] + ([engine[-1]] if engine in ("zero1", "zero3") else [])
     env = {**WORKER_ENV, "SGU_TEST_POISON_STEPS": ",".join(map(str, poison_steps))}
     proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -134,22 +136,57 @@ def test_ddp_reduces_each_gradient_once_per_optimizer_step(ddp_accumulation):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["zero2"])  # ZeRO-1 takes the same path (only stage 3 is special-cased)
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])  # ZeRO-1 takes ZeRO-2's path
 def test_deepspeed_zero_matches_one_process(tmp_path, engine, one_process):
-    """SGU through DeepSpeed's safe full-gradient accessors, 2 gloo processes, equals one process."""
+    """SGU under DeepSpeed on 2 gloo processes equals one process: ZeRO-2 through the full-gradient accessors,
+    ZeRO-3 on each rank's gradient partitions with thresholds gathered over the ranks, whose action counts
+    equal those of the same selection on the gathered full gradients at every step (exact thresholds)."""
     pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
     run = launch(tmp_path / f"{engine}.pt", 2, 4, "sgu", engine=engine)
     assert run["engine"] == engine
     assert_same_run(one_process("sgu"), run)
+    if engine == "zero3":
+        assert len(run["counts"]) == STEPS
+        for step in run["counts"]:
+            assert step["sharded"] == step["unsharded"], step
+            assert step["sharded"][1] > 0  # something maintained, something pruned
+        assert run["held"]["model"] < 0.1  # the weights are partitioned over the 2 ranks, not replicated
+
+
+def test_deepspeed_reference_config_follows_the_trained_engine():
+    """The reference engine: ZeRO-3 stays ZeRO-3 (with the "auto" bucket sizes resolved for the model), any other
+    stage becomes a whole copy (stage 0); the precision follows the trained engine, "auto" read from the Trainer."""
+    z3 = deepspeed_reference_config({"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}}, 4, True, False, 64)
+    assert z3["zero_optimization"]["stage"] == 3 and z3["bf16"] == {"enabled": True}
+    assert z3["zero_optimization"]["stage3_param_persistence_threshold"] == 640
+    z2 = deepspeed_reference_config({"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}, 4, False, False, 64)
+    assert z2 == {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}, "fp16": {"enabled": True}}
+    assert "bf16" not in deepspeed_reference_config({"bf16": {"enabled": "auto"}}, 1, False, False, None)
 
 
 @pytest.mark.slow
-def test_deepspeed_skips_a_nonfinite_step(tmp_path):
-    """Guarded steps under ZeRO-1: the engine holds the gradients, so SGU must not step it at all (AdamW with a
-    zero gradient still moves the weights by its momentum)."""
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_reference_model_objective_under_deepspeed(tmp_path, engine, one_process):
+    """NPO's frozen reference under DeepSpeed: an inference engine, partitioned under ZeRO-3; the run equals
+    one process."""
     pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
-    run = launch(tmp_path / "poison.pt", 2, 4, "sgu", engine="zero1", poison_steps=(1,))
-    assert run["engine"] == "zero1" and run["skipped"] == 1
+    run = launch(tmp_path / f"npo-{engine}.pt", 2, 4, "npo", engine=engine)
+    assert run["engine"] == engine and run["reference"] == "DeepSpeedEngine"
+    if engine == "zero3":  # both models' weights partitioned over the 2 ranks, not replicated
+        assert run["held"]["model"] < 0.1 and run["held"]["reference"] < 0.1, run["held"]
+    else:
+        assert run["held"] == {"model": 1.0, "reference": 1.0}
+    assert_same_run(one_process("npo"), run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["zero1", "zero3"])
+def test_deepspeed_skips_a_nonfinite_step(tmp_path, engine):
+    """Guarded steps under ZeRO-1 and ZeRO-3: the engine holds the gradients, so SGU must not step it at all
+    (AdamW with a zero gradient still moves the weights by its momentum)."""
+    pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
+    run = launch(tmp_path / "poison.pt", 2, 4, "sgu", engine=engine, poison_steps=(1,))
+    assert run["engine"] == engine and run["skipped"] == 1
     first, skipped, last = run["steps"]
     assert all(torch.equal(first[k], skipped[k]) for k in first)  # the NaN step moved nothing
     assert not all(torch.equal(skipped[k], last[k]) for k in first)  # and training went on
@@ -199,11 +236,13 @@ def test_fsdp2_sharded_selection_matches_unsharded(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_is_refused(tmp_path):
+def test_zero3_refuses_a_per_tensor_rule_before_training(tmp_path):
+    """gru reads whole tensors; ZeRO-3 gives each rank a partition: refused at once, naming the rules that work."""
     pytest.importorskip("deepspeed", reason="install the deepspeed extra: pip install -e '.[deepspeed]'")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29561"]
     cmd += [WORKER, str(tmp_path / "z3.pt"), "4", "sgu", "1", "3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    env = {**WORKER_ENV, "SGU_TEST_RULE": "gru"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode != 0
-    assert "ZeRO-3 is not supported" in proc.stderr
+    assert "'gru' is per-tensor" in proc.stderr and "sgu_reverse" in proc.stderr
     assert not (tmp_path / "z3.pt").exists()

@@ -4,7 +4,7 @@ import datasets
 import pytest
 from peft import LoraConfig
 
-from sgu_llm.trainers import GradDiffConfig, GradDiffTrainer, SGUConfig, SGUTrainer
+from sgu_llm.trainers import GradDiffConfig, GradDiffTrainer, SGUConfig, SGUTrainer, get_method
 
 
 def test_empty_forget_or_retain_set(model, tokenizer, small_sets, make_config):
@@ -332,3 +332,17 @@ def test_chat_template_prompt_without_a_template(model, tokenizer, small_sets, m
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template.*'phi' or 'llama2'"):
         SGUTrainer(model, make_config(SGUConfig, prompt_format="chat_template"), forget, retain,
                    processing_class=tokenizer)
+
+
+def test_a_model_partitioned_as_it_loaded_is_not_copied_for_the_reference(model, tokenizer, small_sets, make_config):
+    """ZeRO-3 with zero3_init_flag partitions the weights at from_pretrained: a deepcopy would copy empty
+    placeholders, so NPO without a ref_model names the two fixes instead."""
+    forget, retain = small_sets
+    config_cls, trainer_cls = get_method("npo")
+    first = next(model.parameters())
+    first.ds_id = 0  # what deepspeed.zero.Init leaves on each parameter
+    try:
+        with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3 as it loaded.*zero3_init_flag: false"):
+            trainer_cls(model, make_config(config_cls), forget, retain, processing_class=tokenizer)
+    finally:
+        del first.ds_id

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from sgu_llm.selection.fused import sgu_select_
 from sgu_llm.selection.rules import FUSED_IMPLEMENTATIONS, SelectiveFunction, get_selective_function
-from sgu_llm.selection.sharded import local_shards
+from sgu_llm.selection.sharded import Shards, local_shards
 from sgu_llm.selection.thresholds import (
     DEFAULT_SAMPLE_BLOCK,
     DEFAULT_SAMPLE_SIZE,
@@ -102,6 +102,7 @@ def select_gradients(
     inplace: bool = False,
     states: list[dict] | None = None,
     names: list[str] | None = None,
+    shards: Shards | None = None,
 ) -> tuple[list[torch.Tensor], SelectionStats]:
     """Select the update for every tensor pair.
 
@@ -118,6 +119,8 @@ def select_gradients(
         states: one dict per tensor, kept by the caller across steps, for rules registered
             with `extras=("state",)` (running averages); None gives them fresh dicts.
         names: parameter names, for rules registered with `extras=("name",)`.
+        shards: for plain tensors that are each rank's part of larger ones (DeepSpeed ZeRO-3 partitions):
+            their full sizes and process group; handled as FSDP2's DTensor shards are.
 
     A non-finite value in g_r or g_f makes that tensor's update non-finite, so a
     loss scaler detects the overflow and skips the step.
@@ -136,8 +139,8 @@ def select_gradients(
     # The registered function is the contract; the fused kernel is used only where it implements it.
     fused = settings.fused and rule.fn in FUSED_IMPLEMENTATIONS
     n = len(grads_r)
-    local_r, global_numels, group = local_shards(grads_r)
-    local_f, _, group_f = local_shards(grads_f)
+    local_r, global_numels, group = local_shards(grads_r, shards)
+    local_f, _, group_f = local_shards(grads_f, shards)
     _check_sharding(rule, group, group_f)
     tau_d, tau_m = _thresholds(rule, settings, local_r, local_f, seed, group, global_numels)
     device = local_r[0].device if n else torch.device("cpu")
@@ -164,7 +167,8 @@ def select_gradients(
     table = torch.cat([numels, torch.stack(rows)], 1) if rows else torch.zeros(0, 7, device=device)
     if group is not None:
         dist.all_reduce(table, group=group)  # shard statistics -> full-tensor statistics
-        updates = [_like(g, u) for g, u in zip(grads_r, updates)]
+        if shards is None:
+            updates = [_like(g, u) for g, u in zip(grads_r, updates)]
     return updates, _statistics(table, tau_d, tau_m, device)
 
 
@@ -175,8 +179,8 @@ def _check_sharding(rule: SelectiveFunction, group: Any, group_f: Any) -> None:
     if rule.per_tensor and group is not None:
         raise ValueError(
             f"selective function {rule.name!r} is per-tensor (a coordinate's update depends on the rest of its "
-            "tensor) and the gradients are FSDP2 shards: it would run on each shard alone. Use a per-coordinate "
-            "rule (sgu, sgu_reverse, sign_conflict, sago, ...) under FSDP2, or DDP / DeepSpeed ZeRO-1/2."
+            "tensor) and the gradients are sharded (FSDP2, ZeRO-3): it would run on each shard alone. Use a per-coordinate "
+            "rule (sgu, sgu_reverse, sign_conflict, sago, ...) under FSDP2 or ZeRO-3, or DDP / DeepSpeed ZeRO-1/2."
         )
 
 

@@ -1,12 +1,17 @@
-"""Collectives for sharded gradients (FSDP2 DTensors): the selection rule is local, thresholds are not.
+"""Collectives for sharded gradients (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions): the selection rule is
+local, thresholds are not.
 
 The per-coordinate rule only needs the two gradient values at a coordinate, so
 each rank applies it to its own shard. A quantile threshold needs the whole
 population; `all_gather_ragged` collects each rank's (exact or sampled) part of
-it in two collectives per step, whatever the number of tensors.
+it in two collectives per step, whatever the number of tensors. FSDP2's shards
+arrive as DTensors; ZeRO-3's as plain local tensors described by a `Shards`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,13 +39,31 @@ def all_gather_ragged(parts: list[torch.Tensor], group) -> list[torch.Tensor]:
     return [torch.cat([chunks[i] for chunks in per_rank]) for i in range(len(parts))]
 
 
-def local_shards(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int], object]:
-    """Local tensors, full sizes and process group of a list of gradients, DTensors or not.
+@dataclass(frozen=True)
+class Shards:
+    """Plain tensors that are each rank's part of larger ones (DeepSpeed ZeRO-3 gradient partitions).
 
-    Returns group None when no gradient is a DTensor. Mixing both, or a DTensor
-    over a multi-dimensional mesh (HSDP), raises: the thresholds would be
-    gathered over the wrong ranks.
+    `numels[i]` is the full size of tensor i; every rank of `group` holds a disjoint part of it (padding
+    excluded), rank 0's first, so the concatenation over ranks is the full tensor's population.
     """
+
+    numels: list[int]
+    group: Any
+
+
+def local_shards(
+    grads: list[torch.Tensor], shards: Shards | None = None
+) -> tuple[list[torch.Tensor], list[int], object]:
+    """Local tensors, full sizes and process group of a list of gradients: DTensors, plain tensors described by
+    `shards`, or unsharded ones.
+
+    Returns group None when the gradients are not sharded. Mixing DTensors and plain tensors, or a DTensor
+    over a multi-dimensional mesh (HSDP), raises: the thresholds would be gathered over the wrong ranks.
+    """
+    if shards is not None:
+        if len(shards.numels) != len(grads) or any(isinstance(g, DTensor) for g in grads):
+            raise ValueError("Shards describes plain local tensors, one full size per gradient")
+        return grads, list(shards.numels), shards.group
     is_dtensor = [isinstance(g, DTensor) for g in grads]
     if not any(is_dtensor):
         return grads, [g.numel() for g in grads], None

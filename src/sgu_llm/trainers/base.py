@@ -30,6 +30,7 @@ from sgu_llm.trainers.card import build_card, card_tags
 from sgu_llm.trainers.config import UnlearnConfig, launched_world_size
 from sgu_llm.trainers.metrics import MetricBuffer
 from sgu_llm.trainers.outputs import check_output_dir, tokens_masked
+from sgu_llm.trainers.reference import deepspeed_reference
 from sgu_llm.trainers.stopping import HoldoutStoppingCallback
 from sgu_llm.trainers.tasks import get_task
 
@@ -92,6 +93,13 @@ class UnlearnTrainer(Trainer):
         # Frozen reference for NPO-style losses; under LoRA it is the base model with adapters disabled.
         needs_ref = self.needs_reference_model(args)
         if needs_ref and ref_model is None and not is_peft_model(model):
+            if any(hasattr(p, "ds_id") for p in model.parameters()):
+                raise ValueError(
+                    f"{type(self).__name__} needs a frozen reference model, and this model was partitioned by "
+                    "DeepSpeed ZeRO-3 as it loaded (zero3_init_flag: true), so it cannot be copied. Set "
+                    "zero3_init_flag: false in the accelerate config (recipes/accelerate/deepspeed_zero3.yaml), "
+                    "pass ref_model= (loaded the same way), or use LoRA (the reference is the base model)."
+                )
             ref_model = copy.deepcopy(model)
         super().__init__(
             model=model,
@@ -102,12 +110,16 @@ class UnlearnTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        self._check_launch(needs_ref)
+        self._check_launch()
         self._add_callbacks(forget_eval_dataset if forget_eval_dataset is not None else forget_dataset, holdout_dataset)
         self.ref_model = None
         if needs_ref and ref_model is not None:
             ref_model.requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+            if self.is_deepspeed_enabled:  # partitioned like the trained model under ZeRO-3
+                ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+                self.ref_model = deepspeed_reference(ref_model, ds_config, self.args)
+            else:
+                self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
         self._metrics = MetricBuffer()
         # The model card: what `sgu-llm run` measured (markdown) and a line about the data; None = defaults.
         self.card_measured: str | None = None
@@ -160,7 +172,7 @@ class UnlearnTrainer(Trainer):
             forget = objective.prepare_tokenized(self.objective_ctx, model, forget)
         return forget, retain, collator
 
-    def _check_launch(self, needs_ref: bool) -> None:
+    def _check_launch(self) -> None:
         """Refuse a launch Accelerate does not run as asked; warn when FSDP was asked for and not given."""
         if launched_world_size() != self.accelerator.num_processes:
             raise ValueError(
@@ -175,8 +187,6 @@ class UnlearnTrainer(Trainer):
                 "parallel (every rank holds the whole model); on CPU use recipes/accelerate/cpu_2proc.yaml to say so",
                 stacklevel=2,
             )
-        if self.is_deepspeed_enabled:
-            self._check_deepspeed(needs_ref)
 
     def _add_callbacks(self, forget_eval: Any, holdout: Any) -> None:
         """The pairing's epoch, the objective's own callbacks and the holdout stopping rule."""
@@ -213,20 +223,6 @@ class UnlearnTrainer(Trainer):
         if self.stopping is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             self.stopping.save(folder, self.state.global_step)
-
-    def _check_deepspeed(self, needs_ref: bool) -> None:
-        """DeepSpeed ZeRO stages 0-2 are tested (tests/test_distributed.py); refuse what is not."""
-        stage = self.accelerator.state.deepspeed_plugin.zero_stage
-        if stage == 3:
-            raise ValueError(
-                "DeepSpeed ZeRO-3 is not supported (parameters are partitioned; only ZeRO-1/2 are tested). "
-                "Use ZeRO-1/2 (recipes/accelerate/deepspeed_zero2.yaml) or FSDP2 (recipes/accelerate/fsdp2.yaml)."
-            )
-        if needs_ref:
-            raise ValueError(
-                f"{type(self).__name__} with a reference model is not supported under DeepSpeed yet; "
-                "use DDP or FSDP2, or a method without a reference model"
-            )
 
     # ---- data-side hooks -------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):

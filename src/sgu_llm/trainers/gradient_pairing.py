@@ -20,10 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from sgu_llm.selection.sharded import Shards
 
 Backward = Callable[[Any, dict, Any], torch.Tensor]
-# select(g_r per parameter, g_f per parameter, dtype for a missing one) -> (indices selected, updates)
-SelectWindow = Callable[[list, list, Any], tuple[list[int], list[torch.Tensor]]]
+# select(g_r per parameter, g_f per parameter, dtype for a missing one[, shards]) -> (indices selected, updates);
+# shards (sgu_llm.selection.sharded.Shards): the inputs are each rank's parts of the parameters' gradients.
+SelectWindow = Callable[..., tuple[list[int], list[torch.Tensor]]]
 
 
 def accumulate(buffer: torch.Tensor | None, grad: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -156,7 +160,7 @@ class LeanPairing:
 
 
 class DeepSpeedPairing:
-    """DeepSpeed ZeRO-0/1/2, through DeepSpeed's safe full-gradient accessors.
+    """DeepSpeed ZeRO-0/1/2, through DeepSpeed's safe full-gradient accessors (ZeRO-3: `ZeRO3Pairing`).
 
     After each backward the full (reduced) gradient of every parameter is read with `safe_get_full_grad`
     and accumulated here (g_f in the stash, g_r beside it); the engine's gradients are then zeroed. At the
@@ -234,5 +238,67 @@ class DeepSpeedPairing:
             return
         for i, update in zip(live, updates):
             safe_set_full_grad(self.params[i], update)
+        engine.set_gradient_accumulation_boundary(is_boundary=True)
+        engine.step()
+
+
+class ZeRO3Pairing(DeepSpeedPairing):
+    """DeepSpeed ZeRO-3: each rank keeps and selects only its partition of every gradient.
+
+    After each backward every parameter's reduced gradient partition is read with `safe_get_local_grad`
+    (fp32, this rank's slice of the flattened parameter), accumulated here (g_f in the stash, g_r beside
+    it) and zeroed in the engine. At the end of the window the rule runs on the partitions, the quantile
+    thresholds are gathered over the ranks (exact up to `max_exact_quantile` coordinates per tensor, a
+    stratified sample above: the code FSDP2's shards use, `sgu_llm.selection.sharded`), the update is
+    written back with `safe_set_local_grad`, and the engine steps. No rank holds a full gradient: SGU adds
+    two fp32 partitions (g_f and g_r) per parameter, 2 x 4 bytes x trainable parameters / world size.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = self.params[0].ds_process_group if self.params else None
+        if self.group is None:  # DeepSpeed's default: the world
+            self.group = dist.group.WORLD
+        rank = dist.get_rank(self.group)
+        self.numels = [int(p.ds_numel) for p in self.params]
+        # This rank's partition of the flattened parameter: [rank * size, (rank + 1) * size), padded at the end.
+        self.valid = [
+            max(0, min(p.ds_tensor.numel(), p.ds_numel - rank * p.ds_tensor.numel())) for p in self.params
+        ]
+        if len({id(getattr(p, "ds_process_group", None)) for p in self.params}) > 1:
+            raise ValueError(
+                "SGU under ZeRO-3 needs every trained parameter partitioned over one process group (no MiCS or "
+                "sequence-parallel groups): its thresholds are gathered over that group"
+            )
+
+    def _take(self, into: list[torch.Tensor | None], dtype: torch.dtype | None) -> None:
+        """Every parameter's reduced local gradient partition (no collective), added to `into`; the engine's
+        partitions are zeroed."""
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        for i, p in enumerate(self.params):
+            g = safe_get_local_grad(p)
+            if g is not None:
+                g = g.clone()
+                safe_set_local_grad(p, torch.zeros_like(g))
+                into[i] = accumulate(into[i], g[: self.valid[i]], dtype)
+
+    @torch.no_grad()
+    def select(self) -> None:
+        from deepspeed.utils import safe_set_local_grad
+
+        retain, self.retain = self.retain, [None] * len(self.params)
+        stash, self.stash = self.stash, [None] * len(self.params)
+        live, updates = self.select_window(retain, stash, torch.float32, Shards(self.numels, self.group))
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        if not live:  # a skipped step, as in DeepSpeedPairing
+            if engine.lr_scheduler is not None:
+                engine.lr_scheduler.step()
+            return
+        for i, update in zip(live, updates):
+            p = self.params[i]
+            full = torch.zeros(p.ds_tensor.numel(), dtype=torch.float32, device=update.device)
+            full[: self.valid[i]] = update
+            safe_set_local_grad(p, full)
         engine.set_gradient_accumulation_boundary(is_boundary=True)
         engine.step()

@@ -34,10 +34,11 @@ from sgu_llm.selection import (
     get_selective_function,
     select_gradients,
 )
+from sgu_llm.selection.sharded import Shards
 from sgu_llm.selection.thresholds import DEFAULT_SAMPLE_BLOCK, DEFAULT_SAMPLE_SIZE, MAX_EXACT_QUANTILE
 from sgu_llm.trainers.base import UnlearnTrainer
 from sgu_llm.trainers.config import UnlearnConfig
-from sgu_llm.trainers.gradient_pairing import DeepSpeedPairing, LeanPairing, StashPairing
+from sgu_llm.trainers.gradient_pairing import DeepSpeedPairing, LeanPairing, StashPairing, ZeRO3Pairing
 
 RULE_STATE_FILE = "sgu_rule_states.pt"
 
@@ -246,7 +247,7 @@ class SGUTrainer(UnlearnTrainer):
         super().__init__(*args, **kwargs)
         self._settings = self.args.selection()
         self._named_params: list[tuple[str, torch.nn.Parameter]] | None = None
-        self._pairing: StashPairing | LeanPairing | DeepSpeedPairing | None = None
+        self._pairing: StashPairing | LeanPairing | DeepSpeedPairing | ZeRO3Pairing | None = None
         self._rule_states: list[dict] = []  # per parameter: what stateful rules keep across steps
         self._resumed_states: list[dict] | None = None  # read from a checkpoint, taken by _params()
         self._tensor_counts: torch.Tensor | None = None
@@ -254,6 +255,14 @@ class SGUTrainer(UnlearnTrainer):
         self._nonfinite_in_row = 0  # consecutive skipped (non-finite) optimizer steps
         # Called as fn(step, tensor_names, counts[num_tensors, 3]) after every selection (e.g. by the SAE probe).
         self.selection_observers: list = []
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        sharded = zero3 or bool(getattr(self.accelerator, "is_fsdp2", False))
+        if sharded and get_selective_function(self.args.selective_function).per_tensor:
+            raise ValueError(
+                f"selective function {self.args.selective_function!r} is per-tensor (a coordinate's update depends "
+                "on the rest of its tensor), and under ZeRO-3 and FSDP2 each rank holds only a shard of every "
+                "gradient. Use a per-coordinate rule (sgu, sgu_reverse, sign_conflict, sago, ...) or DDP / ZeRO-1/2."
+            )
         if self.args.lean_selection and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
             raise ValueError(
                 "lean_selection works in one process: under DDP/FSDP a parameter's gradient is only reduced "
@@ -279,7 +288,8 @@ class SGUTrainer(UnlearnTrainer):
             params = [p for _, p in self._params()]
             stash_dtype = STASH_DTYPES[self.args.stash_dtype]
             if self.is_deepspeed_enabled:
-                self._pairing = DeepSpeedPairing(
+                zero3 = self.accelerator.state.deepspeed_plugin.zero_stage == 3
+                self._pairing = (ZeRO3Pairing if zero3 else DeepSpeedPairing)(
                     params, self._backward, self._select_window, self.accelerator, stash_dtype
                 )
             elif self.args.lean_selection:
@@ -349,12 +359,17 @@ class SGUTrainer(UnlearnTrainer):
         return dataclasses.replace(self._settings, q_d=at(a.q_d, a.q_d_final), q_m=at(a.q_m, a.q_m_final))
 
     def _select_window(
-        self, retain: list[torch.Tensor | None], forget: list[torch.Tensor | None], zero_dtype: torch.dtype | None
+        self,
+        retain: list[torch.Tensor | None],
+        forget: list[torch.Tensor | None],
+        zero_dtype: torch.dtype | None,
+        shards: Shards | None = None,
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Select over the window's g_r (`retain`) and g_f (`forget`), in place, and record the statistics.
 
         A parameter with only one of the two gradients gets zeros for the other (in `zero_dtype`, or
-        the parameter's dtype). Returns the selected parameters' indices and their updates, which are
+        the parameter's dtype). `shards`: the gradients are this rank's partitions (ZeRO-3), of these full
+        sizes; every rank must pass the same parameters with a gradient. Returns the selected parameters' indices and their updates, which are
         the g_r tensors themselves. A non-finite input leaves a non-finite update, so a loss scaler
         still skips the step.
         """
@@ -375,6 +390,7 @@ class SGUTrainer(UnlearnTrainer):
             inplace=True,
             states=[self._rule_states[i] for i in live],
             names=[params[i][0] for i in live],
+            shards=None if shards is None else Shards([shards.numels[i] for i in live], shards.group),
         )
         if not self._record(stats, [params[i][0] for i in live], live):
             return [], []  # a dropped step: every param.grad is None and stays so
