@@ -4,8 +4,9 @@
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 # Stages: environment; compiled kernel == readable rule on CUDA (fp32/bf16/fp16); both speed
 # benchmarks on the GPU; the tiny models fine-tuned on the GPU; bf16 and fp16 (loss scaler) SGU runs
-# through the Trainer; the memory-mode tests. The 2-process tests are CPU (gloo) tests and are not
-# rerun here: one GPU cannot show DDP.
+# through the Trainer; the memory-mode tests; peak memory of 3 SGU steps on a random model of Llama-3.2-1B's
+# shape against scripts/memory_model.py (one GPU; FSDP2 and ZeRO-3 on 2 when 2 or more GPUs are lent). The
+# 2-process tests are CPU (gloo) tests and are not rerun here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 declare -a RESULTS=()
@@ -42,5 +43,12 @@ stage finetune 120 sgu-llm finetune recipes/tiny-llama/sgu.yaml
 stage unlearn_bf16 90 bash -c 'unlearn_precision bf16'
 stage unlearn_fp16 90 bash -c 'unlearn_precision fp16'
 stage memory_modes 180 python -m pytest -q -p no:cacheprovider tests/test_memory_modes.py
+stage memory_1b 240 python scripts/gpu_memory_check.py --model llama-3.2-1b --steps 3
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  stage memory_1b_fsdp2 240 accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 2 \
+    scripts/gpu_memory_check.py --model llama-3.2-1b --steps 3
+  stage memory_1b_zero3 300 accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml \
+    --num_processes 2 scripts/gpu_memory_check.py --model llama-3.2-1b --steps 3
+fi
 printf '%s\n' "${RESULTS[@]}"
 ! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL'

@@ -2,12 +2,14 @@
 
 import glob
 import os
+import re
 
 import pytest
 import torch
 import yaml
 
 from sgu_llm.experiments.config import load_recipe, parse_args
+from sgu_llm.models.memory import GiB, recipe_estimate
 from sgu_llm.trainers import get_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +39,24 @@ def test_recipe_parses(path, tmp_path):
             assert got == [] or got == value or got == [value]
         else:
             assert got == value, key
+
+
+MEMORY_LINE = re.compile(r"# memory: engine=(\w+) gpus=(\d+) -> ([\d.]+) GiB per GPU")
+REAL_MODELS = [p for p in RECIPES if "/llama-" in p]
+
+
+@pytest.mark.parametrize("path", REAL_MODELS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_real_model_recipes_state_what_the_memory_model_predicts(path, tmp_path):
+    """Each Llama recipe's header gives the memory model's GiB per GPU for its engine and GPU count; the model is
+    built from its published shape on the meta device (no download), and the figure is recomputed here."""
+    header = MEMORY_LINE.search(open(path).read())
+    assert header, f"{path} has no '# memory: engine=... gpus=... -> X GiB per GPU' line"
+    engine, gpus, stated = header.group(1), int(header.group(2)), float(header.group(3))
+    cfg = load_recipe(path)
+    *_, config = parse_args(["--config", path, "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+    estimate = recipe_estimate(cfg, engine, gpus, get_method(cfg["method"])[1].needs_reference_model(config))
+    assert estimate.total / GiB == pytest.approx(stated, abs=0.05)
+    assert estimate.total < 0.9 * 80 * GiB  # every shipped recipe fits its GPUs
 
 
 def test_unknown_key_rejected(tmp_path):

@@ -114,8 +114,21 @@ BUILTIN_SHAPES = {
 }
 
 
+# The Hub models whose shapes are built in (their instruct and base checkpoints share the shape).
+HUB_SHAPES = {
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m",
+}
+
+
 def load_config(name_or_path: str) -> Any:
-    """A model's config from a built-in name (`BUILTIN_SHAPES`), a `config.json` file or a model folder.
+    """A model's config from a built-in name (`BUILTIN_SHAPES`, or a Hub id in `HUB_SHAPES`), a `config.json`
+    file or a model folder.
 
     Nothing is downloaded.
 
@@ -123,6 +136,7 @@ def load_config(name_or_path: str) -> Any:
         >>> load_config("llama-3.1-8b").num_hidden_layers
         32
     """
+    name_or_path = HUB_SHAPES.get(name_or_path, name_or_path)
     if name_or_path in BUILTIN_SHAPES:
         return LlamaConfig(**BUILTIN_SHAPES[name_or_path])
     path = os.path.join(name_or_path, "config.json") if os.path.isdir(name_or_path) else name_or_path
@@ -534,6 +548,34 @@ def estimate(shape: ModelShape, setup: Setup, model: str = "") -> MemoryEstimate
         method=setup.method, precision=setup.effective_precision, params=params, gradients=gradients,
         stash=stash, optimizer=optimizer, reference=reference, activations=activations, buffers=buffers,
     )
+
+
+def recipe_estimate(recipe: dict, engine: str, world_size: int, reference: bool) -> MemoryEstimate:
+    """The estimate for a recipe's fields (`recipes/<model>/<method>.yaml`, loaded) launched on `engine` with
+    `world_size` GPUs: its model (a built-in shape or Hub id), LoRA or full, method, micro-batch, max_length,
+    gradient checkpointing and accumulation, and precision (`dtype: bfloat16` with `bf16: true` is "bf16").
+    `reference`: the recipe's objective has a frozen reference model (the objective's `needs_reference`).
+
+    A method other than SGU with a reference (NPO, AltPO, IdkDPO, UNDIAL, RMU) counts as NPO (the forget and
+    retain batches in one graph; AltPO's alternative answers' forward is not counted), one without as
+    GradDiff unless it has its own entry in `METHODS`; SGU with such an objective as `sgu_npo`.
+    """
+    method = recipe.get("method", "sgu")
+    if method == "sgu":
+        name = "sgu_npo" if reference else "sgu"
+    else:
+        name = "npo" if reference else (method if method in METHODS else "graddiff")
+    training = Training("lora", recipe.get("lora_r", 16), tuple(recipe.get("lora_target_modules", LORA_TARGETS))) \
+        if recipe.get("use_peft") else Training()
+    shape = model_shape(load_config(recipe["model_name_or_path"]), training)
+    bf16_model = recipe.get("dtype") in ("bfloat16", "auto") and recipe.get("bf16", False)
+    setup = Setup(
+        engine=engine, world_size=world_size, stash=recipe.get("stash_dtype", "float32").replace("auto", "float32"),
+        method=name, precision="bf16" if bf16_model else "amp", micro_batch=recipe.get("per_device_train_batch_size", 8),
+        seq_len=recipe.get("max_length", 512), checkpointing=recipe.get("gradient_checkpointing", False),
+        grad_accum=recipe.get("gradient_accumulation_steps", 1),
+    )
+    return estimate(shape, setup, recipe["model_name_or_path"])
 
 
 @dataclass(frozen=True)
