@@ -4,8 +4,9 @@ accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml tests/ddp_work
     [METHOD] [ACCUMULATION] [ZERO_STAGE]
 
 With ZERO_STAGE (0 to 3) the run uses DeepSpeed with that ZeRO stage (launch with torchrun, or with
-recipes/accelerate/deepspeed_zero2.yaml for stage 2). Under ZeRO-3 every SGU selection is also computed on the
-full gradients (the partitions gathered) and both steps' action counts are saved.
+recipes/accelerate/deepspeed_zero2.yaml for stage 2). With SGU_TEST_FSDP2_ON_CPU=1 (under torchrun) the Trainer runs
+Accelerate's FSDP2 on the CPU processes (`fsdp2_on_cpu`). Under ZeRO-3 and FSDP2 every SGU selection is also
+computed on the full gradients (the shards gathered) and both steps' action counts are saved.
 """
 
 import os
@@ -14,6 +15,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
 from sgu_llm.data.prompts import build_prompt
@@ -40,6 +42,8 @@ def main(
     poisoned = {int(x) for x in os.environ.get("SGU_TEST_POISON_STEPS", "").split(",") if x}
     if poisoned:
         trainer_cls = poisoned_trainer(trainer_cls, poisoned)
+    if os.environ.get("SGU_TEST_FSDP2_ON_CPU") == "1":
+        trainer_cls = fsdp2_on_cpu(trainer_cls)
     rule = os.environ.get("SGU_TEST_RULE")  # a selective function other than the default
     args = config_cls(
         **({"selective_function": rule} if rule else {}),
@@ -70,6 +74,8 @@ def main(
         trainer._select_window = compare_unsharded(trainer, trainer._select_window, counts)
     trainer.train()
     engine = "ddp" if trainer.accelerator.num_processes > 1 else "single"
+    if getattr(trainer.accelerator, "is_fsdp2", False):
+        engine = "fsdp2"
     if trainer.is_deepspeed_enabled:
         engine = f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
     held = {"model": held_fraction(trainer.model), "reference": held_fraction(trainer.ref_model)}
@@ -123,7 +129,8 @@ def held_fraction(model) -> float | None:
     if model is None:
         return None
     params = list(model.parameters())
-    return sum(p.numel() for p in params) / sum(getattr(p, "ds_numel", p.numel()) for p in params)
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return held / sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
 
 def full_state(trainer) -> dict:
@@ -135,7 +142,9 @@ def full_state(trainer) -> dict:
 
         with deepspeed.zero.GatheredParameters(params):
             return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # FSDP2: DTensor shards, gathered whole (a collective every rank joins)
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone()
+            for k, v in model.state_dict().items()}
 
 
 class RecordSteps(TrainerCallback):
@@ -163,19 +172,51 @@ def compare_unsharded(trainer, select_window, record):
         return full
 
     def wrapped(retain, forget, zero_dtype, shards=None):
+        dtensors = any(isinstance(g, DTensor) for g in retain)
         if shards is not None:
             full_r = [gather(r.float(), n, shards.group) for r, n in zip(retain, shards.numels)]
             full_f = [gather(f.float(), n, shards.group) for f, n in zip(forget, shards.numels)]
+        elif dtensors:  # FSDP2: every gradient is a DTensor shard
+            full_r = [r.full_tensor().float() for r in retain]
+            full_f = [f.full_tensor().float() for f in forget]
+        if shards is not None or dtensors:
             _, stats = select_gradients(full_r, full_f, trainer._step_settings(), seed=trainer._seed())
             unsharded = stats.counts.sum(0).tolist()
         live, updates = select_window(retain, forget, zero_dtype, shards)
-        if shards is not None:  # the sharded step's counts (summed over ranks), as the observers saw them
+        if shards is not None or dtensors:  # the sharded step's counts (summed over ranks), as the observers saw
             record.append({"unsharded": unsharded, "sharded": trainer._last_counts})
         return live, updates
 
     trainer.selection_observers.append(lambda step, names, counts: setattr(trainer, "_last_counts",
                                                                            counts.sum(0).tolist()))
     return wrapped
+
+
+def fsdp2_on_cpu(trainer_cls):
+    """The method's trainer with Accelerate's FSDP2 plugin on CPU processes.
+
+    Accelerate enables FSDP for GPU distributed types only: on a multi-CPU launch it keeps MULTI_CPU (DDP) even
+    with an FSDP config. This sets the plugin and the distributed type right after the Trainer built its
+    Accelerator, the one thing a GPU launch does differently; from there on everything is Accelerate's and the
+    Trainer's own FSDP2 path (`fsdp2_prepare_model`: `fully_shard` of each decoder layer and the root, over gloo).
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    class OnCPU(trainer_cls):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                transformer_cls_names_to_wrap=["LlamaDecoderLayer"], reshard_after_forward=True,
+                state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False,
+            )
+            # AcceleratorState() copies PartialState's fields each time it is constructed: set both.
+            PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
+    return OnCPU
 
 
 def poisoned_trainer(trainer_cls, steps: set):

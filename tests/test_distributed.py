@@ -26,7 +26,7 @@ ZERO2 = os.path.join(ROOT, "recipes", "accelerate", "deepspeed_zero2.yaml")
 # Two ranks share 2 cores: inductor compiles the selection kernels in-process, without a pool of
 # compile workers per rank.
 WORKER_ENV = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200, "zero3": 300}
+ENGINE_PORTS = {"ddp": 0, "zero1": 100, "zero2": 200, "zero3": 300, "fsdp2": 400}
 
 
 def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poison_steps=()):
@@ -46,7 +46,7 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ZERO2]
         cmd += ["--mixed_precision", "no", "--gradient_accumulation_steps", str(accumulation)]
         cmd += ["--main_process_port", port, WORKER]
-    else:  # zero1, zero3: the same worker with that ZeRO config passed to the Trainer, under torchrun
+    else:  # zero1, zero3, fsdp2: the same worker under torchrun, with that ZeRO config or FSDP2 on CPU
         cmd = [
             sys.executable,
             "-m",
@@ -59,6 +59,8 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
         ]
     args = [str(out), str(per_device), method, str(accumulation)] + ([engine[-1]] if engine in ("zero1", "zero3") else [])
     env = {**WORKER_ENV, "SGU_TEST_POISON_STEPS": ",".join(map(str, poison_steps))}
+    if engine == "fsdp2":
+        env["SGU_TEST_FSDP2_ON_CPU"] = "1"
     proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
@@ -202,6 +204,33 @@ def test_deepspeed_zero2_accumulation_matches_ddp(tmp_path, ddp_accumulation):
     zero = launch(tmp_path / "zero.pt", 2, 2, "sgu", accumulation=2, engine="zero2")
     assert (ddp["engine"], zero["engine"]) == ("ddp", "zero2")
     assert_same_run(ddp, zero)
+
+
+@pytest.mark.slow
+def test_fsdp2_through_the_trainer_matches_ddp(tmp_path, ddp_accumulation):
+    """The real SGUTrainer under Accelerate's FSDP2 (`fully_shard` of each decoder layer and the root, 2 gloo
+    processes, gradient accumulation 2): weights as DDP's with the same batches, each rank holding half of
+    them, and at every step the action counts on the DTensor shards equal the same selection's on the
+    gathered gradients. Accelerate enables FSDP on GPUs only; the worker sets its plugin after the Trainer built
+    its Accelerator (`tests/ddp_worker.py: fsdp2_on_cpu`), the one step a GPU launch takes differently."""
+    run = launch(tmp_path / "fsdp2.pt", 2, 2, "sgu", accumulation=2, engine="fsdp2")
+    assert run["engine"] == "fsdp2"
+    assert run["held"]["model"] == pytest.approx(0.5, abs=0.01)  # sharded, not replicated
+    assert_same_run(ddp_accumulation, run)
+    assert len(run["counts"]) == STEPS
+    for step in run["counts"]:
+        assert step["sharded"] == step["unsharded"], step
+
+
+@pytest.mark.slow
+def test_reference_model_objective_under_fsdp2(tmp_path, one_process):
+    """NPO through the Trainer under FSDP2 on 2 gloo processes equals one process; the frozen reference is
+    sharded by the same preparation (its decoder layers; a tied embedding it leaves whole)."""
+    run = launch(tmp_path / "npo-fsdp2.pt", 2, 4, "npo", engine="fsdp2")
+    assert run["engine"] == "fsdp2" and run["reference"].startswith("FSDP")
+    assert run["held"]["model"] == pytest.approx(0.5, abs=0.01)
+    assert run["held"]["reference"] < 0.7, run["held"]  # 0.64 here: the tied embedding stays whole
+    assert_same_run(one_process("npo"), run)
 
 
 @pytest.mark.slow

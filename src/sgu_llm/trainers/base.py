@@ -30,7 +30,7 @@ from sgu_llm.trainers.card import build_card, card_tags
 from sgu_llm.trainers.config import UnlearnConfig, launched_world_size
 from sgu_llm.trainers.metrics import MetricBuffer
 from sgu_llm.trainers.outputs import check_output_dir, tokens_masked
-from sgu_llm.trainers.reference import deepspeed_reference
+from sgu_llm.trainers.reference import deepspeed_reference, fsdp2_reference
 from sgu_llm.trainers.stopping import HoldoutStoppingCallback
 from sgu_llm.trainers.tasks import get_task
 
@@ -118,6 +118,8 @@ class UnlearnTrainer(Trainer):
             if self.is_deepspeed_enabled:  # partitioned like the trained model under ZeRO-3
                 ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
                 self.ref_model = deepspeed_reference(ref_model, ds_config, self.args)
+            elif getattr(self.accelerator, "is_fsdp2", False):  # sharded like the trained model
+                self.ref_model = fsdp2_reference(ref_model, self.accelerator)
             else:
                 self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
         self._metrics = MetricBuffer()

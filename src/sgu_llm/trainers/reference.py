@@ -1,10 +1,11 @@
 """The frozen reference model of NPO-style objectives, placed the way the trained model is.
 
-Under DDP (and one process) the reference is a plain copy on the device. Under DeepSpeed it is an
-inference-only DeepSpeed engine: with ZeRO-3 its parameters are partitioned over the ranks like the trained
-model's (each rank holds 1/N and the layers are gathered during the forward), with ZeRO-0/1/2 it is a whole
-copy on every rank in the engine's precision. Under LoRA there is no copy: the reference is the base model
-with its adapters disabled (`UnlearnTrainer.reference_outputs`).
+Under DDP (and one process) the reference is a plain copy on the device. Under FSDP2 it is sharded with
+`fully_shard` by Accelerate's own FSDP2 preparation, as the trained model is (each rank holds 1/N; layers
+are all-gathered in the forward). Under DeepSpeed it is an inference-only DeepSpeed engine: with ZeRO-3 its
+parameters are partitioned over the ranks like the trained model's, with ZeRO-0/1/2 it is a whole copy on
+every rank in the engine's precision. Under LoRA there is no copy: the reference is the base model with its
+adapters disabled (`UnlearnTrainer.reference_outputs`).
 """
 
 from __future__ import annotations
@@ -52,3 +53,12 @@ def deepspeed_reference(model: Any, ds_config: dict, args: Any) -> Any:
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
     return engine
+
+
+def fsdp2_reference(model: Any, accelerator: Any) -> Any:
+    """`model` (frozen) sharded by Accelerate's FSDP2 preparation (the trained model's wrap policy and mixed
+    precision), in eval mode."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, model.eval()).eval()
+
