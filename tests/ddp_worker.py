@@ -69,9 +69,11 @@ def main(
     trainer.add_callback(CountReductions(trainer, reductions))
     steps = []  # weights after every optimizer step
     trainer.add_callback(RecordSteps(trainer, steps))
-    counts = []  # ZeRO-3: per selection, (action counts on the partitions, on the gathered full gradients)
+    counts = []  # ZeRO-3, FSDP2: per selection, (action counts on the shards, on the gathered full gradients)
+    held_bytes = {}  # SGU: what this rank holds at the first selection (parameters, g_r, stash)
     if hasattr(trainer, "_select_window"):
         trainer._select_window = compare_unsharded(trainer, trainer._select_window, counts)
+        trainer.add_callback(MeasureHeld(trainer, held_bytes))
     trainer.train()
     engine = "ddp" if trainer.accelerator.num_processes > 1 else "single"
     if getattr(trainer.accelerator, "is_fsdp2", False):
@@ -85,7 +87,8 @@ def main(
         torch.save(
             {"state": state, "logs": logs, "engine": engine, "reductions": reductions, "steps": steps,
              "skipped": getattr(trainer, "selection_skipped_steps", None), "counts": counts,
-             "held": held, "reference": type(trainer.ref_model).__name__ if trainer.ref_model is not None else None},
+             "held": held, "reference": type(trainer.ref_model).__name__ if trainer.ref_model is not None else None,
+             "held_bytes": held_bytes, "config": model.config.to_dict()},
             out_path,
         )
     # Tear the process group down before exit: a gloo group left alive can abort a rank at interpreter exit.
@@ -153,6 +156,40 @@ class RecordSteps(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.record.append(full_state(self.trainer))
+
+
+def local_bytes(t) -> int:
+    """Bytes this rank stores of a parameter or gradient: a DTensor's local shard, a ZeRO-3 partition."""
+    if isinstance(t, DTensor):
+        t = t.to_local()
+    if hasattr(t, "ds_tensor"):
+        t = t.ds_tensor
+    return t.numel() * t.element_size()
+
+
+class MeasureHeld(TrainerCallback):
+    """At the first selection, the bytes this rank holds of the parameters, of g_r (`param.grad`, or SGU's own
+    copies under DeepSpeed) and of SGU's stash: what the memory model's `params`, `gradients` and `stash`
+    count (`tests/test_distributed.py` compares them)."""
+
+    def __init__(self, trainer, record):
+        self.trainer, self.record = trainer, record
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        pairing = self.trainer.pairing
+        select = pairing.select
+
+        def measured():
+            if not self.record:
+                params = [p for _, p in self.trainer._params()]
+                self.record["params"] = sum(local_bytes(p) for p in self.trainer.model.parameters())
+                self.record["grad"] = sum(local_bytes(p.grad) for p in params if p.grad is not None)
+                retain = getattr(pairing, "retain", [])
+                self.record["sgu_retain"] = sum(t.numel() * t.element_size() for t in retain if t is not None)
+                self.record["stash"] = sum(local_bytes(t) for t in pairing.stash if t is not None)
+            return select()
+
+        pairing.select = measured
 
 
 def compare_unsharded(trainer, select_window, record):

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 import torch
+from transformers import LlamaConfig
 
+from sgu_llm.models.memory import Setup, estimate, model_shape
 from sgu_llm.trainers.reference import deepspeed_reference_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,6 +110,23 @@ def assert_same_run(a, b):
                 assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
 
 
+def assert_memory_model(run, engine, accumulation=1):
+    """The memory model's figures for this launch (2 processes, float32) equal what rank 0 held at SGU's first
+    selection: the parameters, g_r (`param.grad`, or SGU's own copy under DeepSpeed, whose partitioned engine
+    gradient is not measured) and the stash. Within 1 %: ZeRO-3 pads each tensor's partition, the model pads
+    the total."""
+    shape = model_shape(LlamaConfig(**run["config"]))
+    e = estimate(shape, Setup(engine=engine, world_size=2, precision="fp32", grad_accum=accumulation))
+    held = run["held_bytes"]
+    engine_grad = -(-4 * shape.trainable // 2)  # DeepSpeed's float32 gradient partition
+    sgu_grad = {"ddp": e.gradients, "fsdp2": e.gradients, "zero2": e.gradients - engine_grad,
+                "zero3": e.gradients - engine_grad}[engine]
+    measured_grad = held["grad"] if engine in ("ddp", "fsdp2") else held["sgu_retain"]
+    for name, got, want in [("params", held["params"], e.params), ("g_r", measured_grad, sgu_grad),
+                            ("stash", held["stash"], e.stash)]:
+        assert want > 0 and abs(got - want) <= 0.01 * want, (engine, name, got, want)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sgu", "graddiff"])
 def test_ddp_two_processes_match_one(tmp_path, method, one_process):
@@ -115,6 +134,8 @@ def test_ddp_two_processes_match_one(tmp_path, method, one_process):
     two = launch(tmp_path / "two.pt", 2, 4, method)
     assert (one["engine"], two["engine"]) == ("single", "ddp")
     assert_same_run(one, two)
+    if method == "sgu":
+        assert_memory_model(two, "ddp")
     # The runs did train (so equal weights are not trivially equal starting points).
     from sgu_llm.data.prompts import build_prompt
     from sgu_llm.data.synthetic import synthetic_tofu
@@ -147,6 +168,7 @@ def test_deepspeed_zero_matches_one_process(tmp_path, engine, one_process):
     run = launch(tmp_path / f"{engine}.pt", 2, 4, "sgu", engine=engine)
     assert run["engine"] == engine
     assert_same_run(one_process("sgu"), run)
+    assert_memory_model(run, engine)
     if engine == "zero3":
         assert len(run["counts"]) == STEPS
         for step in run["counts"]:
@@ -217,6 +239,7 @@ def test_fsdp2_through_the_trainer_matches_ddp(tmp_path, ddp_accumulation):
     assert run["engine"] == "fsdp2"
     assert run["held"]["model"] == pytest.approx(0.5, abs=0.01)  # sharded, not replicated
     assert_same_run(ddp_accumulation, run)
+    assert_memory_model(run, "fsdp2", accumulation=2)
     assert len(run["counts"]) == STEPS
     for step in run["counts"]:
         assert step["sharded"] == step["unsharded"], step

@@ -59,7 +59,9 @@ GiB = 2**30
 ENGINES = ("ddp", "fsdp2", "zero2", "zero3")
 STASH_MODES = ("float32", "bfloat16", "lean")
 STASH_BYTES = {"float32": 4, "bfloat16": 2}
-PRECISIONS = ("amp", "bf16")  # of DDP and FSDP2; the ZeRO engines run DeepSpeed's bf16
+# "amp" and "bf16" are those of DDP and FSDP2 (the ZeRO engines then run DeepSpeed's bf16); "fp32" (no mixed
+# precision, as the CPU tests run) holds every state in float32 under every engine.
+PRECISIONS = ("amp", "bf16", "fp32")
 WORLD_SIZES = (1, 2, 4, 8)
 TRAINING_MODES = ("full", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -379,8 +381,9 @@ def activation_bytes(
 class Setup:
     """How a run trains: method, engine and its world size, SGU's stash, precision and batch.
 
-    `precision` is that of DDP and FSDP2 ("amp" or "bf16", see the module's docstring); the ZeRO engines
-    always run DeepSpeed's bf16. `stash` is ignored for methods without one (its mode is then "none").
+    `precision` is that of DDP and FSDP2 ("amp" or "bf16", see the module's docstring; the ZeRO engines then
+    run DeepSpeed's bf16), or "fp32" everywhere (no mixed precision: the CPU tests; its activations are read
+    with amp's formula, which saves some tensors in bf16, so they are an underestimate). `stash` is ignored for methods without one (its mode is then "none").
     """
 
     engine: str = "ddp"
@@ -419,6 +422,8 @@ class Setup:
 
     @property
     def effective_precision(self) -> str:
+        if self.precision == "fp32":
+            return "fp32"
         return "deepspeed" if self.engine.startswith("zero") else self.precision
 
 
@@ -436,7 +441,7 @@ class DtypeBytes:
 
 
 def dtype_bytes(precision: str, engine: str, lora: bool) -> DtypeBytes:
-    """Bytes per parameter under `precision` ("amp", "bf16" or "deepspeed") and `engine`.
+    """Bytes per parameter under `precision` ("amp", "bf16", "fp32" or "deepspeed") and `engine`.
 
     Example:
         >>> dtype_bytes("deepspeed", "zero2", lora=False)
@@ -447,8 +452,10 @@ def dtype_bytes(precision: str, engine: str, lora: bool) -> DtypeBytes:
     if precision == "amp":
         return DtypeBytes(trainable=4, frozen=4, grad=4, adam=8, master=0, reference=4,
                           activations="bf16" if engine == "fsdp2" else "amp")
+    if precision == "fp32":
+        return DtypeBytes(trainable=4, frozen=4, grad=4, adam=8, master=0, reference=4, activations="amp")
     if precision != "bf16":
-        raise ValueError(f"precision must be 'amp', 'bf16' or 'deepspeed', got {precision!r}")
+        raise ValueError(f"precision must be 'amp', 'bf16', 'fp32' or 'deepspeed', got {precision!r}")
     # A bf16 model: peft's adapters stay float32, and Accelerate's FSDP2 upcasts trainable weights to float32.
     trainable = 4 if lora or engine == "fsdp2" else 2
     return DtypeBytes(trainable=trainable, frozen=2, grad=trainable, adam=2 * trainable, master=0, reference=2,
