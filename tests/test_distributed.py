@@ -35,7 +35,7 @@ def launch(out, processes, per_device, method, accumulation=1, engine="ddp", poi
     """Run tests/ddp_worker.py: one plain process, or 2 processes with the recipe's own command; the forget
     loss is NaN at `poison_steps`."""
     # A port of its own for every launch in this module (a just-closed store port can linger).
-    port = 29500 + ENGINE_PORTS[engine] + processes + (7 if method == "sgu" else 0) + 10 * accumulation
+    port = 29500 + ENGINE_PORTS[engine] + processes + {"sgu": 7, "npo": 3}.get(method, 0) + 10 * accumulation
     port = str(port + (50 if poison_steps else 0))
     if processes == 1:  # in this process: a subprocess would add only an interpreter start
         assert not poison_steps and engine == "ddp"
@@ -128,7 +128,7 @@ def assert_memory_model(run, engine, accumulation=1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["sgu", "graddiff"])
+@pytest.mark.parametrize("method", ["sgu", "graddiff", "npo"])  # npo: its frozen reference copied on each rank
 def test_ddp_two_processes_match_one(tmp_path, method, one_process):
     one = one_process(method)
     two = launch(tmp_path / "two.pt", 2, 4, method)
