@@ -208,20 +208,26 @@ def compare_unsharded(trainer, select_window, record):
         assert full.numel() == numel
         return full
 
-    def wrapped(retain, forget, zero_dtype, shards=None):
-        dtensors = any(isinstance(g, DTensor) for g in retain)
+    ref_states = {}  # the unsharded selection's own rule states (running averages), by parameter index
+
+    def full(tensors, shards):
         if shards is not None:
-            full_r = [gather(r.float(), n, shards.group) for r, n in zip(retain, shards.numels)]
-            full_f = [gather(f.float(), n, shards.group) for f, n in zip(forget, shards.numels)]
-        elif dtensors:  # FSDP2: every gradient is a DTensor shard
-            full_r = [r.full_tensor().float() for r in retain]
-            full_f = [f.full_tensor().float() for f in forget]
-        if shards is not None or dtensors:
-            _, stats = select_gradients(full_r, full_f, trainer._step_settings(), seed=trainer._seed())
+            return [gather(t.float(), n, shards.group) for t, n in zip(tensors, shards.numels)]
+        return [t.full_tensor().float() for t in tensors]  # FSDP2: DTensor shards
+
+    def wrapped(retain, forget, zero_dtype, shards=None):
+        sharded = shards is not None or any(isinstance(g, DTensor) for g in retain)
+        if sharded:
+            full_r, full_f = full(retain, shards), full(forget, shards)
+            states = [ref_states.setdefault(i, {}) for i in range(len(full_r))]
+            reference, stats = select_gradients(full_r, full_f, trainer._step_settings(), seed=trainer._seed(),
+                                                states=states)
             unsharded = stats.counts.sum(0).tolist()
         live, updates = select_window(retain, forget, zero_dtype, shards)
-        if shards is not None or dtensors:  # the sharded step's counts (summed over ranks), as the observers saw
-            record.append({"unsharded": unsharded, "sharded": trainer._last_counts})
+        if sharded:  # the sharded step's counts (summed over ranks, as the observers saw them) and update
+            got = full(updates, shards)
+            diff = max(float((g - r.float()).abs().max()) for g, r in zip(got, reference))
+            record.append({"unsharded": unsharded, "sharded": trainer._last_counts, "update_max_diff": diff})
         return live, updates
 
     trainer.selection_observers.append(lambda step, names, counts: setattr(trainer, "_last_counts",

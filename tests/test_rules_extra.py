@@ -201,8 +201,10 @@ def test_registry_names_and_extras():
     assert {"sgu_row", "sgu_row_reverse", "fisher", "fisher_reverse", "gru"} <= names
     assert get_selective_function("sgu_row").extras == ("q",)
     assert get_selective_function("fisher_reverse").extras == ("state", "q", "seed")
-    assert get_selective_function("gru").extras == ("state",)
+    assert get_selective_function("gru").extras == ("state", "group")
     assert all(get_selective_function(n).per_tensor for n in ("sgu_row", "fisher", "gru", "pcgrad"))
+    # gru reduces its inner products over the shards itself (tests/test_distributed.py runs it on them)
+    assert [n for n in ("sgu_row", "fisher", "gru", "pcgrad") if get_selective_function(n).runs_sharded] == ["gru"]
     assert not any(get_selective_function(n).per_tensor for n in ("sgu", "sgu_reverse", "sign_conflict", "sago"))
     with pytest.raises(ValueError, match="extras may name"):
         register_selective_function("test_bad_extra", extras=("state", "bogus"))
@@ -229,7 +231,8 @@ def test_a_per_tensor_rule_is_refused_on_shards(monkeypatch):
     """On FSDP2 shards a per-tensor rule would see part of each tensor: refused, naming what runs there."""
     from sgu_llm.selection import SelectionSettings, select_gradients, selector
 
-    monkeypatch.setattr(selector, "local_shards", lambda grads: (grads, [2 * g.numel() for g in grads], object()))
+    monkeypatch.setattr(selector, "local_shards", lambda grads, shards=None: (grads, [2 * g.numel() for g in grads],
+                                                                             object()))
     with pytest.raises(ValueError, match="per-tensor.*FSDP2"):
         select_gradients([torch.randn(4)], [torch.randn(4)], SelectionSettings(function="pcgrad"))
 

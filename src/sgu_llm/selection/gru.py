@@ -19,27 +19,39 @@ forget term dominates that coordinate), MAINTAIN elsewhere; nothing is pruned.
 The state (one dict per parameter tensor, owned by the caller) holds `step` and the float32
 bias-corrected average `mean_r` (see `sgu_llm.selection.importance`); a non-finite g_r leaves it
 unchanged.
+
+On shards (FSDP2, ZeRO-3) each rank keeps the average of its shard and the two inner products and
+the finiteness test are all-reduced over the shards' process group, so every rank applies the
+unsharded update to its part (two small collectives per tensor and step).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from sgu_llm.selection.actions import Action
 from sgu_llm.selection.importance import BETA, next_step, update_average
 from sgu_llm.selection.rules import register_selective_function
 
 
-@register_selective_function("gru", extras=("state",), per_tensor=True)
-def gru(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0, state=None):
+@register_selective_function("gru", extras=("state", "group"), per_tensor=True)
+def gru(g_r, g_f, tau_d=None, tau_m=None, *, maintain_scale=1.0, reverse_scale=1.0, state=None, group=None):
     """Retain descent plus forget ascent, the ascent projected off the average retain gradient on conflict."""
     state = {} if state is None else state
     r = g_r.float()
     step = next_step(state, ("mean_r",), r)
-    m = update_average(state, "mean_r", r, step, BETA, finite=torch.isfinite(r).all())
+    finite = torch.isfinite(r).all()
+    if group is not None:  # finite on every shard
+        bad = (~finite).float()
+        dist.all_reduce(bad, group=group)
+        finite = bad == 0
+    m = update_average(state, "mean_r", r, step, BETA, finite=finite)
     u = -g_f.float()
-    dot = (u * m).sum()
-    norm_m = (m * m).sum()
+    sums = torch.stack([(u * m).sum(), (m * m).sum()])
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    dot, norm_m = sums[0], sums[1]
     # No host sync: the coefficient is 0 unless the ascent conflicts with m and m is not zero.
     coef = torch.where((dot < 0) & (norm_m > 0), dot / norm_m.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
     u = u - coef * m

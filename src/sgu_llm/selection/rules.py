@@ -36,11 +36,17 @@ class SelectiveFunction:
     # Extra keyword arguments the rule receives (see `register_selective_function`).
     extras: tuple[str, ...] = ()
     # A coordinate's update depends on other coordinates of its tensor (dot products, rows, own
-    # quantiles): such a rule cannot run on FSDP2 shards, which hold part of each tensor.
+    # quantiles): such a rule cannot run on shards (FSDP2, ZeRO-3), which hold part of each tensor,
+    # unless it takes the "group" extra and reduces its per-tensor sums over the shards itself.
     per_tensor: bool = False
 
+    @property
+    def runs_sharded(self) -> bool:
+        """Whether the rule gives the unsharded update when each rank applies it to its shard."""
+        return not self.per_tensor or "group" in self.extras
 
-RULE_EXTRAS = ("state", "q", "seed", "name")
+
+RULE_EXTRAS = ("state", "q", "seed", "name", "group")
 
 
 _REGISTRY: dict[str, SelectiveFunction] = {}
@@ -59,10 +65,12 @@ def register_selective_function(
             `"state"` a dict kept per parameter tensor across steps (running averages; the
             trainer owns it), `"q"` the quantile levels `q_d` and `q_m` (for rules that take
             their own quantiles, e.g. over groups), `"seed"` an int that differs per tensor and
-            step and is equal on every rank, `"name"` the parameter's name.
+            step and is equal on every rank, `"name"` the parameter's name, `"group"` the process
+            group the tensor is sharded over (None when the rule sees the whole tensor).
         per_tensor: the update of a coordinate depends on other coordinates of the same tensor
             (dot products, rows, quantiles the rule takes itself). Such a rule is refused on
-            FSDP2-sharded gradients instead of silently running per shard.
+            sharded gradients (FSDP2, ZeRO-3) instead of silently running per shard, unless it takes
+            `"group"` and all-reduces its per-tensor quantities over it.
 
     The registered `fn` is what runs: the selection layer uses its fused kernels only for the
     built-in functions it knows they implement (`FUSED_IMPLEMENTATIONS`), never for a user's rule.

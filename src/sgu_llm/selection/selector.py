@@ -159,7 +159,7 @@ def select_gradients(
             row = sgu_select_(out, g_f, taus[i, 0].to(out.device), taus[i, 1].to(out.device),
                               settings.maintain_scale, settings.reverse_scale, compile=settings.compile)
         else:
-            extra = _rule_extras(rule, settings, i, seed, states, names)
+            extra = _rule_extras(rule, settings, i, seed, states, names, group)
             out, row = _apply_rule(rule, settings, g_r, g_f, tau_d[i], tau_m[i], extra, inplace)
         rows.append(row)
         updates.append(out)
@@ -176,11 +176,11 @@ def _check_sharding(rule: SelectiveFunction, group: Any, group_f: Any) -> None:
     """g_r and g_f sharded alike, and a per-tensor rule never on shards."""
     if (group is None) != (group_f is None):
         raise ValueError("g_r and g_f must both be sharded DTensors or both plain tensors")
-    if rule.per_tensor and group is not None:
+    if not rule.runs_sharded and group is not None:
         raise ValueError(
             f"selective function {rule.name!r} is per-tensor (a coordinate's update depends on the rest of its "
             "tensor) and the gradients are sharded (FSDP2, ZeRO-3): it would run on each shard alone. Use a per-coordinate "
-            "rule (sgu, sgu_reverse, sign_conflict, sago, ...) under FSDP2 or ZeRO-3, or DDP / DeepSpeed ZeRO-1/2."
+            "rule (sgu, sgu_reverse, gru, sign_conflict, sago, ...) under FSDP2 or ZeRO-3, or DDP / DeepSpeed ZeRO-1/2."
         )
 
 
@@ -216,7 +216,8 @@ def _thresholds(
 
 
 def _rule_extras(
-    rule: SelectiveFunction, settings: SelectionSettings, i: int, seed: int, states: list | None, names: list | None
+    rule: SelectiveFunction, settings: SelectionSettings, i: int, seed: int, states: list | None, names: list | None,
+    group: Any = None,
 ) -> dict:
     """The keyword arguments a rule asked for with `extras`, for tensor i."""
     extra: dict = {}
@@ -228,6 +229,8 @@ def _rule_extras(
         extra["seed"] = seed * 1009 + i
     if "name" in rule.extras:
         extra["name"] = names[i] if names is not None else str(i)
+    if "group" in rule.extras:
+        extra["group"] = group
     return extra
 
 

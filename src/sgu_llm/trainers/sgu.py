@@ -257,11 +257,11 @@ class SGUTrainer(UnlearnTrainer):
         self.selection_observers: list = []
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         sharded = zero3 or bool(getattr(self.accelerator, "is_fsdp2", False))
-        if sharded and get_selective_function(self.args.selective_function).per_tensor:
+        if sharded and not get_selective_function(self.args.selective_function).runs_sharded:
             raise ValueError(
                 f"selective function {self.args.selective_function!r} is per-tensor (a coordinate's update depends "
                 "on the rest of its tensor), and under ZeRO-3 and FSDP2 each rank holds only a shard of every "
-                "gradient. Use a per-coordinate rule (sgu, sgu_reverse, sign_conflict, sago, ...) or DDP / ZeRO-1/2."
+                "gradient. Use a rule that runs on shards (sgu, sgu_reverse, gru, sign_conflict, sago, ...) or DDP / ZeRO-1/2."
             )
         if self.args.lean_selection and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
             raise ValueError(
