@@ -24,7 +24,7 @@ def deepspeed_reference_config(ds_config: dict, micro_batch: int, bf16: bool, fp
     precision, no optimizer.
 
     Example:
-        >>> deepspeed_reference_config({"zero_optimization": {"stage": 2}}, 4, True, False, 64)
+        >>> deepspeed_reference_config({"zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}}, 4, True, False, 64)
         {'train_micro_batch_size_per_gpu': 4, 'zero_optimization': {'stage': 0}, 'bf16': {'enabled': True}}
     """
     stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
