@@ -224,7 +224,7 @@ def compare_unsharded(trainer, select_window, record):
                                                 states=states)
             unsharded = stats.counts.sum(0).tolist()
         live, updates = select_window(retain, forget, zero_dtype, shards)
-        if sharded:  # the sharded step's counts (summed over ranks, as the observers saw them) and update
+        if sharded and live:  # the sharded step's counts (summed over ranks, as the observers saw) and update
             got = full(updates, shards)
             diff = max(float((g - r.float()).abs().max()) for g, r in zip(got, reference))
             record.append({"unsharded": unsharded, "sharded": trainer._last_counts, "update_max_diff": diff})
