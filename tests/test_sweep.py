@@ -353,3 +353,50 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch):
         make_backend("ray")
     with pytest.raises(ValueError, match="--ray_address is for --backend ray"):
         make_backend("local", address="head:6379")
+
+
+def assert_close(got, want, where="rows"):
+    """Nested JSON values equal, floats to a relative 1e-9."""
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, where
+
+
+def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path):
+    # docs/results.json's TOFU-size rows are what the stored sweep records (results/sweep-tofu-size) aggregate to:
+    # rebuilt here from the records alone (no training), they equal the published ones, and they carry what the
+    # error-bar protocol promises for every method: crossfit rows over seeds 0-4 with D per seed, its CI, the noise
+    # band, the seeds in it, the relearning attack, and a paired gate verdict for every objective and rule.
+    from sgu_llm.experiments.sweep.records import collect_attacks
+
+    cfg = load_sweep(os.path.join(ROOT, "recipes", "sweeps", "tofu-size.yaml"))
+    cfg.output_dir = os.path.join(ROOT, cfg.output_dir)
+    cfg.results_dir, cfg.results_json = str(tmp_path), None
+    rebuilt = write_results(cfg, collect_records(cfg), "sgu-llm sweep recipes/sweeps/tofu-size.yaml", collect_attacks(cfg))
+    published = [r for r in json.load(open(os.path.join(ROOT, "docs", "results.json"))) if r.get("benchmark") == "tofu-size"]
+    assert_close(json.loads(json.dumps(rebuilt)), published)  # to 1e-9: another machine's summation order
+    cross = {r["method"]: r for r in published if r["selection"] == "crossfit"}
+    assert set(cross) == set(cfg.methods) and len(cross) == 14
+    for r in cross.values():
+        assert r["split"] == "forget10" and r["seeds"] == [0, 1, 2, 3, 4]
+        d = r["forget_ks_d"]
+        assert len(d) == len(r["forget_ks_d_ci"]) == len(r["noise_band"]) == 5
+        assert r["forget_ks_d_mean"] == pytest.approx(sum(d) / 5)
+        assert all(lo <= x <= hi for x, (lo, hi) in zip(d, r["forget_ks_d_ci"]))
+        assert r["seeds_in_band"] == sum(x <= band[1] for x, band in zip(d, r["noise_band"]))
+        assert r["attacks"]["seeds"] == r["seeds"] and "forget_prob" in r["attacks"]["relearn"]
+        assert r["model_utility_mean"] > 0 and r["forget_tr_mean_mean"] > 0
+    verdicts = {(g["gate"]["alone"], g["gate"]["gated"]): g["gate"]["verdict"] for g in published if g["selection"] == "gate"}
+    for objective in ("graddiff", "npo", "altpo", "calibrated"):
+        for rule in ("gru", "sgu_reverse"):
+            assert verdicts[(objective, f"{rule}_{objective}")] in ("helps", "hurts", "undecided")
+    assert verdicts[("graddiff", "sgu")] in ("helps", "hurts", "undecided")

@@ -493,7 +493,8 @@ def results_markdown(
     crossfit: list[dict] | None = None, gate: list[dict] | None = None,
 ) -> str:
     lines = [
-        f"# Results: methods side by side on the embedded benchmark, `{cfg.model_name}`",
+        f"# Results: methods side by side on the {'`' + cfg.benchmark + '` benchmark' if getattr(cfg, 'benchmark', None) else 'embedded benchmark'}, "
+        f"`{cfg.model_name}`",
         "",
         f"Reproduce (fresh cache): `{command}`. Model `{cfg.model_name}`; learning rates "
         f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method; spread over model seeds "
