@@ -15,11 +15,13 @@ from sgu_llm.core.losses import (
     per_example_nll,
     preference_loss,
     quantile_matching_loss,
+    row_bands,
+    row_gate_weights,
     undial_loss,
 )
 from sgu_llm.data.alternatives import AlternativeSettings, generate_alternatives, key_terms
 from sgu_llm.data.idk import assign_idk, idk_answers
-from sgu_llm.data.pairing import training_view
+from sgu_llm.data.pairing import prepare_qa_dataset, training_view
 from sgu_llm.data.prompts import tokenize_qa
 from sgu_llm.objectives import list_objectives
 from sgu_llm.selection import Action, register_selective_function
@@ -214,3 +216,104 @@ def test_calibrated_needs_holdout_rows(model, tokenizer, small_sets, make_config
     config_cls, trainer_cls = get_method("calibrated")
     with pytest.raises(ValueError, match="holdout_dataset"):
         trainer_cls(model, make_config(config_cls), forget, retain, processing_class=tokenizer)
+
+
+# ---- the row gate: keep / prune / reverse per forget row against a fixed band -------------------------------
+
+
+def test_row_bands_follow_the_rows_rank_within_the_reference():
+    start = torch.tensor([3.0, 1.0, 2.0, 0.5])
+    reference = torch.arange(101, dtype=torch.float32)  # quantile level q sits at 100 q
+    low, high = row_bands(start, reference, width=0.2)
+    # ranks 3, 1, 2, 0 -> levels 0.875, 0.375, 0.625, 0.125, each -/+ 0.1
+    assert torch.allclose(low, torch.tensor([77.5, 27.5, 52.5, 2.5]))
+    assert torch.allclose(high, torch.tensor([97.5, 47.5, 72.5, 22.5]))
+    low, high = row_bands(start, reference, width=1.0)  # the whole width clamps to the reference's range
+    assert low.min() >= 0 and high.max() <= 100
+
+
+def test_row_gate_weights_keep_prune_reverse():
+    w = row_gate_weights(torch.tensor([0.5, 1.0, 2.0, 3.0, 3.5]), torch.full((5,), 1.0), torch.full((5,), 3.0))
+    assert w.tolist() == [1.0, 0.0, 0.0, 0.0, -1.0]  # the band's ends are inside it
+
+
+def _row_gate_trainer(model, tokenizer, splits, make_config, **overrides):
+    config_cls, trainer_cls = get_method("sgu")
+    cfg = make_config(config_cls, forget_loss="nll", row_gate=True, **overrides)
+    return trainer_cls(model, cfg, splits["forget10"], splits["retain90"], processing_class=tokenizer,
+                       holdout_dataset=splits["holdout10"])
+
+
+def test_row_gate_bands_come_from_the_target_and_the_holdout_rows(model, tokenizer, splits, make_config):
+    from sgu_llm.trainers.row_gate import mean_answer_nll
+
+    trainer = _row_gate_trainer(model, tokenizer, splits, make_config)
+    forget = trainer.train_dataset.forget
+    low, high = torch.tensor(forget["row_gate_low"]), torch.tensor(forget["row_gate_high"])
+    start = mean_answer_nll(trainer.task, model, forget, tokenizer.pad_token_id)
+    held = prepare_qa_dataset(training_view(splits["holdout10"]), tokenizer, "holdout")
+    reference = mean_answer_nll(trainer.task, model, held, tokenizer.pad_token_id)
+    assert (low <= high).all() and low.min() >= reference.min() - 1e-6 and high.max() <= reference.max() + 1e-6
+    order = torch.argsort(start)  # the row the target knew best is aimed lowest
+    assert (low[order].diff() >= 0).all() and (high[order].diff() >= 0).all()
+    # a memorised forget set sits far below rows the target never saw: every row starts below its band
+    assert (start < low).all()
+
+
+def test_row_gate_keeps_prunes_and_reverses_each_rows_gradient(model, tokenizer, splits, make_config):
+    """The gated forget loss's gradient is row 0's (kept) minus row 2's (reversed); row 1 (inside) adds nothing."""
+    trainer = _row_gate_trainer(model, tokenizer, splits, make_config)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])["forget"]
+    with torch.no_grad():
+        nll, n = trainer.task.example_losses(model, batch)
+    score = nll / n
+    batch["row_gate_low"] = score + torch.tensor([1.0, -1.0, -2.0])
+    batch["row_gate_high"] = score + torch.tensor([2.0, 1.0, -1.0])
+    sizes = {"forget": torch.tensor([float(n.sum()), 3.0])}
+
+    def grad(loss_of):
+        model.zero_grad()
+        loss_of().backward()
+        return torch.cat([p.grad.flatten().clone() for p in model.parameters()])
+
+    def row(i):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        return grad(lambda: _ungated(trainer, model, one, sizes))
+
+    gated = grad(lambda: trainer.objective_loss(model, batch, sizes))
+    assert torch.allclose(gated, row(0) - row(2), atol=1e-6, rtol=1e-4)
+    assert gated.abs().sum() > 0
+
+
+def _ungated(trainer, model, batch, sizes):
+    """The objective's loss without the gate, normalised as `objective_loss` normalises it."""
+    return trainer.objective.forget_loss(trainer.objective_ctx, model, batch).sum() / sizes["forget"][0]
+
+
+def test_row_gate_needs_holdout_rows(model, tokenizer, splits, make_config):
+    config_cls, trainer_cls = get_method("sgu")
+    with pytest.raises(ValueError, match="holdout_dataset"):
+        trainer_cls(model, make_config(config_cls, row_gate=True), splits["forget10"], splits["retain90"],
+                    processing_class=tokenizer)
+    with pytest.raises(ValueError, match="row_gate_width"):
+        make_config(config_cls, row_gate=True, row_gate_width=0.0)
+
+
+@pytest.mark.outcome
+def test_row_gate_stops_gradient_ascent_at_the_band(model, tokenizer, splits, make_config, nll, margin):
+    """Gradient ascent (-g_f everywhere) runs the forget NLL far past rows the target never saw; under the row gate
+    the rows stop in their bands: far less overshoot past the band's top."""
+    from sgu_llm.trainers.row_gate import mean_answer_nll
+
+    overshoot = {}
+    for gate in (False, True):
+        m = copy.deepcopy(model)
+        trainer = _row_gate_trainer(m, tokenizer, splits, make_config, selective_function="test_all_reverse",
+                                    learning_rate=3e-3, num_train_epochs=4)
+        forget = trainer.train_dataset.forget
+        trainer.args.row_gate = gate
+        trainer.train()
+        score = mean_answer_nll(trainer.task, m, forget, tokenizer.pad_token_id)
+        overshoot[gate] = float((score - torch.tensor(forget["row_gate_high"])).clamp_min(0).mean())
+    margin("overshoot past the band without the gate (nats)", overshoot[False], ">", 1.0)
+    margin("overshoot with the gate / without", overshoot[True] / overshoot[False], "<", 0.25)

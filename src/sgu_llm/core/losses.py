@@ -182,3 +182,41 @@ def quantile_matching_loss(margins: torch.Tensor, reference_sorted: torch.Tensor
     weight = position - low.to(margins.dtype)
     target = ref[low] * (1 - weight) + ref[high] * weight
     return (margins - target).pow(2)
+
+
+def row_bands(start: torch.Tensor, reference: torch.Tensor, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's band of a reference distribution, assigned by rank: the row at rank r of `start` (n rows)
+    gets the reference quantiles at levels (r + 0.5) / n -/+ width / 2 (clamped to [0, 1]).
+
+    The row gate's aims (`row_gate`): `start` is the forget rows' answer NLL under the target before
+    unlearning, `reference` the holdout rows' under the same frozen target - rows of the same kind it never
+    trained on. If every row ends inside its band, the forget rows' distribution is the reference's (a
+    monotone transport: the row the target knew best is aimed at the best-known unseen row).
+
+    Example:
+        >>> import torch
+        >>> lo, hi = row_bands(torch.tensor([0.2, 0.1]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), 0.5)
+        >>> lo.tolist(), hi.tolist()  # levels 0.75 and 0.25, -/+ 0.25
+        ([3.0, 1.0], [5.0, 3.0])
+    """
+    n = start.numel()
+    ranks = torch.empty(n, dtype=torch.long)
+    ranks[torch.argsort(start.detach().cpu())] = torch.arange(n)
+    level = (ranks.double() + 0.5) / n
+    ref = reference.detach().cpu().double()
+    lo = torch.quantile(ref, (level - width / 2).clamp(0, 1))
+    hi = torch.quantile(ref, (level + width / 2).clamp(0, 1))
+    return lo.to(start.dtype), hi.to(start.dtype)
+
+
+def row_gate_weights(score: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """SGU's three actions over forget rows: +1 (keep: the row's answer NLL is still below its band, the model
+    still knows it), 0 (prune: inside the band) and -1 (reverse: past the band, overshot), per row.
+
+    Example:
+        >>> import torch
+        >>> row_gate_weights(torch.tensor([0.5, 2.0, 9.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([3.0, 3.0, 3.0]))
+        tensor([ 1.,  0., -1.])
+    """
+    score = score.detach()
+    return (score < low).to(score.dtype) - (score > high).to(score.dtype)

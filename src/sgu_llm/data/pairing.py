@@ -12,6 +12,7 @@ from sgu_llm.data.prompts import DEFAULT_SYSTEM_PROMPT, tokenize_qa
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 QA_COLUMNS = ("question", "answer")
 TOKENIZED_COLUMNS = ("input_ids", "labels")
+ROW_FLOATS = ("row_gate_low", "row_gate_high")  # one number per forget row (the row gate's band)
 
 
 def prepare_qa_dataset(
@@ -157,7 +158,7 @@ def pad_batch(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, 
 
 def collate_rows(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """`pad_batch` of the rows, plus what objectives add to forget rows: `generic_labels` (padded like
-    `labels`) and each answer set `<name>_input_ids` / `_labels` (lists of sequences per row), flattened into
+    `labels`), the row gate's bands (`ROW_FLOATS`, one float per row) and each answer set `<name>_input_ids` / `_labels` (lists of sequences per row), flattened into
     one padded batch `<name>_input_ids` / `_attention_mask` / `_labels` with `<name>_row`, the row each
     sequence answers. A batch whose rows hold no sequence of a set gets no `<name>_*` keys.
 
@@ -175,6 +176,9 @@ def collate_rows(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, tor
         batch["generic_labels"] = torch.tensor(
             [list(r["generic_labels"]) + [IGNORE_INDEX] * (width - len(r["generic_labels"])) for r in rows]
         )
+    for key in ROW_FLOATS:
+        if key in first:
+            batch[key] = torch.tensor([float(r[key]) for r in rows])
     for key in first:
         if not key.endswith("_input_ids") or key == "input_ids":
             continue

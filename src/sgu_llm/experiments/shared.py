@@ -28,9 +28,10 @@ def trains_here(model_args: Any, bench: Any) -> bool:
 
 
 def needs_holdout(config: Any) -> bool:
-    """Whether the method reads holdout rows (the stopping rule, the calibrated objective)."""
+    """Whether the method reads holdout rows (the stopping rule, the calibrated objective, the row gate)."""
     forget_loss = getattr(config, "forget_loss", None)
-    return bool(config.stop_on_holdout or (forget_loss and get_objective(forget_loss).needs_holdout))
+    objective_reads = bool(forget_loss and get_objective(forget_loss).needs_holdout)
+    return bool(config.stop_on_holdout or objective_reads or getattr(config, "row_gate", False))
 
 
 def unlearning_data(script: Any, model_args: Any, bench: Any, config: Any) -> dict[str, Any]:

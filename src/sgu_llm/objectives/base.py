@@ -105,6 +105,18 @@ class ObjectiveArguments:
     whp_reinforce_learning_rate: float = field(
         default=1e-3, metadata={"help": "WHP: AdamW learning rate of the reinforced model."}
     )
+    row_gate: bool = field(
+        default=False,
+        metadata={
+            "help": "SGU's three actions over forget rows (any objective, any selective function): a row's loss is "
+            "kept (+1) while its answer NLL is below its band, pruned (0) inside it, reversed (-1) past it. The "
+            "bands: holdout rows' answer NLL under the frozen target, assigned by rank. Needs holdout rows."
+        },
+    )
+    row_gate_width: float = field(
+        default=0.2,
+        metadata={"help": "Row gate: each row's band spans this much of the holdout distribution (quantile levels)."},
+    )
 
     def check_objective(self) -> None:
         """ValueErrors for settings no objective can use (the configs' __post_init__ calls it, and checks
@@ -130,6 +142,8 @@ class ObjectiveArguments:
             raise ValueError("rmu_coeff must be positive and rmu_layer >= 0")
         if self.whp_alpha < 0 or self.whp_reinforce_epochs < 1 or self.whp_reinforce_learning_rate <= 0:
             raise ValueError("whp_alpha must be >= 0, whp_reinforce_epochs >= 1, whp_reinforce_learning_rate > 0")
+        if not 0 < self.row_gate_width <= 1:
+            raise ValueError(f"row_gate_width is a span of quantile levels: pass 0 < row_gate_width <= 1, got {self.row_gate_width}")
         if self.idk_file is not None and not _readable(self.idk_file):
             raise ValueError(f"idk_file {self.idk_file!r} is not a readable file of answers, one per line")
 

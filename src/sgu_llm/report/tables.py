@@ -147,8 +147,10 @@ def gate_markdown(cfg: Any, rows: list[dict]) -> list[str]:
     for name, fields_ in cfg.methods.items():
         x = objective_of(fields_)
         if x and name in reported:
-            rule = fields_.get("selective_function", "sgu")
-            gate = "alone" if fields_["method"] != "sgu" else rule if name == rule else f"{rule} (`{name}`)"
+            rule = ("row_gate" if fields_["method"] != "sgu" else fields_.get("selective_function", "sgu")
+                    + ("+row_gate" if fields_.get("row_gate") else ""))
+            alone = fields_["method"] != "sgu" and not fields_.get("row_gate")
+            gate = "alone" if alone else rule if name == rule else f"{rule} (`{name}`)"
             by_objective.setdefault(x, []).append((gate, reported[name]))
     pairs = {x: v for x, v in by_objective.items() if any(g == "alone" for g, _ in v) and len(v) > 1}
     if not pairs:

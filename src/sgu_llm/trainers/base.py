@@ -31,6 +31,7 @@ from sgu_llm.trainers.config import UnlearnConfig, launched_world_size
 from sgu_llm.trainers.metrics import MetricBuffer
 from sgu_llm.trainers.outputs import check_output_dir, tokens_masked
 from sgu_llm.trainers.reference import deepspeed_reference, fsdp2_reference
+from sgu_llm.trainers.row_gate import add_row_bands, gate_rows
 from sgu_llm.trainers.stopping import HoldoutStoppingCallback
 from sgu_llm.trainers.tasks import get_task
 
@@ -172,6 +173,8 @@ class UnlearnTrainer(Trainer):
         forget, retain, collator = self.task.prepare(model, args, forget, retain, tokenizer, answer_sets=answer_sets)
         if objective is not None:
             forget = objective.prepare_tokenized(self.objective_ctx, model, forget)
+        if getattr(args, "row_gate", False):  # the bands come from the target: before any training
+            forget = add_row_bands(self.task, model, args, forget, holdout, tokenizer)
         return forget, retain, collator
 
     def _check_launch(self) -> None:
@@ -282,8 +285,11 @@ class UnlearnTrainer(Trainer):
             return unwrapped(**kw)
 
     def objective_loss(self, model: Any, batch: dict[str, torch.Tensor], sizes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The forget objective's per-row losses summed and divided by the window's answer tokens or rows."""
+        """The forget objective's per-row losses (times the row gate's +1 / 0 / -1 with `row_gate`) summed and
+        divided by the window's answer tokens or rows."""
         per_row = self.objective.forget_loss(self.objective_ctx, model, batch)
+        if self.args.row_gate:
+            per_row = per_row * gate_rows(self.task, model, batch, self._metrics.add).to(per_row.dtype)
         if self.objective.units == "tokens":
             return per_row.sum() / sizes["forget"][0].clamp_min(1)
         return per_row.sum() / sizes["forget"][1]

@@ -212,15 +212,35 @@ def frontier(runs: list[dict], base: dict[int, dict], floor: float) -> dict[int,
 
 
 def gate_pairs(methods: dict[str, dict]) -> list[tuple[str, str, str, str]]:
-    """(objective, rule, alone, gated): every SGU method (not a control rule) whose objective also runs alone in
-    `methods` (name -> fields; `objective_of`: GradDiff is the NLL alone, NPO the NPO loss)."""
-    alone = {objective_of(f): name for name, f in methods.items() if f.get("method") != "sgu" and objective_of(f)}
+    """(objective, rule, alone, gated): every gated method whose objective also runs alone in `methods` (name ->
+    fields; `objective_of`: GradDiff is the NLL alone, NPO the NPO loss). Gated: an SGU method (not a control
+    rule; `gate_rule`) or an objective under the row gate (`row_gate: true`; rule `row_gate`).
+
+    Example:
+        >>> gate_pairs({"altpo": {"method": "altpo"}, "rg": {"method": "altpo", "row_gate": True},
+        ...             "g": {"method": "sgu", "selective_function": "gru", "forget_loss": "altpo", "row_gate": True}})
+        [('altpo', 'gru+row_gate', 'altpo', 'g'), ('altpo', 'row_gate', 'altpo', 'rg')]
+    """
+    alone = {objective_of(f): name for name, f in methods.items() if gate_rule(f) is None and objective_of(f)
+             and f.get("method") != "sgu"}
     out = []
     for name, f in methods.items():
-        rule = f.get("selective_function", "sgu")
-        if f.get("method") == "sgu" and rule not in ("retain_only", "random_mask") and objective_of(f) in alone:
+        rule = gate_rule(f)
+        if rule is not None and objective_of(f) in alone:
             out.append((objective_of(f), rule, alone[objective_of(f)], name))
     return sorted(out)
+
+
+def gate_rule(fields_: dict) -> str | None:
+    """The gate a method runs: SGU's selective function (None for the controls `retain_only` and `random_mask`),
+    `+row_gate` with the row gate, `row_gate` for an objective alone under it; None: no gate."""
+    row = "row_gate" if fields_.get("row_gate") else None
+    if fields_.get("method") != "sgu":
+        return row
+    rule = fields_.get("selective_function", "sgu")
+    if rule in ("retain_only", "random_mask"):
+        return None
+    return f"{rule}+{row}" if row else rule
 
 
 def paired(a: dict[int, Any], b: dict[int, Any], key: str) -> dict:
