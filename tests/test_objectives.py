@@ -239,7 +239,7 @@ def test_row_gate_weights_keep_prune_reverse():
 
 def _row_gate_trainer(model, tokenizer, splits, make_config, **overrides):
     config_cls, trainer_cls = get_method("sgu")
-    cfg = make_config(config_cls, forget_loss="nll", row_gate=True, **overrides)
+    cfg = make_config(config_cls, **{"forget_loss": "nll", "row_gate": True, **overrides})
     return trainer_cls(model, cfg, splits["forget10"], splits["retain90"], processing_class=tokenizer,
                        holdout_dataset=splits["holdout10"])
 
@@ -261,8 +261,9 @@ def test_row_gate_bands_come_from_the_target_and_the_holdout_rows(model, tokeniz
 
 
 def test_row_gate_keeps_prunes_and_reverses_each_rows_gradient(model, tokenizer, splits, make_config):
-    """The gated forget loss's gradient is row 0's (kept) minus row 2's (reversed); row 1 (inside) adds nothing."""
-    trainer = _row_gate_trainer(model, tokenizer, splits, make_config)
+    """Over the "I don't know" objective: the gated loss's gradient is row 0's objective gradient (kept) plus the
+    gradient of row 2's true-answer NLL (past its band: pulled back); row 1 (inside its band) adds nothing."""
+    trainer = _row_gate_trainer(model, tokenizer, splits, make_config, forget_loss="idknll")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])["forget"]
     with torch.no_grad():
         nll, n = trainer.task.example_losses(model, batch)
@@ -270,24 +271,21 @@ def test_row_gate_keeps_prunes_and_reverses_each_rows_gradient(model, tokenizer,
     batch["row_gate_low"] = score + torch.tensor([1.0, -1.0, -2.0])
     batch["row_gate_high"] = score + torch.tensor([2.0, 1.0, -1.0])
     sizes = {"forget": torch.tensor([float(n.sum()), 3.0])}
+    assert trainer.objective.units == "examples"
 
     def grad(loss_of):
         model.zero_grad()
         loss_of().backward()
         return torch.cat([p.grad.flatten().clone() for p in model.parameters()])
 
-    def row(i):
-        one = {k: v[i : i + 1] for k, v in batch.items()}
-        return grad(lambda: _ungated(trainer, model, one, sizes))
+    def one(i):
+        return {k: v[i : i + 1] for k, v in batch.items()}
 
+    kept = grad(lambda: trainer.objective.forget_loss(trainer.objective_ctx, model, one(0)).sum() / 3)
+    pulled = grad(lambda: (lambda l, k: (l / k).sum() / 3)(*trainer.task.example_losses(model, one(2))))
     gated = grad(lambda: trainer.objective_loss(model, batch, sizes))
-    assert torch.allclose(gated, row(0) - row(2), atol=1e-6, rtol=1e-4)
-    assert gated.abs().sum() > 0
-
-
-def _ungated(trainer, model, batch, sizes):
-    """The objective's loss without the gate, normalised as `objective_loss` normalises it."""
-    return trainer.objective.forget_loss(trainer.objective_ctx, model, batch).sum() / sizes["forget"][0]
+    assert torch.allclose(gated, kept + pulled, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(kept, -pulled, atol=1e-3)  # the pull is not minus the objective's gradient
 
 
 def test_row_gate_needs_holdout_rows(model, tokenizer, splits, make_config):

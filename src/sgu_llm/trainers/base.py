@@ -285,11 +285,11 @@ class UnlearnTrainer(Trainer):
             return unwrapped(**kw)
 
     def objective_loss(self, model: Any, batch: dict[str, torch.Tensor], sizes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The forget objective's per-row losses (times the row gate's +1 / 0 / -1 with `row_gate`) summed and
-        divided by the window's answer tokens or rows."""
+        """The forget objective's per-row losses (kept, pruned or pulled back by the row gate with `row_gate`)
+        summed and divided by the window's answer tokens or rows."""
         per_row = self.objective.forget_loss(self.objective_ctx, model, batch)
         if self.args.row_gate:
-            per_row = per_row * gate_rows(self.task, model, batch, self._metrics.add).to(per_row.dtype)
+            per_row = gate_rows(self.task, model, batch, per_row, self.objective.units, self._metrics.add)
         if self.objective.units == "tokens":
             return per_row.sum() / sizes["forget"][0].clamp_min(1)
         return per_row.sum() / sizes["forget"][1]

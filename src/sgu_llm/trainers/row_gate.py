@@ -3,8 +3,10 @@
 Before unlearning, the frozen target scores the forget rows and the holdout rows (same kind, never trained on)
 by mean answer NLL; each forget row gets a band of the holdout distribution by its rank (`row_bands`), stored
 as the columns `row_gate_low` / `row_gate_high`. At each step the current model's mean answer NLL of the batch's
-rows (no gradient) gives +1 / 0 / -1 per row (`row_gate_weights`), which multiply the objective's per-row
-losses: the aim is fixed at the start, unlike the calibrated objective's, which moves with the model.
+rows (no gradient) gives +1 / 0 / -1 per row (`row_gate_weights`): a kept row contributes the objective's loss,
+a pruned one nothing, a reversed one (past its band) its answer NLL, whose descent pulls it back. (Not minus the
+objective's loss: for an unbounded objective such as AltPO's that runs away, and the model with it.) The aim is
+fixed at the start, unlike the calibrated objective's, which moves with the model.
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ def add_row_bands(task: Any, model: Any, args: Any, forget: Any, holdout: Any, t
     return forget.add_column("row_gate_low", low.tolist()).add_column("row_gate_high", high.tolist())
 
 
-def gate_rows(task: Any, model: Any, batch: dict[str, torch.Tensor], log: Any) -> torch.Tensor:
-    """+1 / 0 / -1 per row of a forget batch (its current mean answer NLL against its band); logs the fractions
-    kept, pruned and reversed (`rowgate/keep|prune|reverse`)."""
+def gate_rows(task: Any, model: Any, batch: dict[str, torch.Tensor], per_row: torch.Tensor, units: str,
+              log: Any) -> torch.Tensor:
+    """The objective's per-row losses of a forget batch under the row gate: kept where the row's current mean
+    answer NLL is below its band, 0 inside it, and where it is past the band the row's answer NLL (in the
+    objective's units: summed for "tokens", the row mean for "examples"), whose descent pulls the row back.
+    Logs the fractions kept, pruned and reversed (`rowgate/keep|prune|reverse`)."""
     with torch.no_grad():
         nll, n = task.example_losses(model, batch)
         score = (nll / n.clamp_min(1)).float()
@@ -69,4 +74,11 @@ def gate_rows(task: Any, model: Any, batch: dict[str, torch.Tensor], log: Any) -
     log("rowgate/keep", (weights > 0).sum().float(), rows)
     log("rowgate/prune", (weights == 0).sum().float(), rows)
     log("rowgate/reverse", (weights < 0).sum().float(), rows)
-    return weights
+    gated = per_row * (weights > 0).to(per_row.dtype)
+    back = (weights < 0).nonzero().flatten()
+    if len(back) == 0:
+        return gated
+    sub = {k: v[back] for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+    nll_back, n_back = task.example_losses(model, sub)
+    pull = nll_back if units == "tokens" else nll_back / n_back.clamp_min(1)
+    return gated.index_add(0, back.to(gated.device), pull.to(gated.dtype))
