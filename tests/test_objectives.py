@@ -282,7 +282,11 @@ def test_row_gate_keeps_prunes_and_reverses_each_rows_gradient(model, tokenizer,
         return {k: v[i : i + 1] for k, v in batch.items()}
 
     kept = grad(lambda: trainer.objective.forget_loss(trainer.objective_ctx, model, one(0)).sum() / 3)
-    pulled = grad(lambda: (lambda l, k: (l / k).sum() / 3)(*trainer.task.example_losses(model, one(2))))
+    def row_mean_nll(i):
+        nll_i, n_i = trainer.task.example_losses(model, one(i))
+        return (nll_i / n_i).sum() / 3
+
+    pulled = grad(lambda: row_mean_nll(2))
     gated = grad(lambda: trainer.objective_loss(model, batch, sizes))
     assert torch.allclose(gated, kept + pulled, atol=1e-6, rtol=1e-4)
     assert not torch.allclose(kept, -pulled, atol=1e-3)  # the pull is not minus the objective's gradient

@@ -254,3 +254,26 @@ def test_non_finite_gradients_do_not_poison_the_history():
     mean = gru_state["mean_r"].clone()
     update, _ = gru(torch.tensor([float("nan"), 2.0]), torch.ones(2), state=gru_state)
     assert torch.equal(gru_state["mean_r"], mean) and not torch.isfinite(update).all()
+
+
+def test_retain_subspace_projects_the_ascent_off_the_recent_retain_gradients():
+    from sgu_llm.selection.subspace import SUBSPACE_SIZE, retain_subspace
+
+    g_f = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    state = {}
+    retain_subspace(torch.tensor([1.0, 0.0, 0.0, 0.0]), g_f, state=state)
+    update, actions = retain_subspace(torch.tensor([1.0, 1.0, 0.0, 0.0]), g_f, state=state, maintain_scale=0.5)
+    # u = -g_f with its part in span(e1, e2) removed: (0, 0, -3, -4); plus 0.5 * g_r
+    assert torch.allclose(update, torch.tensor([0.5, 0.5, -3.0, -4.0]), atol=1e-6)
+    assert actions.tolist() == [int(Action.MAINTAIN)] * 2 + [int(Action.REVERSE)] * 2
+    # unlike gru (one averaged direction), both stored directions stay protected: GRU's projection on their
+    # average leaves a component along e1 - e2
+    gru_update, _ = gru(torch.tensor([1.0, 1.0, 0.0, 0.0]), g_f, state={"step": 1, "mean_r": torch.tensor([1.0, 0, 0, 0])})
+    assert abs(float(gru_update[0] - gru_update[1])) > 0.1
+    # the buffer keeps the last SUBSPACE_SIZE gradients; a non-finite one is not stored
+    for _ in range(SUBSPACE_SIZE + 3):
+        retain_subspace(torch.tensor([0.0, 0.0, 1.0, 0.0]), g_f, state=state)
+    assert state["filled"] == SUBSPACE_SIZE and not state["retain_grads"][:, :2].any()
+    retain_subspace(torch.tensor([float("nan"), 0.0, 0.0, 0.0]), g_f, state=state)
+    assert torch.isfinite(state["retain_grads"]).all()
+    assert get_selective_function("retain_subspace").per_tensor

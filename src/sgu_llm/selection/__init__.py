@@ -1,6 +1,6 @@
 """Selection rules: pure tensor functions from (g_r, g_f) to an update and per-coordinate actions."""
 
-from sgu_llm.selection import controls, group, gru, importance, sago  # noqa: F401  (register their rules)
+from sgu_llm.selection import controls, group, gru, importance, sago, subspace  # noqa: F401  (register their rules)
 from sgu_llm.selection.actions import ACTION_NAMES, Action
 from sgu_llm.selection.rules import (
     SelectiveFunction,
