@@ -385,7 +385,7 @@ def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path):
     published = [r for r in json.load(open(os.path.join(ROOT, "docs", "results.json"))) if r.get("benchmark") == "tofu-size"]
     assert_close(json.loads(json.dumps(rebuilt)), published)  # to 1e-9: another machine's summation order
     cross = {r["method"]: r for r in published if r["selection"] == "crossfit"}
-    assert set(cross) == set(cfg.methods) and len(cross) == 17
+    assert set(cross) == set(cfg.methods) and len(cross) == 18
     for r in cross.values():
         assert r["split"] == "forget10" and r["seeds"] == [0, 1, 2, 3, 4]
         d = r["forget_ks_d"]
@@ -400,5 +400,6 @@ def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path):
         for rule in ("gru", "sgu_reverse"):
             assert verdicts[(objective, f"{rule}_{objective}")] in ("helps", "hurts", "undecided")
     assert verdicts[("graddiff", "sgu")] in ("helps", "hurts", "undecided")
-    for gated in ("rowgate_altpo", "gru_rowgate_altpo", "sgu_reverse_rowgate_altpo"):  # the row gate, alone and under SGU
+    # the row gate (alone and under SGU) and the retain subspace, each against AltPO alone
+    for gated in ("rowgate_altpo", "gru_rowgate_altpo", "sgu_reverse_rowgate_altpo", "subspace_altpo"):
         assert verdicts[("altpo", gated)] in ("helps", "hurts", "undecided")
