@@ -371,21 +371,23 @@ def assert_close(got, want, where="rows"):
         assert got == want, where
 
 
-def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path):
-    # docs/results.json's TOFU-size rows are what the stored sweep records (results/sweep-tofu-size) aggregate to:
-    # rebuilt here from the records alone (no training), they equal the published ones, and they carry what the
-    # error-bar protocol promises for every method: crossfit rows over seeds 0-4 with D per seed, its CI, the noise
-    # band, the seeds in it, the relearning attack, and a paired gate verdict for every objective and rule.
+@pytest.mark.parametrize("benchmark, n_methods", [("tofu-size", 18), ("tofu-size-frontier", 3)])
+def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path, benchmark, n_methods):
+    # docs/results.json's TOFU-size rows (the main sweep and its frontier extension) are what the stored sweep
+    # records (results/sweep-<benchmark>) aggregate to: rebuilt here from the records alone (no training), they equal
+    # the published ones, and they carry what the error-bar protocol promises for every method: crossfit rows over
+    # seeds 0-4 with D per seed, its CI, the noise band, the seeds in it, the relearning attack, and a paired gate
+    # verdict for every objective and rule.
     from sgu_llm.experiments.sweep.records import collect_attacks
 
-    cfg = load_sweep(os.path.join(ROOT, "recipes", "sweeps", "tofu-size.yaml"))
+    cfg = load_sweep(os.path.join(ROOT, "recipes", "sweeps", f"{benchmark}.yaml"))
     cfg.output_dir = os.path.join(ROOT, cfg.output_dir)
     cfg.results_dir, cfg.results_json = str(tmp_path), None
-    rebuilt = write_results(cfg, collect_records(cfg), "sgu-llm sweep recipes/sweeps/tofu-size.yaml", collect_attacks(cfg))
-    published = [r for r in json.load(open(os.path.join(ROOT, "docs", "results.json"))) if r.get("benchmark") == "tofu-size"]
+    rebuilt = write_results(cfg, collect_records(cfg), f"sgu-llm sweep recipes/sweeps/{benchmark}.yaml", collect_attacks(cfg))
+    published = [r for r in json.load(open(os.path.join(ROOT, "docs", "results.json"))) if r.get("benchmark") == benchmark]
     assert_close(json.loads(json.dumps(rebuilt)), published)  # to 1e-9: another machine's summation order
     cross = {r["method"]: r for r in published if r["selection"] == "crossfit"}
-    assert set(cross) == set(cfg.methods) and len(cross) == 18
+    assert set(cross) == set(cfg.methods) and len(cross) == n_methods
     for r in cross.values():
         assert r["split"] == "forget10" and r["seeds"] == [0, 1, 2, 3, 4]
         d = r["forget_ks_d"]
@@ -396,6 +398,9 @@ def test_stored_tofu_size_records_rebuild_the_published_rows(tmp_path):
         assert r["attacks"]["seeds"] == r["seeds"] and "forget_prob" in r["attacks"]["relearn"]
         assert r["model_utility_mean"] > 0 and r["forget_tr_mean_mean"] > 0
     verdicts = {(g["gate"]["alone"], g["gate"]["gated"]): g["gate"]["verdict"] for g in published if g["selection"] == "gate"}
+    if benchmark == "tofu-size-frontier":
+        assert set(verdicts) == {("altpo", "gru_altpo"), ("altpo", "sgu_reverse_altpo")}
+        return
     for objective in ("graddiff", "npo", "altpo", "calibrated"):
         for rule in ("gru", "sgu_reverse"):
             assert verdicts[(objective, f"{rule}_{objective}")] in ("helps", "hurts", "undecided")

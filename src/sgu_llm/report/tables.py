@@ -468,7 +468,7 @@ def gate_verdict_markdown(gate: list[dict]) -> list[str]:
         return []
     lines = table_head(
         "Does the gate help? Paired over seeds",
-        "Each SGU method against its objective alone on the same seeds: per seed the difference (gated − alone) in "
+        "Each gated method (an SGU rule, the row gate, or both) against its objective alone on the same seeds: per seed the difference (gated − alone) in "
         "D (negative: closer to the retain model) and in utility at the rows' points, and on the frontier (the "
         "lowest D over the grid and the evaluated epochs at utility >= the floor); the mean difference with a "
         "percentile bootstrap CI over seeds, the seeds where the gated method is lower / higher, and the verdict: "
