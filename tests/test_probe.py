@@ -1,10 +1,14 @@
-"""The SAE probe: hook mapping, a tiny SAE built locally, state classification, causal check, callback."""
+"""The SAE probe: hook mapping, a tiny SAE built locally, state classification, causal check, callback; where
+unlearning acts (layer patching), feature attribution and the causal test with its controls."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
+from sgu_llm.data.pairing import prepare_qa_dataset
 from sgu_llm.probe import (
     SAEProbe,
     SAEProbeCallback,
@@ -15,12 +19,21 @@ from sgu_llm.probe import (
     encode_with_pre,
     feature_stats,
     load_sae,
+    replace_activation,
     resolve_hook,
     sae_quality,
     save_sae,
     select_forget_features,
     train_sae,
 )
+from sgu_llm.probe.features import (
+    _positions,
+    _row_nll_with_grad,
+    causal_test,
+    feature_attribution,
+    random_weights_sae,
+)
+from sgu_llm.probe.patching import _inputs, activations_at, layer_patch_curve, padded_batches
 from sgu_llm.probe.sae_probe import ProbeArguments, answer_probability, feeding_pattern
 
 
@@ -202,3 +215,122 @@ def test_causal_check_falls_back_to_the_largest_forget_drops():
     feats = [feature(1, 1.0, 0.5), feature(2, 2.0, 0.2), feature(3, 1.0, 1.5), feature(4, 0.0, 0.0)]
     assert largest_forget_drops(feats, 5) == [2, 1]  # relative drops 0.9 and 0.5; rises and dead features out
     assert largest_forget_drops(feats, 1) == [2] and largest_forget_drops(feats, 0) == []
+
+
+def _rows(tokenizer, small_sets, n_retain=20):
+    forget, retain = small_sets
+    return (prepare_qa_dataset(forget, tokenizer, "f").to_list(),
+            prepare_qa_dataset(retain.select(range(n_retain)), tokenizer, "r").to_list())
+
+
+def _changed_at(model, layer, seed=0):
+    """A copy of `model` whose decoder layer `layer` (only) is perturbed."""
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.model.layers[layer].parameters():
+            p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
+    return out
+
+
+@pytest.mark.parametrize("changed", [0, 1])
+def test_patching_at_the_last_changed_layer_reproduces_the_unlearned_model(model, tokenizer, small_sets, changed):
+    rows_f, rows_r = _rows(tokenizer, small_sets)
+    unlearned = _changed_at(model, changed)
+    curve = layer_patch_curve(model, unlearned, rows_f, rows_r, tokenizer.pad_token_id)
+    assert curve["layers"] == [0, 1] and curve["steepest_layer"] == changed
+    for k in ("forget", "retain"):
+        assert curve["unlearned_nll"][k] != curve["target_nll"][k]
+        # at and above the changed layer the patched target is the unlearned model: the same NLL
+        for layer in range(changed, 2):
+            assert curve[f"{k}_nll"][layer] == pytest.approx(curve["unlearned_nll"][k], abs=1e-6)
+            assert curve[f"{k}_fraction"][layer] == pytest.approx(1.0, abs=1e-4)
+        # below it the unlearned model's activation is the target's: nothing changes
+        for layer in range(changed):
+            assert curve[f"{k}_nll"][layer] == pytest.approx(curve["target_nll"][k], abs=1e-6)
+    with pytest.raises(ValueError, match="outside the model's 0..1"):
+        layer_patch_curve(model, unlearned, rows_f, rows_r, tokenizer.pad_token_id, layers=[2])
+
+
+def _sae(d_in, w_enc, w_dec, b_enc=None, b_dec=None, dtype="float32"):
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=w_enc.shape[1], apply_b_dec_to_input=False, dtype=dtype))
+    with torch.no_grad():
+        sae.W_enc.copy_(w_enc)
+        sae.W_dec.copy_(w_dec)
+        sae.b_enc.copy_(torch.zeros(w_enc.shape[1]) if b_enc is None else b_enc)
+        sae.b_dec.copy_(torch.zeros(d_in) if b_dec is None else b_dec)
+    return sae
+
+
+def test_attribution_equals_a_finite_difference(model, tokenizer, small_sets):
+    """A_i, the feature's change times the NLL gradient, is the derivative of the mean answer NLL along that
+    change (in float64, through a hand-built SAE whose feature i reads dimension i)."""
+    hook = "blocks.0.hook_resid_post"
+    rows_f, _ = _rows(tokenizer, small_sets)
+    rows = rows_f[:6]
+    model = model.double()
+    unlearned = _changed_at(model, 0)
+    eye = torch.eye(64, dtype=torch.float64)
+    sae = _sae(64, eye, eye, dtype="float64")
+    attr = feature_attribution(model, unlearned, sae, hook, rows, tokenizer.pad_token_id, batch_size=4)
+    assert attr.shape == (64,) and attr.dtype == torch.float64
+
+    def nll_along(i, eps):  # mean row NLL with feature i moved eps x its unlearned change (positions 1..)
+        total = 0.0
+        for b in padded_batches(rows, tokenizer.pad_token_id, 4):
+            x_t, x_u = activations_at(model, hook, b), activations_at(unlearned, hook, b)
+            step = torch.zeros_like(x_t)
+            step[..., i] = (torch.relu(x_u) - torch.relu(x_t))[..., i]  # the hand SAE: f = relu(x), decode(f) = f
+            step = step * _positions(b)
+            with torch.no_grad(), replace_activation(model, hook, lambda x, s=step: x + eps * s):
+                total += _row_nll_with_grad(model, _inputs(model, b), b["labels"]).sum().item()
+        return total / len(rows)
+
+    # Llama's RMSNorm computes in float32 even in a float64 model, so the NLL carries ~1e-8 of rounding: a step
+    # of 0.05 of the change keeps it below 1e-6 of the derivative and the truncation (eps^2) below 1e-3.
+    top = torch.argsort(attr.abs(), descending=True)[:3].tolist()
+    for i in top:
+        eps = 0.05
+        fd = (nll_along(i, eps) - nll_along(i, -eps)) / (2 * eps)
+        assert fd == pytest.approx(attr[i].item(), rel=5e-3)
+        assert all(fd != pytest.approx(attr[j].item(), rel=5e-3) for j in top if j != i)  # the tolerance tells them apart
+    assert attr.abs().max() > 0
+
+
+def test_causal_test_patches_features_and_has_a_random_weights_control(model, tokenizer, small_sets):
+    hook = "blocks.1.hook_resid_pre"  # the output of layer 0, the layer that changed
+    rows_f, rows_r = _rows(tokenizer, small_sets, n_retain=40)
+    unlearned = _changed_at(model, 0)
+    select = {"forget": rows_f[::2], "retain": rows_r[::2]}
+    test = {"forget": rows_f[1::2], "retain": rows_r[1::2]}
+    # A lossless SAE (features relu(x) and relu(-x), decoded as their difference): patching all of its features
+    # is the whole-layer patch, with or without the error term (zero here).
+    eye = torch.eye(64)
+    lossless = _sae(64, torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0))
+    full = causal_test(model, unlearned, lossless, hook, select, test, tokenizer.pad_token_id, ks=(128,), scales=(-2.0,),
+                       draws=0)
+    allk = full["by_k"]["128"]
+    assert sorted(allk["features"]) == list(range(128))
+    assert allk["fraction_of_layer_patch"] == pytest.approx(1.0, abs=1e-4)
+    assert allk["forget_rise"] == pytest.approx(full["layer_patch_rise"]["forget"], abs=1e-5)
+    assert allk["error_term"]["reconstruction_forget_rise"] == pytest.approx(allk["forget_rise"], abs=1e-5)
+    assert allk["retain_side_effect"] == pytest.approx(full["layer_patch_rise"]["retain"] / full["layer_patch_rise"]["forget"], rel=1e-3)
+    # A trained SAE, its top 4 features against 9 matched random sets; its random-weights twin has its shape.
+    rows_all = rows_f + rows_r
+    acts, _ = collect_activations(model, rows_all, hook, tokenizer.pad_token_id)
+    sae = train_sae(acts, expansion=2, l1_coefficient=0.5, epochs=5, batch_size=128)
+    twin = random_weights_sae(sae, seed=1)
+    assert type(twin) is type(sae) and twin.cfg.d_sae == sae.cfg.d_sae == 128
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert getattr(twin, name).shape == getattr(sae, name).shape
+    assert not torch.allclose(twin.W_enc, sae.W_enc) and torch.equal(twin.b_enc, sae.b_enc)
+    assert torch.allclose(twin.W_dec.norm(dim=1), sae.W_dec.norm(dim=1), rtol=1e-4)
+    for s in (sae, twin):
+        out = causal_test(model, unlearned, s, hook, select, test, tokenizer.pad_token_id, ks=(4,), scales=(-2.0,),
+                          draws=9)
+        k4 = out["by_k"]["4"]
+        assert len(k4["features"]) == 4 and k4["features"] == out["ranked"][:4]
+        assert 0.1 <= k4["p_random"] <= 1.0 and 0.1 <= k4["clamp"]["-2.0"]["p_random"] <= 1.0
+        assert np.isfinite(k4["fraction_of_layer_patch"]) and k4["random_fraction_max"] >= k4["random_fraction_mean"]
+        net = np.array(out["net_attribution"])
+        assert net[k4["features"]].min() >= np.delete(net, k4["features"]).max()
