@@ -315,6 +315,11 @@ def test_causal_test_patches_features_and_has_a_random_weights_control(model, to
     assert allk["forget_rise"] == pytest.approx(full["layer_patch_rise"]["forget"], abs=1e-5)
     assert allk["error_term"]["reconstruction_forget_rise"] == pytest.approx(allk["forget_rise"], abs=1e-5)
     assert allk["retain_side_effect"] == pytest.approx(full["layer_patch_rise"]["retain"] / full["layer_patch_rise"]["forget"], rel=1e-3)
+    # Integrated gradients add up to the patch's NLL change (completeness); the target's own gradient does not.
+    ig = feature_attribution(model, unlearned, lossless, hook, test["forget"], tokenizer.pad_token_id, path_steps=32)
+    plain = feature_attribution(model, unlearned, lossless, hook, test["forget"], tokenizer.pad_token_id)
+    assert ig.sum().item() == pytest.approx(full["layer_patch_rise"]["forget"], rel=1e-3)
+    assert abs(plain.sum().item() - full["layer_patch_rise"]["forget"]) > 0.1 * abs(full["layer_patch_rise"]["forget"])
     # A trained SAE, its top 4 features against 9 matched random sets; its random-weights twin has its shape.
     rows_all = rows_f + rows_r
     acts, _ = collect_activations(model, rows_all, hook, tokenizer.pad_token_id)

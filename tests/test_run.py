@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -198,6 +199,26 @@ def test_run_with_a_local_target_and_retain_model(run_dir, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["noise_floor"] is None and m["noise_floor_forget_quality"] is None
     assert m["target"]["forget_quality"] < 1e-4
+
+
+@pytest.mark.slow
+def test_probe_evidence_in_a_run(run_dir, tmp_path):
+    """`evidence: true`: the patching curve over both layers, the SAE at the layer it chose, the causal table with
+    both controls against a retain-only null, the cards and the sentence, in probe.json and the report."""
+    _, env, _ = run_dir
+    out = tmp_path / "evidence"
+    in_process(env, "run", RECIPE, *SMALL, "--output_dir", str(out), "--num_train_epochs", "2", "--attacks", "false",
+               "--evidence", "true", "--evidence_draws", "4", "--evidence_ks", "3", "10", "--evidence_scales", "-2")
+    e = json.loads((out / "probe.json").read_text())["evidence"]
+    assert e["curve"]["layers"] == [0, 1] and e["layer"] in (0, 1) and e["hook_name"] == f"blocks.{e['layer']}.hook_resid_post"
+    assert e["null"] is True and e["trained_sae"]["null_net_attribution"] is not None
+    assert [r["k"] for r in e["rows"]] == [3, 10]
+    for r in e["rows"]:
+        assert 0.2 <= r["p_random"] <= 1 and np.isfinite(r["random_sae_fraction"]) and set(r["clamp"]) == {"-2.0"}
+    assert len(e["cards"]) == 10 and all(c["state"] in ("maintained", "pruned", "reversed", "collateral") for c in e["cards"])
+    assert e["verdict"].startswith("The ")
+    report = (out / "report.md").read_text()
+    assert "Where unlearning acts, and which features carry it" in report and e["verdict"] in report
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from sgu_llm.evaluation import evaluate_model
 from sgu_llm.evaluation.attacks import attack_report
 from sgu_llm.evaluation.suite import truth_ratios
 from sgu_llm.experiments.config import EvaluationArguments, ScriptArguments, parse_args
-from sgu_llm.experiments.probing import probe_pair
+from sgu_llm.experiments.probing import merged, probe_evidence, probe_pair
 from sgu_llm.models.benchmark import BenchmarkArguments, benchmark_models, shipped_weights
 from sgu_llm.models.saved import load_saved_model
 from sgu_llm.probe.sae_probe import ProbeArguments
@@ -138,6 +138,13 @@ class ProbeCommandArguments:
     after: str = field(
         metadata={"help": "Folder of the model after unlearning (full model or LoRA adapter)."}
     )
+    null: str | None = field(
+        default=None,
+        metadata={
+            "help": "With evidence: true, a folder of the model before unlearning fine-tuned on retain rows only as "
+            "long (the null the features are ranked against); without it they are ranked against nothing."
+        },
+    )
     output_dir: str = field(default="probe-report", metadata={"help": "Where probe.json and probe.html go."})
     prompt_format: str = field(
         default="phi", metadata={"help": "phi, llama2 or chat_template: the format the models were trained in."}
@@ -152,6 +159,10 @@ def probe_main(argv: list[str]) -> int:
     after, _ = load_saved_model(args.after)
     data = load_benchmark_data(script)
     out = probe_pair(before, after, tokenizer, data, probe_args, bench, args.before, args.prompt_format)
+    if probe_args.evidence:
+        null = merged(load_saved_model(args.null)[0]) if args.null else None
+        out["evidence"] = probe_evidence(before, merged(after), tokenizer, data, probe_args, bench, args.before,
+                                         args.prompt_format, null=null)
     write_json(os.path.join(args.output_dir, "probe.json"), out, indent=None)
     md, page = build_probe_section(out)
     write_text(os.path.join(args.output_dir, "probe.md"), md)

@@ -3,6 +3,8 @@ activations and cached), the probe attached to the trainer, and the probe's repo
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from typing import Any
@@ -21,7 +23,9 @@ from sgu_llm.probe import (
     save_sae,
     train_sae,
 )
-from sgu_llm.probe.hooks import resolve_hook
+from sgu_llm.probe.features import causal_test, feature_cards, random_weights_sae
+from sgu_llm.probe.hooks import decoder_layers, resolve_hook
+from sgu_llm.probe.patching import layer_patch_curve
 
 
 def prepare_sae(
@@ -205,3 +209,144 @@ def attach_probe(
     return SAEProbeCallback(probe, probe_args.probe_every).attach(trainer), quality
 
 
+
+
+def merged(model: Any) -> Any:
+    """The model as plain weights: a merged copy of a PEFT model, else the model itself."""
+    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def evidence_layer(curve: dict[str, Any], allowed: list[int] | None) -> tuple[int, str]:
+    """The layer the evidence's SAE sits at: among the `allowed` layers (all when None), the one whose patch adds
+    most to the forget fraction over the layer below it; and the sentence that says so.
+
+    Example:
+        >>> evidence_layer({"layers": [0, 1, 2], "forget_fraction": [0.1, 0.7, 1.0]}, None)[0]
+        1
+        >>> evidence_layer({"layers": [0, 1, 2], "forget_fraction": [0.1, 0.7, 1.0]}, [0, 2])[0]
+        2
+    """
+    layers = [la for la in curve["layers"] if allowed is None or la in allowed]
+    if not layers:
+        raise ValueError(f"evidence_layers {allowed} holds none of the model's layers {curve['layers']}")
+    frac = dict(zip(curve["layers"], curve["forget_fraction"]))
+    rise = {la: frac[la] - frac.get(la - 1, 0.0) for la in layers}
+    finite = [la for la in layers if rise[la] == rise[la]]
+    if not finite:
+        return layers[-1], f"the models do not differ on forget rows; layer {layers[-1]} (the last allowed) by default"
+    best = max(finite, key=lambda la: (rise[la], -la))
+    return best, (f"layer {best}: the patching curve rises most there ({rise[best]:+.3f} of the forget NLL change "
+                  f"over the layer below) among layers {layers[0]}-{layers[-1]}")
+
+
+def summarise_evidence(trained: dict[str, Any], random_sae: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per k: what the selected features reproduce on held-out forget rows, against both controls."""
+    out = []
+    for k, entry in trained["by_k"].items():
+        rnd = random_sae["by_k"].get(k, {})
+        out.append({
+            "k": int(k),
+            "fraction_of_layer_patch": entry["fraction_of_layer_patch"],
+            "p_random": entry["p_random"],
+            "random_sets_fraction": entry["random_fraction_mean"],
+            "random_sae_fraction": rnd.get("fraction_of_layer_patch", float("nan")),
+            "random_sae_p_random": rnd.get("p_random", float("nan")),
+            "retain_side_effect": entry["retain_side_effect"],
+            "null_overlap": entry.get("null_overlap", float("nan")),
+            "reconstruction_forget_rise": entry["error_term"]["reconstruction_forget_rise"],
+            "forget_rise": entry["forget_rise"],
+            "clamp": {s: {"selectivity": c["selectivity"], "p_random": c["p_random"],
+                          "retain_side_effect": c["retain_side_effect"]} for s, c in entry["clamp"].items()},
+        })
+    return out
+
+
+def verdict(rows: list[dict[str, Any]], k: int = 20, draws: int = 99) -> str:
+    """The one sentence the evidence supports, at `k` features (the issue's bar: at least half the whole-layer
+    patch, p <= 0.01, above the random-weights SAE, a retain side effect at most a quarter)."""
+    row = next((r for r in rows if r["k"] == k), None)
+    if row is None:
+        return f"no causal test at k = {k}"
+    frac, p, rnd, side = (row["fraction_of_layer_patch"], row["p_random"], row["random_sae_fraction"],
+                          row["retain_side_effect"])
+    failed = []
+    if not frac >= 0.5:
+        failed.append(f"they reproduce {frac:.2f} of the whole-layer patch (< 0.5)")
+    if not p <= 0.01:
+        failed.append(f"p {p:.2g} against matched random sets (> 0.01{'; 99 draws are needed for 0.01' if draws < 99 else ''})")
+    if not frac > rnd:
+        failed.append(f"a random-weights SAE's top {k} reproduce as much ({rnd:.2f})")
+    if not abs(side) <= 0.25:
+        failed.append(f"the retain side effect is {side:.2f} of the forget effect (> 0.25)")
+    if not failed:
+        return (f"The {k} selected features carry the unlearning at this layer: {frac:.2f} of the whole-layer patch on "
+                f"held-out forget rows (p {p:.2g}), above a random-weights SAE's {rnd:.2f}, with a retain side effect "
+                f"of {side:.2f}.")
+    return f"The evidence does not support that {k} SAE features carry the unlearning: " + "; ".join(failed) + "."
+
+
+def probe_evidence(
+    target: Any,
+    unlearned: Any,
+    tokenizer: Any,
+    data: dict,
+    probe_args: Any,
+    bench: Any,
+    target_key: str,
+    prompt_format: str,
+    *,
+    null: Any | None = None,
+) -> dict[str, Any]:
+    """Where unlearning acts and which SAE features carry it (`probe_args.evidence`; docs/probe.md).
+
+    1. The per-layer patching curve on every forget row and 100 retain rows (`layer_patch_curve`).
+    2. The SAE (trained on the target, cached) at the layer where the forget curve rises most among
+       `evidence_layers`, features ranked by net attribution on the even rows (net of the `null` model's
+       when given).
+    3. The causal test on the odd rows: patch / clamp the top k against matched random sets, and the same
+       procedure through a random-weights SAE of the same shape.
+    """
+    fmt = {"prompt_format": prompt_format}
+    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
+    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
+    retain = retain.to_list()
+    pad = tokenizer.pad_token_id
+    allowed = probe_args.evidence_layers
+    n_layers = len(decoder_layers(target))
+    if allowed is not None and max(allowed) >= n_layers:
+        raise ValueError(f"evidence_layers {allowed} reach past the model's {n_layers} decoder layers (0..{n_layers - 1})")
+    curve = layer_patch_curve(target, unlearned, forget, retain, pad)
+    layer, why = evidence_layer(curve, allowed)
+    hook = f"blocks.{layer}.hook_resid_post"
+    args = dataclasses.replace(probe_args, sae_hook_name=hook)
+    sae, quality = prepare_sae(target, tokenizer, training_sets(data)["target"], args, bench, target_key, prompt_format)
+    select = {"forget": forget[0::2], "retain": retain[0::2]}
+    test = {"forget": forget[1::2], "retain": retain[1::2]}
+    kw = {"ks": tuple(probe_args.evidence_ks), "scales": tuple(probe_args.evidence_scales),
+          "draws": probe_args.evidence_draws}
+    trained = causal_test(target, unlearned, sae, hook, select, test, pad, null=null, **kw)
+    random_sae = causal_test(target, unlearned, random_weights_sae(sae, seed=1), hook, select, test, pad, null=null, **kw)
+    rows = summarise_evidence(trained, random_sae)
+    top = trained["ranked"][: min(10, max(probe_args.evidence_ks))]
+    cards = feature_cards(target, unlearned, sae, hook, select, tokenizer, top, null=null)
+    net = trained["net_attribution"]
+    null_net = trained["null_net_attribution"] or [0.0] * len(net)
+    effect = {f: i for i, f in enumerate(top)}
+    for card in cards:
+        f = card["feature"]
+        card.update(net_attribution=net[f], null_net_attribution=null_net[f], rank=effect[f] + 1)
+    return {
+        "curve": curve,
+        "layer": layer,
+        "layer_reason": why,
+        "hook_name": hook,
+        "sae_quality": quality,
+        "null": null is not None,
+        "rows": rows,
+        "cards": cards,
+        "verdict": verdict(rows, 20 if 20 in probe_args.evidence_ks else probe_args.evidence_ks[0],
+                           probe_args.evidence_draws),
+        "trained_sae": {k: v for k, v in trained.items() if k not in ("attribution",)},
+        "random_sae": {k: v for k, v in random_sae.items() if k not in ("attribution", "net_attribution",
+                                                                           "null_net_attribution")},
+    }

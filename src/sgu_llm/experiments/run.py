@@ -11,7 +11,7 @@ import contextlib
 import copy
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sgu_llm.core.cache import cached_json, fingerprint, weights_fingerprint
@@ -23,12 +23,13 @@ from sgu_llm.evaluation import metrics as M
 from sgu_llm.evaluation.attacks import attack_report
 from sgu_llm.evaluation.suite import generate_answers
 from sgu_llm.experiments.config import Recipe, parse_args
-from sgu_llm.experiments.probing import attach_probe, probe_report
+from sgu_llm.experiments.probing import attach_probe, merged, probe_evidence, probe_report
 from sgu_llm.experiments.shared import eval_kwargs, evaluate_baselines, load_models, make_trainer
 from sgu_llm.models.benchmark import load_base
 from sgu_llm.models.pretrained import is_benchmark_model
 from sgu_llm.report.run_report import build_report
 from sgu_llm.report.tables import sweep_attack_rows, sweep_noise_band
+from sgu_llm.trainers import get_method
 from sgu_llm.trainers.callbacks import EpochEvaluation
 from sgu_llm.trainers.card import build_card
 from sgu_llm.trainers.outputs import resume_argument
@@ -251,7 +252,39 @@ def unlearn_with_probe(recipe: Recipe, p: Prepared, timings: Timings) -> tuple[A
                 actions=probe_cb.actions, train_seconds=probe_cb.train_seconds,
                 other_seconds=step_eval.seconds if step_eval else 0.0,
             )
+        if probe_args.evidence:
+            with timings("probe_evidence"):
+                probe_json["evidence"] = run_evidence(recipe, p, trainer)
     return trainer, step_eval, probe_json
+
+
+def null_model(recipe: Recipe, p: Prepared, steps: int) -> Any:
+    """The evidence's null: the target fine-tuned as the unlearning run was (same optimizer settings, batches,
+    adapter) for `steps` steps with SGU's `retain_only` rule, which maintains g_r everywhere (the forget pass
+    is the NLL's and is ignored)."""
+    cls = get_method("sgu")[0]
+    init = {f.name for f in fields(cls) if f.init}
+    kw = {k: v for k, v in recipe.config.to_dict().items() if k in init and not k.endswith("_token")}
+    kw.update(
+        output_dir=os.path.join(recipe.config.output_dir, "null"), overwrite_output_dir=True,
+        selective_function="retain_only", forget_loss="nll", max_steps=steps, stop_on_holdout=False,
+        save_strategy="no", report_to="none", row_gate=False,
+    )
+    trainer = make_trainer("sgu", p.models["target"], cls(**kw), p.data, p.tokenizer,
+                           retain_general=recipe.script.retain_general, peft_config=recipe.model.peft_config())
+    trainer.train()
+    return merged(trainer.model)
+
+
+def run_evidence(recipe: Recipe, p: Prepared, trainer: Any) -> dict[str, Any]:
+    """The probe's evidence on the unlearned model (at the holdout-selected step when the run stopped there),
+    against a retain-only null of as many steps (`evidence_null`)."""
+    steps = next((h["stop/step"] for h in reversed(trainer.state.log_history) if "stop/step" in h),
+                 trainer.state.global_step)
+    null = null_model(recipe, p, steps) if recipe.probe.evidence_null and steps > 0 else None
+    target_key = p.metas.get("target", {}).get("key", recipe.model.model_name_or_path)
+    return probe_evidence(p.models["target"], merged(trainer.model), p.tokenizer, p.data, recipe.probe, recipe.bench,
+                          target_key, recipe.config.prompt_format, null=null)
 
 
 def copy_config(config: Any) -> Any:

@@ -5,7 +5,9 @@ At one hook point, with f = SAE.encode(x) of the target and f_u of the unlearned
 - **Attribution** of feature i: the change f_u - f times the gradient of the answer NLL with respect to f
   (through x + decode(f) - decode(f_t), which is x itself, so the gradient is the model's own), summed over
   the row's positions and averaged over rows: A_i = mean_rows sum_pos (f_u - f)_i dNLL/df_i, the first-order
-  share of the NLL change that feature i's move explains. Features are ranked by A on forget rows minus A on
+  share of the NLL change that feature i's move explains. A target that knows its forget answers sits where
+  that gradient is near zero (answer NLL ~0.003 on the tiny model), so the causal test averages the gradient
+  along the path from f to f_u (integrated gradients, `path_steps` midpoints). Features are ranked by A on forget rows minus A on
   retain rows (what moved the forget answers and not the retain ones).
 - **The causal test** on rows not used to rank: patch the k top features of the target to their unlearned
   values, x' = x + decode(f') - decode(f) with f'_S = f_u,S (the rest, the SAE's reconstruction error
@@ -37,6 +39,9 @@ import torch
 from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.patching import _inputs, activations_at, edited_nll, padded_batches
+from sgu_llm.probe.sae import collect_activations
+from sgu_llm.probe.sae_probe import encode_with_pre
+from sgu_llm.probe.stats import classify, feature_stats
 
 
 def _positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -70,10 +75,23 @@ def _through_features(sae: Any, f: torch.Tensor, f_t: torch.Tensor, x: torch.Ten
 
 
 def feature_attribution(
-    target: Any, unlearned: Any, sae: Any, hook_name: str, rows: list[dict], pad_token_id: int, batch_size: int = 16
+    target: Any,
+    unlearned: Any,
+    sae: Any,
+    hook_name: str,
+    rows: list[dict],
+    pad_token_id: int,
+    batch_size: int = 16,
+    path_steps: int = 1,
 ) -> torch.Tensor:
-    """A_i = mean over rows of sum over positions of (f_u - f)_i dNLL/df_i at the target (module docstring):
-    a (d_sae,) float64 tensor."""
+    """A_i = mean over rows of sum over positions of (f_u - f)_i dNLL/df_i (module docstring): a (d_sae,) float64
+    tensor. With `path_steps` 1 the gradient is the target's (attribution patching); with m > 1 it is averaged at
+    the midpoints f + (j + 1/2)/m (f_u - f) of the path to the unlearned features (integrated gradients), so the
+    attributions add up to the NLL change of patching every feature (completeness) even where the target is
+    saturated and its own gradient is near zero."""
+    if path_steps < 1:
+        raise ValueError(f"path_steps must be 1 or more, got {path_steps}")
+    alphas = [0.0] if path_steps == 1 else [(j + 0.5) / path_steps for j in range(path_steps)]
     was = target.training, unlearned.training
     target.eval(), unlearned.eval()
     total = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
@@ -83,12 +101,15 @@ def feature_attribution(
         with torch.no_grad():
             f_t = _encode(sae, x_t)
             delta = (_encode(sae, activations_at(unlearned, hook_name, batch)) - f_t) * mask.to(f_t.device)
-        f = f_t.clone().requires_grad_(True)
-        through = functools.partial(_through_features, sae, f, f_t)
-        with torch.enable_grad(), replace_activation(target, hook_name, through):
-            nll = _row_nll_with_grad(target, _inputs(target, batch), batch["labels"])
-            (grad,) = torch.autograd.grad(nll.sum(), f)
-        total += (delta.double() * grad.double()).sum((0, 1)).cpu()
+        grads = torch.zeros_like(delta, dtype=torch.float64)
+        for alpha in alphas:
+            f = (f_t + alpha * delta).requires_grad_(True)
+            through = functools.partial(_through_features, sae, f, f_t)
+            with torch.enable_grad(), replace_activation(target, hook_name, through):
+                nll = _row_nll_with_grad(target, _inputs(target, batch), batch["labels"])
+                (grad,) = torch.autograd.grad(nll.sum(), f)
+            grads += grad.double()
+        total += (delta.double() * grads / len(alphas)).sum((0, 1)).cpu()
     target.train(was[0]), unlearned.train(was[1])
     return total / max(len(rows), 1)
 
@@ -172,19 +193,31 @@ def causal_test(
     draws: int = 99,
     seed: int = 0,
     batch_size: int = 32,
+    null: Any | None = None,
+    path_steps: int = 8,
 ) -> dict[str, Any]:
     """Rank features by net attribution on `select_rows` (`forget` / `retain` lists of tokenised rows), then on
     `test_rows` patch and clamp the top k against `draws` matched random sets (module docstring).
+
+    With `null` (a model fine-tuned from the target as long, on retain rows only), each feature's net attribution
+    of the target -> null change is subtracted before ranking, so a feature that moves under any fine-tuning is
+    not ranked as an unlearning feature; `null_overlap` per k is the share of the top k by the plain net
+    attribution that are also in the null's top k.
 
     Returns the whole-layer patch's NLL rises, the ranking (`net_attribution`, `ranked`), and per k: the
     features, `fraction_of_layer_patch`, `retain_side_effect` (retain rise / forget rise), `p_random`, the
     random sets' fractions (mean, max), the clamps per scale (forget and retain rises, selectivity and its p),
     and `error_term` (the patch's forget rise with the error term kept, and on the pure reconstruction)."""
     with torch.enable_grad():
-        attr = {k: feature_attribution(target, unlearned, sae, hook_name, rows, pad_token_id)
+        attr = {k: feature_attribution(target, unlearned, sae, hook_name, rows, pad_token_id, path_steps=path_steps)
                 for k, rows in select_rows.items()}
+        null_attr = ({k: feature_attribution(target, null, sae, hook_name, rows, pad_token_id, path_steps=path_steps)
+                      for k, rows in select_rows.items()} if null is not None else None)
     net = attr["forget"] - attr["retain"]
-    ranked = torch.argsort(net, descending=True).tolist()
+    null_net = null_attr["forget"] - null_attr["retain"] if null_attr is not None else torch.zeros_like(net)
+    ranked = torch.argsort(net - null_net, descending=True).tolist()
+    plain_order = torch.argsort(net, descending=True).tolist()
+    null_order = torch.argsort(null_net, descending=True).tolist()
     batches = {k: padded_batches(rows, pad_token_id, batch_size) for k, rows in test_rows.items()}
     hook_layer = int(HOOK_PATTERN.match(hook_name).group(1))
     prefixes = {k: FrozenPrefix() for k in batches}
@@ -243,6 +276,8 @@ def causal_test(
         pure = effect(top, keep_error=False)
         by_k[str(k)] = {
             "features": top,
+            "null_overlap": (len(set(plain_order[:k]) & set(null_order[:k])) / max(min(k, len(ranked)), 1)
+                             if null_attr is not None else float("nan")),
             **mine,
             "p_random": p_at_least(mine["fraction_of_layer_patch"], frac) if frac else float("nan"),
             "random_fraction_mean": float(np.mean(frac)) if frac else float("nan"),
@@ -259,7 +294,65 @@ def causal_test(
         "target_nll": base,
         "layer_patch_rise": whole,
         "net_attribution": net.tolist(),
+        "null_net_attribution": null_net.tolist() if null_attr is not None else None,
         "attribution": {k: v.tolist() for k, v in attr.items()},
         "ranked": ranked[: max(ks)],
         "by_k": by_k,
     }
+
+
+def _context(tokenizer: Any, ids: list[int], p: int, width: int) -> str:
+    def text(span: list[int]) -> str:
+        return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(span))
+
+    return f"…{text(ids[max(0, p - width):p])} [{text([ids[p]]).strip()}] {text(ids[p + 1:p + 1 + width])}…".replace(
+        "\n", " ⏎ ")
+
+
+@torch.no_grad()
+def feature_cards(
+    target: Any,
+    unlearned: Any,
+    sae: Any,
+    hook_name: str,
+    rows: dict[str, list[dict]],
+    tokenizer: Any,
+    features: list[int],
+    *,
+    null: Any | None = None,
+    contexts: int = 3,
+    width: int = 4,
+) -> list[dict[str, Any]]:
+    """Per feature: its mean activation on the `forget` and `retain` rows in the target, the unlearned model (and
+    the null), its state from target to unlearned (and to the null) as the probe classifies it
+    (`sgu_llm.probe.stats.classify`), and the target's top `contexts` tokens on each set."""
+    enc = {}
+    models = {"target": target, "unlearned": unlearned, **({"null": null} if null is not None else {})}
+    for name, model in models.items():
+        for k, rs in rows.items():
+            acts, positions = collect_activations(model, rs, hook_name, tokenizer.pad_token_id)
+            f, pre = encode_with_pre(sae, acts.to(sae.W_enc.dtype))
+            enc[name, k] = (f.float().cpu(), pre.float().cpu(), positions)
+    start = {k: feature_stats(enc["target", k][0], enc["target", k][1]) for k in rows}
+    fired = {k: enc["target", k][0] > 0 for k in rows}
+    states = {}
+    for name in models:
+        if name == "target":
+            continue
+        now = {k: feature_stats(enc[name, k][0], enc[name, k][1], fired[k]) for k in rows}
+        states[name] = classify(start["forget"], start["retain"], now["forget"], now["retain"])
+    cards = []
+    for f in features:
+        card: dict[str, Any] = {"feature": int(f)}
+        for name in models:
+            card[f"{name}_act"] = {k: float(enc[name, k][0][:, f].mean()) for k in rows}
+        for name, st in states.items():
+            card["state" if name == "unlearned" else f"{name}_state"] = st[f]
+        for k, rs in rows.items():
+            acts, _, positions = enc["target", k]
+            flat = [(r, p) for r, ps in enumerate(positions) for p in ps.tolist()]
+            col = acts[:, f]
+            top = torch.topk(col, min(contexts, int((col > 0).sum()))).indices.tolist()
+            card[f"{k}_contexts"] = [_context(tokenizer, rs[flat[i][0]]["input_ids"], flat[i][1], width) for i in top]
+        cards.append(card)
+    return cards

@@ -90,7 +90,48 @@ class ProbeArguments:
         },
     )
 
+    evidence: bool = field(
+        default=False,
+        metadata={
+            "help": "After unlearning, find where it acts and which features carry it (docs/probe.md): the "
+            "per-layer patching curve, features ranked by attribution at the layer where the curve rises most, "
+            "and their causal test on held-out rows against matched random sets and a random-weights SAE."
+        },
+    )
+    evidence_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Decoder layers the evidence's SAE may sit at (its budget); None: every layer."},
+    )
+    evidence_ks: list[int] = field(
+        default_factory=lambda: [5, 20, 50], metadata={"help": "How many top-ranked features the causal test edits."}
+    )
+    evidence_scales: list[float] = field(
+        default_factory=lambda: [-2.0, -10.0, -50.0],
+        metadata={"help": "Negative multiples the causal test clamps the selected features at."},
+    )
+    evidence_draws: int = field(
+        default=99, metadata={"help": "Matched random feature sets per test (p-values down to 1 / (draws + 1))."}
+    )
+    evidence_null: bool = field(
+        default=True,
+        metadata={
+            "help": "Rank features net of a null: the target fine-tuned on retain rows only for as many steps as "
+            "the unlearned model took (SGU's retain_only rule), so what any fine-tuning moves is not credited."
+        },
+    )
+
     def __post_init__(self):
+        if self.evidence and not self.probe:
+            raise ValueError("evidence: true needs probe: true (the evidence runs after the probe); set both")
+        if self.evidence_draws < 0 or any(k < 1 for k in self.evidence_ks) or not self.evidence_ks:
+            raise ValueError(
+                f"evidence_ks must be positive counts and evidence_draws 0 or more, got {self.evidence_ks} and "
+                f"{self.evidence_draws}"
+            )
+        if not self.evidence_scales or any(c >= 0 for c in self.evidence_scales):
+            raise ValueError(f"evidence_scales must be negative multiples (e.g. [-2, -10]), got {self.evidence_scales}")
+        if self.evidence_layers is not None and (not self.evidence_layers or min(self.evidence_layers) < 0):
+            raise ValueError(f"evidence_layers must be decoder layer indices (0 or more), got {self.evidence_layers}")
         if not HOOK_PATTERN.match(self.sae_hook_name):
             raise ValueError(
                 f"sae_hook_name {self.sae_hook_name!r} is not blocks.L.hook_resid_pre|resid_post|attn_out|mlp_out"

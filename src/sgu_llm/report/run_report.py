@@ -283,6 +283,60 @@ def probe_plots(probe: dict[str, Any]) -> dict[str, Figure]:
     return plots
 
 
+def _num(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def evidence_blocks(evidence: dict[str, Any]) -> list[Block]:
+    """Where unlearning acts (the patching curve), the causal table with both controls, the feature cards and the
+    sentence the evidence supports."""
+    curve = evidence["curve"]
+    series = {f"{k} rows": (curve["layers"], curve[f"{k}_fraction"]) for k in ("forget", "retain")}
+    header = ["k", "fraction of the layer patch", "p vs matched random", "random sets' fraction",
+              "random-weights SAE's fraction", "retain side effect", "null overlap",
+              *(f"clamp {s}: selectivity (p)" for s in (evidence["rows"][0]["clamp"] if evidence["rows"] else {}))]
+    rows = [
+        [str(r["k"]), _num(r["fraction_of_layer_patch"]), _num(r["p_random"]), _num(r["random_sets_fraction"]),
+         _num(r["random_sae_fraction"]), _num(r["retain_side_effect"]), _num(r["null_overlap"]),
+         *(f"{_num(c['selectivity'])} ({_num(c['p_random'])})" for c in r["clamp"].values())]
+        for r in evidence["rows"]
+    ]
+    card_header = ["rank", "feature", "state (null's)", "net attribution (null's)", "forget act: target -> unlearned",
+                   "retain act: target -> unlearned", "top forget contexts", "top retain contexts"]
+    cards = [
+        [str(c["rank"]), str(c["feature"]), f"{c['state']} ({c.get('null_state', '–')})",
+         f"{_num(c['net_attribution'])} ({_num(c['null_net_attribution'])})",
+         f"{c['target_act']['forget']:.3f} -> {c['unlearned_act']['forget']:.3f}",
+         f"{c['target_act']['retain']:.3f} -> {c['unlearned_act']['retain']:.3f}",
+         " / ".join(c["forget_contexts"]), " / ".join(c["retain_contexts"])]
+        for c in evidence.get("cards", [])
+    ]
+    t = evidence["trained_sae"]
+    return [
+        ("h3", "Where unlearning acts, and which features carry it"),
+        paragraph(
+            "Patching curve: the target's residual stream after layer L replaced by the unlearned model's (same "
+            "inputs); the share of the answer NLL change (unlearned - target) it reproduces on forget rows, and on "
+            f"retain rows (collateral). Forget NLL {curve['target_nll']['forget']:.4g} -> "
+            f"{curve['unlearned_nll']['forget']:.4g}, retain {curve['target_nll']['retain']:.4g} -> "
+            f"{curve['unlearned_nll']['retain']:.4g}. The SAE sits at {evidence['layer_reason']}."
+        ),
+        ("plot", ("Share of the NLL change reproduced by patching the output of layer L", line_figure(
+            series, "decoder layer L", "fraction of the change"))),
+        paragraph(
+            f"Causal test on held-out rows ({t['test_rows']['forget']} forget, {t['test_rows']['retain']} retain; "
+            f"features ranked on {t['select_rows']['forget']} other forget rows"
+            f"{', net of a retain-only null run of the same length' if evidence['null'] else ''}): the top k "
+            "features of the target patched to their unlearned values, as a fraction of the whole-layer patch, "
+            f"against {t['draws']} matched random feature sets and the same procedure through a random-weights SAE; "
+            "retain side effect = retain NLL rise / forget NLL rise; clamps multiply the features by a negative factor."
+        ),
+        ("table", (header, rows)),
+        paragraph(evidence["verdict"]),
+        *([("table", (card_header, cards))] if cards else []),
+    ]
+
+
 def _probe_blocks(probe: dict[str, Any]) -> list[Block]:
     return [
         ("h2", "SAE probe"),
@@ -290,6 +344,7 @@ def _probe_blocks(probe: dict[str, Any]) -> list[Block]:
         *_causal_blocks(probe),
         *_top_features(probe),
         *(("plot", plot) for plot in probe_plots(probe).items()),
+        *(evidence_blocks(probe["evidence"]) if probe.get("evidence") else []),
     ]
 
 
