@@ -2,6 +2,8 @@
 unlearning acts (layer patching), feature attribution and the causal test with its controls."""
 
 import copy
+import json
+import os
 
 import numpy as np
 import pytest
@@ -339,3 +341,18 @@ def test_causal_test_patches_features_and_has_a_random_weights_control(model, to
         assert np.isfinite(k4["fraction_of_layer_patch"]) and k4["random_fraction_max"] >= k4["random_fraction_mean"]
         net = np.array(out["net_attribution"])
         assert net[k4["features"]].min() >= np.delete(net, k4["features"]).max()
+
+
+def test_published_probe_evidence_has_every_field_per_model_and_seed():
+    """docs/probe.json (scripts/probe_table.py): per model and seed, one entry per k with the fields the table shows."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "probe.json")
+    data = json.load(open(path))
+    assert data["entries"] and set(data["commands"]) == {e["model"] for e in data["entries"]}
+    for e in data["entries"]:
+        for key in ("layer", "k", "fraction_of_layer_patch", "p_random", "random_sae_fraction", "retain_side_effect"):
+            assert key in e, (e["model"], e["seed"], key)
+        assert 1 / (e["draws"] + 1) <= e["p_random"] <= 1 and e["hook_name"] == f"blocks.{e['layer']}.hook_resid_post"
+    by_model = {}
+    for e in data["entries"]:
+        by_model.setdefault(e["model"], {}).setdefault(e["seed"], set()).add(e["k"])
+    assert all(len({frozenset(ks) for ks in seeds.values()}) == 1 for seeds in by_model.values())
