@@ -261,10 +261,17 @@ def test_probe_command_on_a_saved_pair(run_dir, tmp_path):
         str(out / "unlearned"),
         "--output_dir",
         str(tmp_path / "probe"),
+        # the evidence too, against a null that is the target itself (its attributions are then zero)
+        "--evidence", "true", "--evidence_draws", "2", "--evidence_ks", "3", "--evidence_scales", "-2",
+        "--null", target,
     )
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert [c["step"] for c in probe["state_counts"]] == [0, 1]
     assert "SAE probe" in (tmp_path / "probe" / "probe.html").read_text()
+    e = probe["evidence"]
+    assert [r["k"] for r in e["rows"]] == [3] and e["null"] is True
+    assert max(abs(a) for a in e["trained_sae"]["null_net_attribution"]) == 0
+    assert e["verdict"] in (tmp_path / "probe" / "probe.md").read_text()
 
 
 def test_model_card_masks_tokens(tmp_path):
