@@ -24,6 +24,7 @@ import time
 
 from sgu_llm.core.files import write_json
 from sgu_llm.experiments.config import load_recipe, parse_fields
+from sgu_llm.experiments.probing import evidence_bar
 from sgu_llm.experiments.run import run_benchmark
 
 KEEP = ("fraction_of_layer_patch", "p_random", "random_sae_fraction", "random_sets_fraction", "retain_side_effect",
@@ -59,20 +60,6 @@ def fmt(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
-def goal(rows: list[dict], k: int = 20) -> tuple[bool, str]:
-    """The issue's bar at k: >= 0.5 of the layer patch, p <= 0.01, above the random-weights SAE, side effect <= 0.25."""
-    fails = []
-    if not rows[0]["fraction_of_layer_patch"] >= 0.5:
-        fails.append("fraction < 0.5")
-    if not rows[0]["p_random"] <= 0.01:
-        fails.append("p > 0.01")
-    if not rows[0]["fraction_of_layer_patch"] > rows[0]["random_sae_fraction"]:
-        fails.append("random-weights SAE as high")
-    if not abs(rows[0]["retain_side_effect"]) <= 0.25:
-        fails.append("retain side effect > 0.25")
-    return not fails, ", ".join(fails) or "met"
-
-
 def markdown(all_entries: list[dict], model: str) -> str:
     mine = sorted((e for e in all_entries if e["model"] == model), key=lambda e: (e["seed"], e["k"]))
     lines = [f"`{model}` (`{mine[0]['method']}`), {mine[0]['draws']} matched random sets, held-out forget rows:", "",
@@ -84,9 +71,9 @@ def markdown(all_entries: list[dict], model: str) -> str:
     for e in mine:
         bar = ""
         if e["k"] == 20:
-            ok, why = goal([e])
-            met += ok
-            bar = "**met**" if ok else why
+            failed = evidence_bar(e)
+            met += not failed
+            bar = ", ".join(short for short, _ in failed) or "**met**"
         lines.append(f"| {e['seed']} | {e['layer']} | {e['k']} | {fmt(e['fraction_of_layer_patch'])} | "
                      f"{fmt(e['p_random'])} | {fmt(e['random_sets_fraction'])} | {fmt(e['random_sae_fraction'])} | "
                      f"{fmt(e['retain_side_effect'])} | {fmt(e['null_overlap'])} | {bar} |")

@@ -165,10 +165,7 @@ def probe_pair(
     first `probe_examples` forget and retain rows, and the causal check on `before` (`probe_report`)."""
     sae, quality = prepare_sae(before, tokenizer, training_sets(data)["target"], probe_args, bench, target_key, prompt_format)
     n = probe_args.probe_examples
-    fmt = {"prompt_format": prompt_format}
-    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
-    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
-    retain = retain.to_list()
+    forget, retain = probe_rows(data, tokenizer, prompt_format)
     probe = SAEProbe(sae, probe_args.sae_hook_name, tokenizer, forget[:n], retain[:n], probe_args)
     probe.measure(before, 0)
     probe.measure(after, 1)
@@ -261,28 +258,45 @@ def summarise_evidence(trained: dict[str, Any], random_sae: dict[str, Any]) -> l
     return out
 
 
-def verdict(rows: list[dict[str, Any]], k: int = 20, draws: int = 99) -> str:
-    """The one sentence the evidence supports, at `k` features (the issue's bar: at least half the whole-layer
-    patch, p <= 0.01, above the random-weights SAE, a retain side effect at most a quarter)."""
-    row = next((r for r in rows if r["k"] == k), None)
-    if row is None:
-        return f"no causal test at k = {k}"
+def evidence_bar(row: dict[str, Any], k: int = 20, draws: int = 99) -> list[tuple[str, str]]:
+    """The criteria of the issue's bar that `row` (one k of `summarise_evidence`) misses, each as (a short label,
+    the sentence): at least half the whole-layer patch, p <= 0.01, above the random-weights SAE, a retain side
+    effect at most a quarter."""
     frac, p, rnd, side = (row["fraction_of_layer_patch"], row["p_random"], row["random_sae_fraction"],
                           row["retain_side_effect"])
     failed = []
     if not frac >= 0.5:
-        failed.append(f"they reproduce {frac:.2f} of the whole-layer patch (< 0.5)")
+        failed.append(("fraction < 0.5", f"they reproduce {frac:.2f} of the whole-layer patch (< 0.5)"))
     if not p <= 0.01:
-        failed.append(f"p {p:.2g} against matched random sets (> 0.01{'; 99 draws are needed for 0.01' if draws < 99 else ''})")
+        failed.append(("p > 0.01", f"p {p:.2g} against matched random sets "
+                       f"(> 0.01{'; 99 draws are needed for 0.01' if draws < 99 else ''})"))
     if not frac > rnd:
-        failed.append(f"a random-weights SAE's top {k} reproduce as much ({rnd:.2f})")
+        failed.append(("random-weights SAE as high", f"a random-weights SAE's top {k} reproduce as much ({rnd:.2f})"))
     if not abs(side) <= 0.25:
-        failed.append(f"the retain side effect is {side:.2f} of the forget effect (> 0.25)")
+        failed.append(("retain side effect > 0.25", f"the retain side effect is {side:.2f} of the forget effect (> 0.25)"))
+    return failed
+
+
+def verdict(rows: list[dict[str, Any]], k: int = 20, draws: int = 99) -> str:
+    """The one sentence the evidence supports, at `k` features (`evidence_bar`)."""
+    row = next((r for r in rows if r["k"] == k), None)
+    if row is None:
+        return f"no causal test at k = {k}"
+    failed = evidence_bar(row, k, draws)
     if not failed:
-        return (f"The {k} selected features carry the unlearning at this layer: {frac:.2f} of the whole-layer patch on "
-                f"held-out forget rows (p {p:.2g}), above a random-weights SAE's {rnd:.2f}, with a retain side effect "
-                f"of {side:.2f}.")
-    return f"The evidence does not support that {k} SAE features carry the unlearning: " + "; ".join(failed) + "."
+        return (f"The {k} selected features carry the unlearning at this layer: {row['fraction_of_layer_patch']:.2f} "
+                f"of the whole-layer patch on held-out forget rows (p {row['p_random']:.2g}), above a random-weights "
+                f"SAE's {row['random_sae_fraction']:.2f}, with a retain side effect of {row['retain_side_effect']:.2f}.")
+    return (f"The evidence does not support that {k} SAE features carry the unlearning: "
+            + "; ".join(sentence for _, sentence in failed) + ".")
+
+
+def probe_rows(data: dict, tokenizer: Any, prompt_format: str) -> tuple[list[dict], list[dict]]:
+    """Every forget row and the first 100 retain rows, tokenised: the rows the probe's checks score."""
+    fmt = {"prompt_format": prompt_format}
+    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
+    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
+    return forget, retain.to_list()
 
 
 def probe_evidence(
@@ -306,10 +320,7 @@ def probe_evidence(
     3. The causal test on the odd rows: patch / clamp the top k against matched random sets, and the same
        procedure through a random-weights SAE of the same shape.
     """
-    fmt = {"prompt_format": prompt_format}
-    forget = prepare_qa_dataset(data["forget"], tokenizer, "forget", **fmt).to_list()
-    retain = prepare_qa_dataset(data["retain"].select(range(min(100, len(data["retain"])))), tokenizer, "retain", **fmt)
-    retain = retain.to_list()
+    forget, retain = probe_rows(data, tokenizer, prompt_format)
     pad = tokenizer.pad_token_id
     allowed = probe_args.evidence_layers
     n_layers = len(decoder_layers(target))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import random
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.patching import _inputs, activations_at, edited_nll, padded_batches
 from sgu_llm.probe.sae import collect_activations
-from sgu_llm.probe.sae_probe import encode_with_pre
+from sgu_llm.probe.sae_probe import encode_with_pre, matched_random_sets, token_context
 from sgu_llm.probe.stats import classify, feature_stats
 
 
@@ -125,28 +124,6 @@ def random_weights_sae(sae: Any, seed: int = 0) -> Any:
             r = torch.randn(w.shape, generator=gen, dtype=torch.float64)
             r = r / r.norm(dim=dim, keepdim=True) * w.double().norm(dim=dim, keepdim=True)
             w.copy_(r.to(w.dtype))
-    return out
-
-
-def _nearest_pool(freq: np.ndarray, pool: np.ndarray, f: float, taken: np.ndarray, k: int = 5) -> list[int]:
-    dist = np.abs(freq[pool] - f)
-    dist[taken] = np.inf
-    order = np.argsort(dist, kind="stable")
-    return order[: min(k, int((~taken).sum()))].tolist()
-
-
-def matched_random_sets(features: list[int], freq: torch.Tensor, draws: int, seed: int = 0) -> list[list[int]]:
-    """`draws` random feature sets, each swapping every feature of `features` for one of the 5 unselected
-    features of nearest firing frequency (drawn at random, without repeats within a set)."""
-    f = freq.double().cpu().numpy()
-    pool = np.array([i for i in range(len(f)) if i not in set(features)], dtype=np.int64)
-    rng = random.Random(seed)
-    out = []
-    for _ in range(draws):
-        taken = np.zeros(len(pool), dtype=bool)
-        for feat in features:
-            taken[rng.choice(_nearest_pool(f, pool, float(f[feat]), taken))] = True
-        out.append(sorted(pool[taken].tolist()))
     return out
 
 
@@ -263,7 +240,8 @@ def causal_test(
     by_k = {}
     for k in ks:
         top = ranked[: min(k, len(ranked))]
-        randoms = matched_random_sets(top, freq, draws, seed=seed + k) if draws else []
+        pool = [i for i in range(len(freq)) if i not in set(top)]
+        randoms = matched_random_sets(top, freq, pool, draws, seed + k) if draws else []
         mine = summary(effect(top))
         theirs = [summary(effect(r)) for r in randoms]
         frac = [t["fraction_of_layer_patch"] for t in theirs]
@@ -299,14 +277,6 @@ def causal_test(
         "ranked": ranked[: max(ks)],
         "by_k": by_k,
     }
-
-
-def _context(tokenizer: Any, ids: list[int], p: int, width: int) -> str:
-    def text(span: list[int]) -> str:
-        return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(span))
-
-    return f"…{text(ids[max(0, p - width):p])} [{text([ids[p]]).strip()}] {text(ids[p + 1:p + 1 + width])}…".replace(
-        "\n", " ⏎ ")
 
 
 @torch.no_grad()
@@ -353,6 +323,6 @@ def feature_cards(
             flat = [(r, p) for r, ps in enumerate(positions) for p in ps.tolist()]
             col = acts[:, f]
             top = torch.topk(col, min(contexts, int((col > 0).sum()))).indices.tolist()
-            card[f"{k}_contexts"] = [_context(tokenizer, rs[flat[i][0]]["input_ids"], flat[i][1], width) for i in top]
+            card[f"{k}_contexts"] = [token_context(tokenizer, rs[flat[i][0]]["input_ids"], flat[i][1], width) for i in top]
         cards.append(card)
     return cards

@@ -236,19 +236,8 @@ class SAEProbe:
         acts = self.start_acts[:, feature]
         top = torch.topk(acts, min(k, int((acts > 0).sum()))).indices.tolist()
         flat = [(r, p) for r, ps in enumerate(self.positions["forget"]) for p in ps.tolist()]
-        out = []
-        for i in top:
-            r, p = flat[i]
-            ids = self.rows["forget"][r]["input_ids"]
-            left = self.tokenizer.convert_tokens_to_string(
-                self.tokenizer.convert_ids_to_tokens(ids[max(0, p - width) : p])
-            )
-            tok = self.tokenizer.convert_tokens_to_string(self.tokenizer.convert_ids_to_tokens([ids[p]]))
-            right = self.tokenizer.convert_tokens_to_string(
-                self.tokenizer.convert_ids_to_tokens(ids[p + 1 : p + 1 + width])
-            )
-            out.append(f"…{left} [{tok.strip()}] {right}…".replace("\n", " ⏎ "))
-        return out
+        return [token_context(self.tokenizer, self.rows["forget"][flat[i][0]]["input_ids"], flat[i][1], width)
+                for i in top]
 
     def to_json(self) -> dict[str, Any]:
         sel = self.selected.tolist()
@@ -350,6 +339,34 @@ def _nearest(values: np.ndarray, target: float, taken: np.ndarray, k: int) -> li
     return sorted(np.concatenate([closer, ties]).tolist(), key=lambda i: (dist[i], i))
 
 
+def matched_random_sets(
+    features: list[int], freq: torch.Tensor, pool: Any, draws: int, seed: int
+) -> list[list[int]]:
+    """`draws` random feature sets, each swapping every feature of `features` for one of the 5 features of `pool`
+    (not yet in the set) nearest in firing frequency `freq`, drawn at random."""
+    pool = np.asarray(pool, dtype=np.int64)
+    f = freq.double().cpu().numpy()
+    pool_freq = f[pool]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(draws):
+        taken = np.zeros(len(pool), dtype=bool)
+        for feat in features:
+            taken[rng.choice(_nearest(pool_freq, float(f[feat]), taken, 5))] = True
+        out.append(sorted(pool[taken].tolist()))
+    return out
+
+
+def token_context(tokenizer: Any, ids: list[int], p: int, width: int) -> str:
+    """Token `p` of `ids` in brackets with `width` tokens either side."""
+
+    def text(span: list[int]) -> str:
+        return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(span))
+
+    return f"…{text(ids[max(0, p - width):p])} [{text([ids[p]]).strip()}] {text(ids[p + 1:p + 1 + width])}…".replace(
+        "\n", " ⏎ ")
+
+
 def _effects(base: dict[str, float], r: dict[str, float]) -> dict[str, float]:
     """Drops in probability, rises in NLL and the selectivity (forget NLL rise - retain NLL rise)."""
     out = {
@@ -428,16 +445,8 @@ def _causal_passes(
     result: dict[str, Any] = {"n_features": len(features), "baseline": base, "scales": list(scales)}
     if features:
         banned = set(features) | set(exclude or [])
-        pool = np.array([i for i in torch.argsort(freq).tolist() if i not in banned], dtype=np.int64)
-        pool_freq = freq.double().numpy()[pool]
-        rng = random.Random(seed)
-        random_sets = []
-        for _ in range(draws):
-            taken = np.zeros(len(pool), dtype=bool)
-            for f in features:
-                # nearest-frequency candidates not chosen yet; draw one at random among the 5 closest
-                taken[rng.choice(_nearest(pool_freq, float(freq[f]), taken, 5))] = True
-            random_sets.append(sorted(pool[taken].tolist()))
+        pool = [i for i in torch.argsort(freq).tolist() if i not in banned]
+        random_sets = matched_random_sets(features, freq, pool, draws, seed)
         by_scale = {}
         for scale in scales:
             clamped = run(features, scale)
