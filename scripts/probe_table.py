@@ -10,7 +10,8 @@ one entry per seed and k in the JSON (entries of other models are kept) and the 
         --seeds 0 1 2 -- --evidence_layers 22 23 24 25 26 27 28 29
 
 A seed whose run folder already holds the evidence is read, not rerun (`--rerun` reruns it). Arguments after
-`--` override recipe fields for every seed.
+`--` override recipe fields for every seed. `--probe_only` skips what the evidence does not read (the retain and
+noise-floor models, every evaluation): the same unlearned model, null and evidence at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -25,18 +26,23 @@ import time
 from sgu_llm.core.files import write_json
 from sgu_llm.experiments.config import load_recipe, parse_fields
 from sgu_llm.experiments.probing import evidence_bar
-from sgu_llm.experiments.run import run_benchmark
+from sgu_llm.experiments.run import evidence_only, run_benchmark
 
 KEEP = ("fraction_of_layer_patch", "p_random", "random_sae_fraction", "random_sets_fraction", "retain_side_effect",
         "null_overlap", "reconstruction_forget_rise", "forget_rise", "random_sae_p_random")
 
 
-def run_seed(recipe: str, seed: int, out: str, extra: list[str]) -> dict:
+def run_seed(recipe: str, seed: int, out: str, extra: list[str], probe_only: bool = False) -> dict:
     """The run's probe.json (its evidence) for model seed `seed`, from `out` when already there."""
     path = os.path.join(out, "probe.json")
     args = ["--output_dir", out, "--overwrite_output_dir", "true", "--model_seed", str(seed),
             "--noise_floor_seed", str(seed + 1), "--seed", str(seed), "--evidence", "true", *extra]
     start = time.perf_counter()
+    if probe_only:
+        found = evidence_only(parse_fields(load_recipe(recipe), args))
+        found["evidence"]["seconds"] = {"run": time.perf_counter() - start, **found["timings"], "probe_only": True}
+        write_json(path, {"evidence": found["evidence"]}, indent=None)
+        return {"evidence": found["evidence"]}
     run_benchmark(parse_fields(load_recipe(recipe), args))
     with open(path) as fh:
         probe = json.load(fh)
@@ -50,7 +56,8 @@ def run_seed(recipe: str, seed: int, out: str, extra: list[str]) -> dict:
 def entries(model: str, method: str, seed: int, evidence: dict) -> list[dict]:
     base = {"model": model, "method": method, "seed": seed, "layer": evidence["layer"],
             "hook_name": evidence["hook_name"], "null": evidence["null"],
-            "draws": evidence["trained_sae"]["draws"], "verdict": evidence["verdict"],
+            "draws": evidence["trained_sae"]["draws"], "clamp_draws": evidence["trained_sae"].get("clamp_draws"),
+            "verdict": evidence["verdict"],
             "sae_explained_variance": evidence["sae_quality"].get("explained_variance"),
             "seconds": evidence.get("seconds", {})}
     return [{**base, "k": r["k"], **{k: r[k] for k in KEEP}, "clamp": r["clamp"]} for r in evidence["rows"]]
@@ -89,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", required=True, help="The run's recipe (its method is the one probed).")
     ap.add_argument("--model", required=True, help="The model's name in the table and the JSON.")
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="Model seeds.")
-    ap.add_argument("--runs", default="runs/probe-evidence", help="Where the runs go (one folder per model and seed).")
+    ap.add_argument("--runs", default="results/probe-evidence",
+                    help="Where the runs go (one folder per model and seed; their probe.json files are committed, as the "
+                    "sweeps' records are, so the table rebuilds without rerunning a seed).")
     ap.add_argument("--json", default="docs/probe.json", help="The JSON the entries are merged into.")
     ap.add_argument("--rerun", action="store_true", help="Rerun seeds whose evidence is on disk.")
+    ap.add_argument("--probe_only", action="store_true",
+                    help="Only what the evidence reads: the target, unlearning, the null and the evidence (no retain or "
+                    "noise-floor model, no evaluation; on SmolLM2 one fine-tuning a seed instead of two or three).")
     args = ap.parse_args(argv)
     cfg = load_recipe(args.recipe)
     label = str(cfg.get("method", "sgu"))
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(path) as fh:
                 probe = json.load(fh)
         if not probe or "evidence" not in probe:
-            probe = run_seed(args.recipe, seed, out, extra)
+            probe = run_seed(args.recipe, seed, out, extra, args.probe_only)
         found += entries(args.model, label, seed, probe["evidence"])
         print(f"[probe_table] {args.model} seed {seed}: {probe['evidence']['verdict']}", flush=True)
     old = {"entries": []}

@@ -215,7 +215,7 @@ def test_flags_that_unlearn_ignores_are_refused(tmp_path, capsys):
 
 
 def test_probe_hook_on_a_layer_the_model_does_not_have(model):
-    from sgu_llm.probe.hooks import resolve_hook
+    from sgu_llm.models.hooks import resolve_hook
 
     with pytest.raises(ValueError, match="names layer 7 but the model has 2 layers.*from 0 to 1"):
         resolve_hook(model, "blocks.7.hook_resid_post")

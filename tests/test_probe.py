@@ -35,7 +35,14 @@ from sgu_llm.probe.features import (
     feature_attribution,
     random_weights_sae,
 )
-from sgu_llm.probe.patching import _inputs, activations_at, layer_patch_curve, padded_batches
+from sgu_llm.probe.patching import (
+    _inputs,
+    activations_at,
+    edited_nll,
+    first_changed_layer,
+    layer_patch_curve,
+    padded_batches,
+)
 from sgu_llm.probe.sae_probe import ProbeArguments, answer_probability, feeding_pattern
 
 
@@ -247,9 +254,16 @@ def test_patching_at_the_last_changed_layer_reproduces_the_unlearned_model(model
         for layer in range(changed, 2):
             assert curve[f"{k}_nll"][layer] == pytest.approx(curve["unlearned_nll"][k], abs=1e-6)
             assert curve[f"{k}_fraction"][layer] == pytest.approx(1.0, abs=1e-4)
-        # below it the unlearned model's activation is the target's: nothing changes
+        # below it the unlearned model's activation is the target's: nothing changes (the curve skips those layers)
         for layer in range(changed):
             assert curve[f"{k}_nll"][layer] == pytest.approx(curve["target_nll"][k], abs=1e-6)
+    assert curve["first_changed_layer"] == first_changed_layer(model, unlearned) == changed
+    batches = padded_batches(rows_f, tokenizer.pad_token_id)
+    for layer in range(changed):  # what the skip assumes, computed: the patch below the change is a no-op
+        hook = f"blocks.{layer}.hook_resid_post"
+        source = [activations_at(unlearned, hook, b) for b in batches]
+        patched = edited_nll(model, batches, hook, lambda i, x, s=source: s[i].to(x.dtype)).mean()
+        assert patched == pytest.approx(curve["target_nll"]["forget"], abs=1e-6)
     with pytest.raises(ValueError, match="outside the model's 0..1"):
         layer_patch_curve(model, unlearned, rows_f, rows_r, tokenizer.pad_token_id, layers=[2])
 
@@ -316,6 +330,7 @@ def test_causal_test_patches_features_and_has_a_random_weights_control(model, to
     assert allk["fraction_of_layer_patch"] == pytest.approx(1.0, abs=1e-4)
     assert allk["forget_rise"] == pytest.approx(full["layer_patch_rise"]["forget"], abs=1e-5)
     assert allk["error_term"]["reconstruction_forget_rise"] == pytest.approx(allk["forget_rise"], abs=1e-5)
+    assert allk["error_term"]["reconstruction_alone_forget_rise"] == pytest.approx(0.0, abs=1e-6)
     assert allk["retain_side_effect"] == pytest.approx(full["layer_patch_rise"]["retain"] / full["layer_patch_rise"]["forget"], rel=1e-3)
     # Integrated gradients add up to the patch's NLL change (completeness); the target's own gradient does not.
     ig = feature_attribution(model, unlearned, lossless, hook, test["forget"], tokenizer.pad_token_id, path_steps=32)

@@ -13,6 +13,8 @@ import torch
 from scipy import stats
 
 from sgu_llm import cli
+from sgu_llm.experiments.config import load_recipe, parse_fields
+from sgu_llm.experiments.run import evidence_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-tofu", "sgu_seed.yaml")  # the seed rule: the fastest run
@@ -219,6 +221,17 @@ def test_probe_evidence_in_a_run(run_dir, tmp_path):
     assert e["verdict"].startswith("The ")
     report = (out / "report.md").read_text()
     assert "Where unlearning acts, and which features carry it" in report and e["verdict"] in report
+    # the evidence alone (scripts/probe_table.py --probe_only: no retain or noise-floor model, no evaluation) gives
+    # the same unlearned model, null and numbers
+    saved = os.environ.get("SGU_LLM_CACHE")
+    os.environ["SGU_LLM_CACHE"] = env["SGU_LLM_CACHE"]
+    try:
+        alone = evidence_only(parse_fields(load_recipe(RECIPE), [
+            *SMALL, "--output_dir", str(tmp_path / "alone"), "--num_train_epochs", "2", "--evidence", "true",
+            "--evidence_draws", "4", "--evidence_ks", "3", "10", "--evidence_scales", "-2"]))["evidence"]
+    finally:
+        os.environ["SGU_LLM_CACHE"] = saved
+    assert alone["layer"] == e["layer"] and json.dumps(alone["rows"]) == json.dumps(e["rows"])
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from sgu_llm.experiments.sweep import (
     write_results,
 )
 from sgu_llm.experiments.sweep.backends import make_backend
+from sgu_llm.experiments.sweep.config import method_points
 from sgu_llm.experiments.sweep.records import load_baselines, time_parts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -344,6 +345,11 @@ def test_sweep_yaml_parses_and_names_known_methods(tmp_path):
         SweepConfig(**TINY, probe_method="gru")
     with pytest.raises(ValueError, match=r"probe_splits \['forget05'\] are not in splits"):
         SweepConfig(**TINY, probe_splits=["forget05"])
+    # a method that trains nothing has its own one-value learning-rate grid: its 9 points are the objectives' budget
+    assert [p[0] for p in method_points(cfg, "sae_clamp")] == [0.0] * 9
+    assert {p[0] for p in method_points(cfg, "altpo")} == set(cfg.learning_rates)
+    with pytest.raises(ValueError, match="learning_rates must be a non-empty list"):
+        SweepConfig(**{**TINY, "methods": {"m": {"method": "sgu", "learning_rates": []}}})
 
 
 def test_ray_backend_without_ray_names_the_extra(monkeypatch):

@@ -41,7 +41,8 @@ def _cuttable(decoder: Any) -> bool:
 
 
 def first_trainable_layer(model: Any) -> int | None:
-    """Index of the lowest decoder layer with a trainable parameter when everything below it (embeddings
+    """Index of the lowest decoder layer with a trainable parameter or a forward hook (an intervention such as an
+    SAE clamp changes a layer's output without changing its weights) when everything below it (embeddings
     included) is frozen; None when nothing can be reused (see the module docstring)."""
     decoder = _decoder(model)
     if decoder is None or not _cuttable(decoder):
@@ -50,7 +51,8 @@ def first_trainable_layer(model: Any) -> int | None:
     if embed is not None and any(p.requires_grad for p in embed.parameters()):
         return None
     for i, layer in enumerate(decoder.layers):
-        if any(p.requires_grad for p in layer.parameters()):
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules())
+        if hooked or any(p.requires_grad for p in layer.parameters()):
             return i if i > 0 else None
     return None
 

@@ -13,6 +13,7 @@ from sgu_llm.core.cache import fingerprint
 from sgu_llm.core.files import atomic_dir, write_json
 from sgu_llm.data.benchmark import training_sets
 from sgu_llm.data.pairing import prepare_qa_dataset
+from sgu_llm.models.hooks import decoder_layers, resolve_hook
 from sgu_llm.probe import (
     SAEProbe,
     SAEProbeCallback,
@@ -24,7 +25,6 @@ from sgu_llm.probe import (
     train_sae,
 )
 from sgu_llm.probe.features import causal_test, feature_cards, random_weights_sae
-from sgu_llm.probe.hooks import decoder_layers, resolve_hook
 from sgu_llm.probe.patching import layer_patch_curve
 
 
@@ -333,10 +333,13 @@ def probe_evidence(
     sae, quality = prepare_sae(target, tokenizer, training_sets(data)["target"], args, bench, target_key, prompt_format)
     select = {"forget": forget[0::2], "retain": retain[0::2]}
     test = {"forget": forget[1::2], "retain": retain[1::2]}
-    kw = {"ks": tuple(probe_args.evidence_ks), "scales": tuple(probe_args.evidence_scales),
-          "draws": probe_args.evidence_draws}
-    trained = causal_test(target, unlearned, sae, hook, select, test, pad, null=null, **kw)
-    random_sae = causal_test(target, unlearned, random_weights_sae(sae, seed=1), hook, select, test, pad, null=null, **kw)
+    ks = tuple(probe_args.evidence_ks)
+    trained = causal_test(target, unlearned, sae, hook, select, test, pad, null=null, ks=ks,
+                          scales=tuple(probe_args.evidence_scales), draws=probe_args.evidence_draws,
+                          clamp_draws=min(probe_args.evidence_clamp_draws, probe_args.evidence_draws))
+    # the control needs its patch fraction (the bar) and a p of its own: fewer draws, no clamps
+    random_sae = causal_test(target, unlearned, random_weights_sae(sae, seed=1), hook, select, test, pad, null=null,
+                             ks=ks, scales=(), draws=min(probe_args.evidence_clamp_draws, probe_args.evidence_draws))
     rows = summarise_evidence(trained, random_sae)
     top = trained["ranked"][: min(10, max(probe_args.evidence_ks))]
     cards = feature_cards(target, unlearned, sae, hook, select, tokenizer, top, null=null)

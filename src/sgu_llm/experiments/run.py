@@ -25,7 +25,7 @@ from sgu_llm.evaluation.suite import generate_answers
 from sgu_llm.experiments.config import Recipe, parse_args
 from sgu_llm.experiments.probing import attach_probe, merged, probe_evidence, probe_report
 from sgu_llm.experiments.shared import eval_kwargs, evaluate_baselines, load_models, make_trainer
-from sgu_llm.models.benchmark import load_base
+from sgu_llm.models.benchmark import benchmark_models, load_base
 from sgu_llm.models.pretrained import is_benchmark_model
 from sgu_llm.report.run_report import build_report
 from sgu_llm.report.tables import sweep_attack_rows, sweep_noise_band
@@ -234,7 +234,7 @@ def unlearn_with_probe(recipe: Recipe, p: Prepared, timings: Timings) -> tuple[A
         peft_config=recipe.model.peft_config(), callbacks=[step_eval] if step_eval else [],
     )
     probe_cb = None
-    if probe_args is not None and probe_args.probe:
+    if probe_args is not None and probe_args.probe and trainer.trains_weights:  # sae_clamp: no updates to probe
         with timings("sae"):
             probe_cb, quality = attach_probe(
                 trainer, p.models, p.tokenizer, p.data, p.metas, recipe.model, recipe.bench, probe_args,
@@ -285,6 +285,26 @@ def run_evidence(recipe: Recipe, p: Prepared, trainer: Any) -> dict[str, Any]:
     target_key = p.metas.get("target", {}).get("key", recipe.model.model_name_or_path)
     return probe_evidence(p.models["target"], merged(trainer.model), p.tokenizer, p.data, recipe.probe, recipe.bench,
                           target_key, recipe.config.prompt_format, null=null)
+
+
+def evidence_only(recipe: Recipe) -> dict[str, Any]:
+    """The probe's evidence alone (`scripts/probe_table.py --probe_only`): the benchmark's target (cached or
+    fine-tuned), unlearning as `sgu-llm run` does it (same trainer, config and stopping rule), the retain-only null
+    and `probe_evidence`; no retain or noise-floor model and no evaluation, which the evidence does not read.
+    Returns `{"evidence", "timings"}`."""
+    timings = Timings()
+    with timings("models"):
+        data = load_benchmark_data(recipe.script)
+        tokenizer, models, metas = benchmark_models(data, recipe.bench, roles=("target",),
+                                                    prompt_format=recipe.config.prompt_format, base=recipe.model)
+    p = Prepared(data, {}, {}, tokenizer, models, metas, {})
+    trainer = make_trainer(recipe.script.method, models["target"], copy_config(recipe.config), data, tokenizer,
+                           retain_general=recipe.script.retain_general, peft_config=recipe.model.peft_config())
+    with timings("unlearn"):
+        trainer.train()
+    with timings("probe_evidence"):
+        evidence = run_evidence(recipe, p, trainer)
+    return {"evidence": evidence, "timings": timings.seconds}
 
 
 def copy_config(config: Any) -> Any:

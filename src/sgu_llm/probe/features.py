@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sgu_llm.evaluation.prefix import FrozenPrefix
-from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
+from sgu_llm.models.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.patching import _inputs, activations_at, edited_nll, padded_batches
 from sgu_llm.probe.sae import collect_activations
 from sgu_llm.probe.sae_probe import encode_with_pre, matched_random_sets, token_context
@@ -172,6 +172,7 @@ def causal_test(
     batch_size: int = 32,
     null: Any | None = None,
     path_steps: int = 8,
+    clamp_draws: int | None = None,
 ) -> dict[str, Any]:
     """Rank features by net attribution on `select_rows` (`forget` / `retain` lists of tokenised rows), then on
     `test_rows` patch and clamp the top k against `draws` matched random sets (module docstring).
@@ -179,12 +180,15 @@ def causal_test(
     With `null` (a model fine-tuned from the target as long, on retain rows only), each feature's net attribution
     of the target -> null change is subtracted before ranking, so a feature that moves under any fine-tuning is
     not ranked as an unlearning feature; `null_overlap` per k is the share of the top k by the plain net
-    attribution that are also in the null's top k.
+    attribution that are also in the null's top k. The clamps are compared with the first `clamp_draws` random
+    sets (default: all `draws`).
 
     Returns the whole-layer patch's NLL rises, the ranking (`net_attribution`, `ranked`), and per k: the
     features, `fraction_of_layer_patch`, `retain_side_effect` (retain rise / forget rise), `p_random`, the
     random sets' fractions (mean, max), the clamps per scale (forget and retain rises, selectivity and its p),
-    and `error_term` (the patch's forget rise with the error term kept, and on the pure reconstruction)."""
+    and `error_term` (the patch's forget rise with the error term kept, and on the pure reconstruction net of the
+    reconstruction's own rise, `reconstruction_alone_forget_rise`: if the error term undid the edit, the two
+    would differ)."""
     with torch.enable_grad():
         attr = {k: feature_attribution(target, unlearned, sae, hook_name, rows, pad_token_id, path_steps=path_steps)
                 for k, rows in select_rows.items()}
@@ -237,6 +241,9 @@ def causal_test(
     def p_at_least(mine: float, theirs: list[float]) -> float:
         return (1 + sum(t >= mine for t in theirs)) / (1 + len(theirs))
 
+    # the pure reconstruction alone (nothing patched): its rise is the SAE's own error, which the error-term check
+    # subtracts so that it measures the features' patch seen through the reconstruction
+    recon = effect([], keep_error=False)
     by_k = {}
     for k in ks:
         top = ranked[: min(k, len(ranked))]
@@ -248,7 +255,7 @@ def causal_test(
         clamps = {}
         for scale in scales:
             c = summary(effect(top, scale))
-            rc = [summary(effect(r, scale))["selectivity"] for r in randoms]
+            rc = [summary(effect(r, scale))["selectivity"] for r in randoms[:clamp_draws]]
             clamps[str(scale)] = {**c, "p_random": p_at_least(c["selectivity"], rc) if rc else float("nan"),
                                   "random_selectivity_mean": float(np.mean(rc)) if rc else float("nan")}
         pure = effect(top, keep_error=False)
@@ -261,12 +268,15 @@ def causal_test(
             "random_fraction_mean": float(np.mean(frac)) if frac else float("nan"),
             "random_fraction_max": float(np.max(frac)) if frac else float("nan"),
             "clamp": clamps,
-            "error_term": {"with_error_forget_rise": mine["forget_rise"], "reconstruction_forget_rise": pure["forget"]},
+            "error_term": {"with_error_forget_rise": mine["forget_rise"],
+                           "reconstruction_forget_rise": pure["forget"] - recon["forget"],
+                           "reconstruction_alone_forget_rise": recon["forget"]},
         }
     target.train(was)
     return {
         "hook_name": hook_name,
         "draws": draws,
+        "clamp_draws": len(randoms[:clamp_draws]) if ks else 0,
         "select_rows": {k: len(v) for k, v in select_rows.items()},
         "test_rows": {k: len(v) for k, v in test_rows.items()},
         "target_nll": base,

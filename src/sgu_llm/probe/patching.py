@@ -26,7 +26,7 @@ import torch
 
 from sgu_llm.data.pairing import pad_batch
 from sgu_llm.evaluation.scoring import answer_token_scores
-from sgu_llm.probe.hooks import capture, decoder_layers, replace_activation, run_until_hook
+from sgu_llm.models.hooks import capture, decoder_layers, replace_activation, run_until_hook
 
 Edit = Callable[[int, torch.Tensor], torch.Tensor]  # (batch index, activation) -> edited activation
 
@@ -91,7 +91,9 @@ def layer_patch_curve(
 
     Returns `layers`, `forget_fraction` / `retain_fraction` per layer (the share of each set's NLL change
     reproduced; nan where the models do not differ on that set), `forget_nll` / `retain_nll` per layer, the
-    target's and unlearned model's NLLs, and `steepest_layer` (`steepest_layer`).
+    target's and unlearned model's NLLs, and `steepest_layer` (`steepest_layer`). Layers below the first one
+    whose weights differ (`first_changed_layer`: SmolLM2's recipes unlearn only its top 8 of 30) are not run:
+    patching them replaces an activation by itself, so their fraction is 0 exactly.
     """
     n_layers = len(decoder_layers(target))
     layers = list(range(n_layers)) if layers is None else sorted(layers)
@@ -104,10 +106,14 @@ def layer_patch_curve(
             "retain": padded_batches(retain_rows, pad_token_id, batch_size)}
     base = {k: float(edited_nll(target, b).mean()) for k, b in sets.items()}
     after = {k: float(edited_nll(unlearned, b).mean()) for k, b in sets.items()}
-    out: dict[str, Any] = {"layers": layers, "target_nll": base, "unlearned_nll": after}
+    first = first_changed_layer(target, unlearned)
+    out: dict[str, Any] = {"layers": layers, "target_nll": base, "unlearned_nll": after, "first_changed_layer": first}
     for k, batches in sets.items():
         nll = []
         for layer in layers:
+            if layer < first:  # nothing at or below this layer changed: the patch is the target's own activation
+                nll.append(base[k])
+                continue
             hook = f"blocks.{layer}.hook_resid_post"
             source = [activations_at(unlearned, hook, b) for b in batches]
             nll.append(float(edited_nll(target, batches, hook, functools.partial(_replace_by, source)).mean()))
@@ -117,6 +123,24 @@ def layer_patch_curve(
     out["steepest_layer"] = steepest_layer(layers, out["forget_fraction"])
     unlearned.train(was)
     return out
+
+
+def first_changed_layer(target: Any, unlearned: Any) -> int:
+    """The lowest decoder layer whose weights differ between the two models (0 when the embeddings differ or the
+    models are not laid out alike; the number of layers when none differs)."""
+    a, b = decoder_layers(target), decoder_layers(unlearned)
+    names = {n for n, _ in target.named_parameters()}
+    if len(a) != len(b) or names != {n for n, _ in unlearned.named_parameters()}:
+        return 0
+    inside = {id(p) for layer in a for p in layer.parameters()}
+    other = dict(unlearned.named_parameters())
+    if any(id(p) not in inside and not torch.equal(p, other[n]) for n, p in target.named_parameters()
+           if "embed" in n):
+        return 0
+    for i, (x, y) in enumerate(zip(a, b)):
+        if any(not torch.equal(p, q) for p, q in zip(x.parameters(), y.parameters())):
+            return i
+    return len(a)
 
 
 def steepest_layer(layers: list[int], fraction: list[float]) -> int | None:

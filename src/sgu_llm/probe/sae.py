@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sgu_llm.data.pairing import pad_batch
-from sgu_llm.probe.hooks import capture, run_until_hook
+from sgu_llm.models.hooks import capture, run_until_hook
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from sgu_llm.evaluation.prefix import FrozenPrefix
 from sgu_llm.evaluation.scoring import score_rows
-from sgu_llm.probe.hooks import HOOK_PATTERN, replace_activation
+from sgu_llm.models.hooks import HOOK_PATTERN, replace_activation
 from sgu_llm.probe.sae import collect_activations
 from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
 
@@ -110,7 +110,14 @@ class ProbeArguments:
         metadata={"help": "Negative multiples the causal test clamps the selected features at."},
     )
     evidence_draws: int = field(
-        default=99, metadata={"help": "Matched random feature sets per test (p-values down to 1 / (draws + 1))."}
+        default=99,
+        metadata={"help": "Matched random feature sets the patch of the selected features is tested against (p-values "
+                  "down to 1 / (draws + 1))."},
+    )
+    evidence_clamp_draws: int = field(
+        default=19,
+        metadata={"help": "Matched random sets for the clamps' selectivity p-values and for the random-weights SAE's "
+                  "own p (at most evidence_draws are used; each costs a pass per clamp scale on forget and retain rows)."},
     )
     evidence_null: bool = field(
         default=True,
@@ -123,6 +130,8 @@ class ProbeArguments:
     def __post_init__(self):
         if self.evidence and not self.probe:
             raise ValueError("evidence: true needs probe: true (the evidence runs after the probe); set both")
+        if self.evidence_clamp_draws < 0:
+            raise ValueError(f"evidence_clamp_draws must be 0 or more, got {self.evidence_clamp_draws}")
         if self.evidence_draws < 0 or any(k < 1 for k in self.evidence_ks) or not self.evidence_ks:
             raise ValueError(
                 f"evidence_ks must be positive counts and evidence_draws 0 or more, got {self.evidence_ks} and "

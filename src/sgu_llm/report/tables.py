@@ -499,7 +499,10 @@ def results_markdown(
         f"`{cfg.model_name}`",
         "",
         f"Reproduce (fresh cache): `{command}`. Model `{cfg.model_name}`; learning rates "
-        f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method; spread over model seeds "
+        f"{', '.join(f'{float(x):g}' for x in cfg.learning_rates)} for every method"
+        + "".join(f" (`{m}`: {', '.join(f'{float(x):g}' for x in f['learning_rates'])}, its own grid)"
+                  for m, f in cfg.methods.items() if "learning_rates" in f)
+        + "; spread over model seeds "
         "(target, retain and noise-floor models trained with each seed). `holdout`: the epoch the "
         "holdout-KS stopping rule picks (no retain model); `oracle`: the epoch with the best forget quality "
         "(uses the retain model); the learning rate of each method is chosen by the same rule for all "

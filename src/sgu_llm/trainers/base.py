@@ -55,6 +55,7 @@ class UnlearnTrainer(Trainer):
 
     config_class: type[UnlearnConfig] = UnlearnConfig
     loss_is_scaled_for_ga = True  # we normalise over the accumulation window ourselves
+    trains_weights = True  # False: the method edits activations (sae_clamp), so there are no updates to probe
 
     def __init__(
         self,

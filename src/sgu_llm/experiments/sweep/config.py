@@ -16,7 +16,9 @@ class SweepConfig:
     base: dict = field(metadata={"help": "Recipe fields shared by every run (data, schedule, batch size)."})
     methods: dict = field(
         metadata={
-            "help": "name -> recipe fields of that method (at least `method`), e.g. {sgu: {method: sgu}}."
+            "help": "name -> recipe fields of that method (at least `method`), e.g. {sgu: {method: sgu}}; besides "
+            "recipe fields: `grid` (field -> values, times the learning rates), `splits` (the splits it runs on) and "
+            "`learning_rates` (its own grid, for a method that trains nothing: sae_clamp: [0.0])."
         }
     )
     learning_rates: list = field(metadata={"help": "The learning-rate grid, the same for every method."})
@@ -144,6 +146,9 @@ class SweepConfig:
             unknown = set(fields_.get("splits", [])) - set(self.splits)
             if unknown:
                 raise ValueError(f"sweep method {name!r}: splits {sorted(unknown)} are not in splits {sorted(self.splits)}")
+            rates = fields_.get("learning_rates", self.learning_rates)
+            if not isinstance(rates, list) or not rates:
+                raise ValueError(f"sweep method {name!r}: learning_rates must be a non-empty list, got {rates!r}")
             grid = fields_.get("grid", {})
             if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
                 raise ValueError(f"sweep method {name!r}: grid must map config fields to non-empty lists of values")
@@ -165,7 +170,7 @@ def load_sweep(path: str) -> SweepConfig:
     return SweepConfig(**raw)
 
 
-SWEEP_KEYS = ("grid", "splits")  # keys of a sweep method that are not recipe fields
+SWEEP_KEYS = ("grid", "splits", "learning_rates")  # keys of a sweep method that are not recipe fields
 
 
 Point = tuple  # (learning rate, setting): setting is a sorted tuple of (grid field, value) pairs
@@ -187,10 +192,12 @@ def record_point(record: dict) -> Point:
 
 
 def method_points(cfg: SweepConfig, method: str) -> list[Point]:
-    """The learning rates times the method's grid (no grid: the learning rates alone)."""
+    """The learning rates (the method's own, else the sweep's) times the method's grid (no grid: the learning rates
+    alone)."""
     grid = cfg.methods[method].get("grid", {})
     settings = [tuple(sorted(zip(grid, values))) for values in itertools.product(*grid.values())]
-    return [(float(lr), setting) for lr in cfg.learning_rates for setting in settings]
+    rates = cfg.methods[method].get("learning_rates", cfg.learning_rates)
+    return [(float(lr), setting) for lr in rates for setting in settings]
 
 
 def methods_on(cfg: SweepConfig, split: str) -> list[str]:

@@ -98,10 +98,12 @@ def load_baselines(cfg: SweepConfig, split: str) -> dict[int, dict]:
 
 
 def family(fields_: dict) -> str:
-    """`baseline` (loss-based methods, the forget objectives on their own), `control`, `sign_gating` (SAGO,
-    sign_conflict) or `sgu`."""
+    """`baseline` (loss-based methods, the forget objectives on their own), `activation_edit` (sae_clamp: no
+    weight changes), `control`, `sign_gating` (SAGO, sign_conflict) or `sgu`."""
     if fields_.get("method") in BASELINE_METHODS or fields_.get("method") in list_objectives():
         return "baseline"
+    if fields_.get("method") == "sae_clamp":
+        return "activation_edit"
     rule = fields_.get("selective_function", "sgu")
     if rule in CONTROL_RULES:
         return "control"

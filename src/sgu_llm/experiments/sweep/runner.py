@@ -87,6 +87,7 @@ from sgu_llm.experiments.sweep.records import (
     time_parts,
 )
 from sgu_llm.models.benchmark import benchmark_models
+from sgu_llm.models.clamp import clamps
 from sgu_llm.report.figures import plot_pareto
 from sgu_llm.report.tables import grid_markdown, results_markdown
 from sgu_llm.trainers.callbacks import EpochScoring
@@ -345,8 +346,11 @@ class Sweep:
         for rule, idx in picks.items():
             if rule in SELECTIONS and idx not in evaluated:  # full evaluation (with generation)
                 model.load_state_dict(recorder.snapshots[idx])
-                if target_weights and weights_fingerprint(model) == target_weights:
-                    # Unchanged from the target (an epoch-0 pick): its evaluation is the seed's baseline.
+                unchanged = recorder.curve[idx]["epoch"] == 0 or (weights_fingerprint(model) == target_weights
+                                                                  and not clamps(model))
+                if target_weights and unchanged:
+                    # The target itself (an epoch-0 pick, or weights that did not move; an SAE clamp edits activations
+                    # with the target's weights, so it is only the target at epoch 0): the seed's baseline.
                     full = evals["target"]
                 else:
                     with ctx.prefix.active(model):  # teacher-forced scoring reuses the frozen layers; generation does not
