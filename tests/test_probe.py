@@ -371,3 +371,20 @@ def test_published_probe_evidence_has_every_field_per_model_and_seed():
     for e in data["entries"]:
         by_model.setdefault(e["model"], {}).setdefault(e["seed"], set()).add(e["k"])
     assert all(len({frozenset(ks) for ks in seeds.values()}) == 1 for seeds in by_model.values())
+
+
+def test_cached_sae_is_trained_once_and_reused_without_a_forward(tmp_path):
+    from sgu_llm.probe import cached_sae
+
+    calls = []
+
+    def activations():
+        calls.append(1)
+        return torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+
+    path = str(tmp_path / "saes" / "k")
+    sae, quality = cached_sae(path, activations, expansion=2, l1_coefficient=0.5, epochs=2, batch_size=128)
+    again, quality_again = cached_sae(path, activations, expansion=2, l1_coefficient=0.5, epochs=2, batch_size=128)
+    assert len(calls) == 1 and quality_again == quality and "explained_variance" in quality
+    assert torch.equal(sae.W_enc, again.W_enc) and sae.W_enc.shape == (8, 16)
+    assert (tmp_path / "locks").is_dir() and sorted(p.name for p in (tmp_path / "saes").iterdir()) == ["k"]

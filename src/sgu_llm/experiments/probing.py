@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from typing import Any
 
 from sgu_llm.core.cache import fingerprint
-from sgu_llm.core.files import atomic_dir, write_json
 from sgu_llm.data.benchmark import training_sets
 from sgu_llm.data.pairing import prepare_qa_dataset
 from sgu_llm.models.hooks import decoder_layers, resolve_hook
 from sgu_llm.probe import (
     SAEProbe,
     SAEProbeCallback,
+    cached_sae,
     causal_check,
     collect_activations,
     load_sae,
     sae_quality,
-    save_sae,
-    train_sae,
 )
 from sgu_llm.probe.features import causal_test, feature_cards, random_weights_sae
 from sgu_llm.probe.patching import layer_patch_curve
@@ -56,31 +53,9 @@ def prepare_sae(
             "format": 1,
         }
     )
-    path = os.path.join(bench.cache_dir, "saes", key[:16])
-    quality_file = os.path.join(path, "quality.json")
-    if not os.path.exists(os.path.join(path, "cfg.json")):
-        acts = activations()
-        sae = train_sae(
-            acts,
-            expansion=probe_args.sae_expansion,
-            l1_coefficient=probe_args.sae_l1_coefficient,
-            epochs=probe_args.sae_epochs,
-            hook_name=probe_args.sae_hook_name,
-        ).eval()
-        quality = sae_quality(sae, acts)
-
-        def save(folder: str) -> None:
-            save_sae(sae, folder)
-            write_json(os.path.join(folder, "quality.json"), quality)
-
-        atomic_dir(path, save)
-    elif not os.path.exists(quality_file):  # cached before the quality was kept beside it
-        write_json(quality_file, sae_quality(load_sae(path).eval(), activations()))
-    with open(quality_file) as fh:
-        quality = json.load(fh)
-    # Loaded through sae-lens' own loader, as a published SAE would be; its quality is read from the cache
-    # (measured on the target's activations when it was trained), so a cached run skips those forwards.
-    return load_sae(path).eval(), quality
+    return cached_sae(os.path.join(bench.cache_dir, "saes", key[:16]), activations,
+                      expansion=probe_args.sae_expansion, l1_coefficient=probe_args.sae_l1_coefficient,
+                      epochs=probe_args.sae_epochs, hook_name=probe_args.sae_hook_name)
 
 
 def largest_forget_drops(features: list[dict], k: int) -> list[int]:

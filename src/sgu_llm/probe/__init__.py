@@ -3,7 +3,7 @@
 
 from sgu_llm.models.hooks import capture, replace_activation, resolve_hook
 from sgu_llm.probe.clamp import SAEClampConfig, SAEClampTrainer, select_clamp_features  # registers sae_clamp
-from sgu_llm.probe.sae import collect_activations, load_sae, sae_quality, save_sae, train_sae
+from sgu_llm.probe.sae import cached_sae, collect_activations, load_sae, sae_quality, save_sae, train_sae
 from sgu_llm.probe.sae_probe import ProbeArguments, SAEProbe, SAEProbeCallback, causal_check, encode_with_pre
 from sgu_llm.probe.stats import STATES, FeatureStats, classify, feature_stats, select_forget_features
 
@@ -15,6 +15,7 @@ __all__ = [
     "ProbeArguments",
     "SAEProbe",
     "SAEProbeCallback",
+    "cached_sae",
     "capture",
     "causal_check",
     "classify",

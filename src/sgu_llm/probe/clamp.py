@@ -28,10 +28,9 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from sgu_llm.core.cache import default_cache_dir, fingerprint, weights_fingerprint
-from sgu_llm.core.files import atomic_dir, locked
 from sgu_llm.models.clamp import SAEClamp, attach_clamp, save_clamp
 from sgu_llm.models.hooks import HOOK_PATTERN
-from sgu_llm.probe.sae import collect_activations, load_sae, save_sae, train_sae
+from sgu_llm.probe.sae import cached_sae, collect_activations, load_sae
 from sgu_llm.trainers import UnlearnConfig, UnlearnTrainer, register_method
 
 
@@ -135,14 +134,10 @@ class SAEClampTrainer(UnlearnTrainer):
         key = fingerprint({"weights": weights_fingerprint(model), "hook": a.clamp_hook_name, "rows": len(acts),
                            "expansion": a.clamp_sae_expansion, "l1": a.clamp_sae_l1_coefficient,
                            "epochs": a.clamp_sae_epochs, "seed": a.seed, "format": 1})[:16]
-        cache = default_cache_dir()
-        path = os.path.join(cache, "clamp-saes", key)
-        with locked(os.path.join(cache, "locks", f"clamp-sae-{key}.lock")):
-            if not os.path.exists(os.path.join(path, "cfg.json")):
-                sae = train_sae(acts, expansion=a.clamp_sae_expansion, l1_coefficient=a.clamp_sae_l1_coefficient,
-                                epochs=a.clamp_sae_epochs, seed=a.seed, hook_name=a.clamp_hook_name)
-                atomic_dir(path, lambda folder: save_sae(sae, folder))
-        return load_sae(path).eval()
+        sae, _ = cached_sae(os.path.join(default_cache_dir(), "clamp-saes", key), lambda: acts,
+                            expansion=a.clamp_sae_expansion, l1_coefficient=a.clamp_sae_l1_coefficient,
+                            epochs=a.clamp_sae_epochs, seed=a.seed, hook_name=a.clamp_hook_name)
+        return sae
 
     def choose(self, model: Any) -> SAEClamp:
         """The clamp for `model` (the target): activations, SAE, selection, and a check that the clamp's encoder

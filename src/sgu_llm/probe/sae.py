@@ -7,11 +7,14 @@ The result is saved in sae-lens' format and loads with `SAE.load_from_disk`.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from sgu_llm.core.files import atomic_dir, locked, write_json
 from sgu_llm.data.pairing import pad_batch
 from sgu_llm.models.hooks import capture, run_until_hook
 
@@ -146,3 +149,29 @@ def load_sae(path_or_release: str, sae_id: str | None = None, device: str = "cpu
     if sae_id is None:
         raise ValueError(f"{path_or_release!r} is not a folder; for a sae-lens release also give sae_id")
     return SAE.from_pretrained(path_or_release, sae_id, device=device)
+
+
+def cached_sae(path: str, activations: Callable[[], torch.Tensor], **train_args: Any) -> tuple[Any, dict[str, float]]:
+    """The SAE kept at `path` with its quality on the activations it was trained on, trained there first
+    (`train_sae(activations(), **train_args)`) when missing: the key in `path` must name everything that shapes
+    it. Built once under a lock and moved in whole, so concurrent runs share one; a cached call runs no forward
+    (a folder written before its quality was kept beside it gets it measured now). Returns `(sae, quality)`."""
+    quality_file = os.path.join(path, "quality.json")
+    parent, name = os.path.split(os.path.normpath(path))
+    with locked(os.path.join(os.path.dirname(parent), "locks", f"{os.path.basename(parent)}-{name}.lock")):
+        if not os.path.exists(os.path.join(path, "cfg.json")):
+            acts = activations()
+            sae = train_sae(acts, **train_args).eval()
+            quality = sae_quality(sae, acts)
+
+            def save(folder: str) -> None:
+                save_sae(sae, folder)
+                write_json(os.path.join(folder, "quality.json"), quality)
+
+            atomic_dir(path, save)
+        elif not os.path.exists(quality_file):
+            write_json(quality_file, sae_quality(load_sae(path).eval(), activations()))
+    with open(quality_file) as fh:
+        quality = json.load(fh)
+    # loaded through sae-lens' own loader, as a published SAE would be
+    return load_sae(path).eval(), quality
