@@ -359,10 +359,13 @@ def time_parts(records: list[dict], baselines: dict, attacks: list[dict], probes
 def ranking_agreement(rows: list[dict], others: list[dict]) -> list[dict]:
     """Does another model's sweep rank the methods as this one does? Per (split, other model): the methods both
     report (holdout rows), Spearman's rank correlation of their mean log10 forget quality, and each side's order
-    (best first) with its seeds. `others`: rows of other models (a shared results.json)."""
+    (best first) with its seeds. `others`: rows of other models (a shared results.json); only those on this sweep's
+    benchmark count (another benchmark's forget set is another question, and its rows share the split's name)."""
+    benchmarks = {r.get("benchmark") for r in rows}
 
     def reported(rs: list[dict]) -> dict[tuple, dict]:
-        return {(r["split"], r.get("model"), r["method"]): r for r in rs if r.get("reported") and r.get("selection") == "holdout"}
+        return {(r["split"], r.get("model"), r["method"]): r for r in rs
+                if r.get("reported") and r.get("selection") == "holdout" and r.get("benchmark") in benchmarks}
 
     ours = {(sp, m): r for (sp, _, m), r in reported(rows).items()}  # one model: keyed by (split, method)
     theirs = reported(others)
