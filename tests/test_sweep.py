@@ -287,13 +287,15 @@ def test_ranking_agreement_with_another_models_rows():
 
     ours = [row("big", m, v) for m, v in (("a", -1.0), ("b", -2.0), ("c", -3.0), ("d", -4.0))]
     theirs = [row("tiny", m, v, (0, 1, 2)) for m, v in (("a", -3.0), ("b", -1.0), ("c", -2.0), ("e", 0.0))]
-    # an oracle row and another benchmark's rows (same model, split and methods) do not count
+    # an oracle row does not count; another benchmark's rows (same model, split and methods) are their own comparison
     other_benchmark = [{**r, "benchmark": "tofu-size", "log10_forget_quality_mean": -r["log10_forget_quality_mean"]}
                        for r in theirs]
-    (got,) = ranking_agreement(ours, theirs + other_benchmark + [{**theirs[0], "selection": "oracle", "method": "d"}])
-    assert (got["other_model"], got["methods"], got["seeds"], got["other_seeds"]) == ("tiny", 3, 1, 3)
+    got, there = ranking_agreement(ours, theirs + other_benchmark + [{**theirs[0], "selection": "oracle", "method": "d"}])
+    assert (got["other_model"], got["other_benchmark"], got["methods"], got["seeds"], got["other_seeds"]) == ("tiny", None, 3, 1, 3)
     assert got["order"] == ["a", "b", "c"] and got["other_order"] == ["b", "c", "a"]
     assert got["spearman"] == pytest.approx(-0.5)
+    assert there["other_benchmark"] == "tofu-size" and there["other_order"] == ["a", "c", "b"]
+    assert there["spearman"] == pytest.approx(0.5)
 
 
 def test_only_complete_seeds_are_reported():

@@ -357,32 +357,32 @@ def time_parts(records: list[dict], baselines: dict, attacks: list[dict], probes
 
 
 def ranking_agreement(rows: list[dict], others: list[dict]) -> list[dict]:
-    """Does another model's sweep rank the methods as this one does? Per (split, other model): the methods both
-    report (holdout rows), Spearman's rank correlation of their mean log10 forget quality, and each side's order
-    (best first) with its seeds. `others`: rows of other models (a shared results.json); only those on this sweep's
-    benchmark count (another benchmark's forget set is another question, and its rows share the split's name)."""
-    benchmarks = {r.get("benchmark") for r in rows}
+    """Does another sweep rank the methods as this one does? Per (split, other model, other benchmark): the methods
+    both report (holdout rows), Spearman's rank correlation of their mean log10 forget quality, and each side's order
+    (best first) with its seeds. `others`: rows of other sweeps (a shared results.json); each benchmark is its own
+    comparison (the embedded and the TOFU-size sweeps share a model and the split's name)."""
 
     def reported(rs: list[dict]) -> dict[tuple, dict]:
-        return {(r["split"], r.get("model"), r["method"]): r for r in rs
-                if r.get("reported") and r.get("selection") == "holdout" and r.get("benchmark") in benchmarks}
+        return {(r["split"], r.get("model"), r.get("benchmark"), r["method"]): r for r in rs
+                if r.get("reported") and r.get("selection") == "holdout"}
 
-    ours = {(sp, m): r for (sp, _, m), r in reported(rows).items()}  # one model: keyed by (split, method)
+    ours = {(sp, m): r for (sp, _, _, m), r in reported(rows).items()}  # one sweep: keyed by (split, method)
     theirs = reported(others)
     out = []
-    for split, model in sorted({(k[0], k[1]) for k in theirs}, key=str):
-        common = sorted(m for (sp, m) in ours if sp == split and (split, model, m) in theirs)
+    for split, model, benchmark in sorted({k[:3] for k in theirs}, key=lambda k: tuple(str(x or "") for x in k)):
+        common = sorted(m for (sp, m) in ours if sp == split and (split, model, benchmark, m) in theirs)
         if len(common) < 3:
             continue
         a = [ours[(split, m)]["log10_forget_quality_mean"] for m in common]
-        b = [theirs[(split, model, m)]["log10_forget_quality_mean"] for m in common]
+        b = [theirs[(split, model, benchmark, m)]["log10_forget_quality_mean"] for m in common]
         rho = stats.spearmanr(a, b).statistic
         out.append({
-            "split": split, "other_model": model, "methods": len(common), "spearman": float(rho),
+            "split": split, "other_model": model, "other_benchmark": benchmark, "methods": len(common),
+            "spearman": float(rho),
             "order": [m for _, m in sorted(zip(a, common), key=lambda t: -t[0])],
             "other_order": [m for _, m in sorted(zip(b, common), key=lambda t: -t[0])],
             "seeds": max(len(ours[k]["seeds"]) for k in ours if k[0] == split),
-            "other_seeds": max(len(theirs[(split, model, m)]["seeds"]) for m in common),
+            "other_seeds": max(len(theirs[(split, model, benchmark, m)]["seeds"]) for m in common),
         })
     return out
 
