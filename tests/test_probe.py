@@ -360,8 +360,8 @@ def test_causal_test_patches_features_and_has_a_random_weights_control(model, to
 
 def test_published_probe_evidence_has_every_field_per_model_and_seed():
     """docs/probe.json (scripts/probe_table.py): per model and seed, one entry per k with the fields the table shows."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "probe.json")
-    data = json.load(open(path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = json.load(open(os.path.join(root, "docs", "probe.json")))
     assert data["entries"] and set(data["commands"]) == {e["model"] for e in data["entries"]}
     for e in data["entries"]:
         for key in ("layer", "k", "fraction_of_layer_patch", "p_random", "random_sae_fraction", "retain_side_effect"):
@@ -371,6 +371,21 @@ def test_published_probe_evidence_has_every_field_per_model_and_seed():
     for e in data["entries"]:
         by_model.setdefault(e["model"], {}).setdefault(e["seed"], set()).add(e["k"])
     assert all(len({frozenset(ks) for ks in seeds.values()}) == 1 for seeds in by_model.values())
+    # the committed per-seed records (results/probe-evidence/<model>/seed<N>/probe.json) are what the table shows
+    import glob
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_table", os.path.join(root, "scripts", "probe_table.py"))
+    probe_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe_table)
+    records = sorted(glob.glob(os.path.join(root, "results", "probe-evidence", "*", "seed*", "probe.json")))
+    assert {os.path.basename(os.path.dirname(os.path.dirname(r))) for r in records} >= {"smollm2-135m-instruct"}
+    for record in records:
+        model, seed = record.split(os.sep)[-3], int(record.split(os.sep)[-2].removeprefix("seed"))
+        published = [e for e in data["entries"] if (e["model"], e["seed"]) == (model, seed)]
+        assert published, (model, seed)
+        rebuilt = probe_table.entries(model, published[0]["method"], seed, json.load(open(record))["evidence"])
+        assert json.loads(json.dumps(rebuilt)) == published
 
 
 def test_cached_sae_is_trained_once_and_reused_without_a_forward(tmp_path):
