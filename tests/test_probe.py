@@ -378,10 +378,11 @@ def test_published_probe_evidence_has_every_field_per_model_and_seed():
     spec = importlib.util.spec_from_file_location("probe_table", os.path.join(root, "scripts", "probe_table.py"))
     probe_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe_table)
-    records = sorted(glob.glob(os.path.join(root, "results", "probe-evidence", "*", "seed*", "probe.json")))
-    assert {os.path.basename(os.path.dirname(os.path.dirname(r))) for r in records} >= {"smollm2-135m-instruct"}
-    for record in records:
-        model, seed = record.split(os.sep)[-3], int(record.split(os.sep)[-2].removeprefix("seed"))
+    records = {tuple(r.split(os.sep)[-3:-1]): r
+               for r in glob.glob(os.path.join(root, "results", "probe-evidence", "*", "seed*", "probe.json"))}
+    assert "smollm2-135m-instruct" in {model for model, _ in records}
+    for (model, seed_dir), record in records.items():
+        seed = int(seed_dir.removeprefix("seed"))
         published = [e for e in data["entries"] if (e["model"], e["seed"]) == (model, seed)]
         assert published, (model, seed)
         rebuilt = probe_table.entries(model, published[0]["method"], seed, json.load(open(record))["evidence"])

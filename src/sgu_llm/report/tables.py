@@ -361,9 +361,8 @@ def ranking_markdown(agreements: list[dict]) -> list[str]:
     """Whether another sweep ranked the same methods the same way (`records.ranking_agreement`)."""
     lines = []
     for a in agreements:
-        where = f" on the {a['other_benchmark']} benchmark" if a.get("other_benchmark") else " on the embedded benchmark"
         lines += [
-            f"Against `{a['other_model']}`{where} ({a['other_seeds']} model seeds) on the {a['methods']} methods both report: "
+            f"Against `{a['other_model']}` on the {a.get('other_benchmark') or 'embedded'} benchmark ({a['other_seeds']} model seeds) on the {a['methods']} methods both report: "
             f"Spearman rank correlation of mean log10 forget quality {a['spearman']:.2f} (this sweep: {a['seeds']} "
             f"model seeds). Best first, here: {', '.join(a['order'])}; there: {', '.join(a['other_order'])}.",
             "",
